@@ -1,0 +1,208 @@
+//! Apply: talks to the API server. A server-side dry-run of the whole revision decides what each
+//! object needs (create, configure, nothing, recreate) before anything is written; then the
+//! objects that need it are applied with server-side apply, field manager `driftless`, forcing
+//! conflicts (git wins), stage by stage with bounded concurrency.
+//!
+//! One file per verb: [`discovery`] (what the server serves), [`diff`] (does a dry-run change the
+//! live object), [`changeset`] (what each verb did); this file holds the client and the verbs.
+
+pub mod changeset;
+pub mod diff;
+pub mod discovery;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, Config};
+use serde_json::Value;
+
+use crate::manifest::{ObjectRef, ResourceType};
+use crate::plan::Planned;
+use crate::{FIELD_MANAGER, VERSION};
+
+/// How many objects of one stage are dry-run or applied at once.
+pub const CONCURRENCY: usize = 16;
+
+/// A client of one cluster, identifying itself as `driftless/<version>`.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+}
+
+impl Cluster {
+    /// Connects with the given kubeconfig, or the in-cluster / default configuration.
+    pub async fn connect(kubeconfig: Option<&Path>) -> Result<Self, crate::Error> {
+        let mut config = match kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|e| {
+                    crate::Error::Config(format!("cannot read kubeconfig {}: {e}", path.display()))
+                })?;
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| crate::Error::Config(format!("kubeconfig {}: {e}", path.display())))?
+            }
+            None => Config::infer()
+                .await
+                .map_err(|e| crate::Error::Config(format!("no Kubernetes configuration found: {e}")))?,
+        };
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_str(&format!("driftless/{VERSION}")).expect("static header value"),
+        ));
+        let client = Client::try_from(config)?;
+        Ok(Self { client })
+    }
+
+    pub fn from_client(client: Client) -> Self {
+        Self { client }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The API of one resource type, in a namespace (ignored for cluster-scoped types).
+    pub fn api(&self, rt: &ResourceType, namespace: &str) -> Api<DynamicObject> {
+        let ar = api_resource(rt);
+        if rt.namespaced && !namespace.is_empty() {
+            Api::namespaced_with(self.client.clone(), namespace, &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        }
+    }
+
+    /// The live object, if it exists.
+    pub async fn get(&self, rt: &ResourceType, id: &ObjectRef) -> Result<Option<Value>, kube::Error> {
+        let found = self.api(rt, &id.namespace).get_opt(&id.name).await?;
+        Ok(found.map(to_value))
+    }
+
+    /// Objects of one type matching a label selector, in one namespace or (empty) all of them.
+    pub async fn list(&self, rt: &ResourceType, namespace: &str, selector: &str) -> Result<Vec<Value>, kube::Error> {
+        let list = self.api(rt, namespace).list(&ListParams::default().labels(selector)).await?;
+        Ok(list.items.into_iter().map(to_value).collect())
+    }
+
+    /// Server-side apply of one planned object (a dry-run when `dry_run`); returns the result.
+    pub async fn apply(&self, p: &Planned, dry_run: bool) -> Result<Value, kube::Error> {
+        let mut params = PatchParams::apply(FIELD_MANAGER).force();
+        params.dry_run = dry_run;
+        let applied = self.api(&p.resource, &p.id.namespace).patch(&p.id.name, &params, &Patch::Apply(&p.object)).await?;
+        Ok(to_value(applied))
+    }
+
+    /// Deletes an object in the background, only if it is still the object that was listed
+    /// (same uid and resourceVersion). `Ok(false)` when it is already gone.
+    pub async fn delete(
+        &self,
+        rt: &ResourceType,
+        id: &ObjectRef,
+        preconditions: Option<kube::api::Preconditions>,
+    ) -> Result<bool, kube::Error> {
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions,
+            ..DeleteParams::default()
+        };
+        match self.api(rt, &id.namespace).delete(&id.name, &params).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until an object is gone (after a delete), up to `timeout`.
+    pub async fn wait_gone(&self, rt: &ResourceType, id: &ObjectRef, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.get(rt, id).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Ok(Some(_)) => return Err(format!("{id} still exists {}s after its deletion", timeout.as_secs())),
+                Err(e) => return Err(api_message(&e)),
+            }
+        }
+    }
+}
+
+/// What the dry-run decided for one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Create,
+    Configure,
+    Unchanged,
+    /// Immutable fields changed on an object annotated for recreation.
+    Recreate,
+}
+
+/// Dry-runs each object against the live state, with bounded concurrency. Returns a decision
+/// per object index, or every failure (object and server message).
+pub async fn dry_run(
+    cluster: &Cluster,
+    objects: &[&Planned],
+    live: &HashMap<ObjectRef, Value>,
+) -> Result<Vec<Decision>, Vec<(ObjectRef, String)>> {
+    // Indices, not references, go through the stream: closures over `&Planned` arguments are
+    // not general enough for futures spawned on the runtime.
+    let results: Vec<Result<Decision, (ObjectRef, String)>> = stream::iter(0..objects.len())
+        .map(|i| async move {
+            let p = objects[i];
+            let current = live.get(&p.id);
+            match cluster.apply(p, true).await {
+                Ok(result) => Ok(match current {
+                    None => Decision::Create,
+                    Some(cur) if diff::differs(cur, &result) => Decision::Configure,
+                    Some(_) => Decision::Unchanged,
+                }),
+                Err(e) => {
+                    let message = api_message(&e);
+                    if p.recreate && current.is_some() && diff::is_immutable_field_error(&message) {
+                        Ok(Decision::Recreate)
+                    } else {
+                        Err((p.id.clone(), message))
+                    }
+                }
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+    if failures.is_empty() {
+        Ok(results.into_iter().filter_map(Result::ok).collect())
+    } else {
+        Err(failures)
+    }
+}
+
+/// The ApiResource of a resource type.
+pub fn api_resource(rt: &ResourceType) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&rt.group, &rt.version, &rt.kind), &rt.plural)
+}
+
+fn to_value(o: DynamicObject) -> Value {
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+/// The HTTP status of an API error.
+pub fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// The server's message for an API error (or the client error), for reports.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,202 @@
+//! The command line: `driftless sync` (one reconcile) and `driftless run` (the agent loop).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{AuthConfig, SourceConfig};
+
+/// A GitOps reconciliation agent: git manifests become live Kubernetes state.
+#[derive(Debug, Parser)]
+#[command(name = "driftless", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DRIFTLESS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Reconcile one source once, print what changed, and exit (0 synced, 1 failed, 2 usage).
+    Sync(SyncArgs),
+    /// Run the agent: reconcile every source on its interval until stopped.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Where the agent keeps its state and talks to.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file (default: in-cluster config, then KUBECONFIG / ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the ApplySet parents (the agent's own; POD_NAMESPACE when set).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "driftless-system")]
+    pub inventory_namespace: String,
+    /// Directory of the bare git caches.
+    #[arg(long, env = "DRIFTLESS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One source given by flags.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Repository: https://, ssh://, file:// URL or a local path.
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Branch, tag or full commit SHA (default: the remote's HEAD).
+    #[arg(long = "ref")]
+    pub reference: Option<String>,
+    /// Directory inside the repository (default: its root).
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// Name of the source and its inventory.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Namespace for namespaced objects that set none.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Do not prune objects removed from git.
+    #[arg(long)]
+    pub no_prune: bool,
+    /// Allow a revision with no objects to prune every member.
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Hold a prune that would delete more than this percentage of the set.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub max_prune_percent: u32,
+    /// A protected kind this source may prune (Namespace, PersistentVolumeClaim,
+    /// CustomResourceDefinition); repeatable.
+    #[arg(long = "prunable")]
+    pub prunable: Vec<String>,
+    /// File holding an HTTPS token (sent as the password of --username, default `git`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Username for --token-file.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Files holding HTTPS basic credentials.
+    #[arg(long)]
+    pub username_file: Option<PathBuf>,
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// SSH private key file.
+    #[arg(long)]
+    pub ssh_key_file: Option<PathBuf>,
+    /// known_hosts file, mandatory for SSH.
+    #[arg(long)]
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The source these flags describe; `interval` only matters for `run`.
+    pub fn to_config(&self, interval: Duration) -> Result<SourceConfig, String> {
+        let repo = self.repo.clone().ok_or("--repo is required")?;
+        let name = self.name.clone().ok_or("--name is required")?;
+        Ok(SourceConfig {
+            name,
+            repo,
+            reference: self.reference.clone(),
+            path: self.path.clone(),
+            namespace: self.namespace.clone(),
+            interval,
+            prune: !self.no_prune,
+            auth: AuthConfig {
+                token_file: self.token_file.clone(),
+                username: self.username.clone(),
+                username_file: self.username_file.clone(),
+                password_file: self.password_file.clone(),
+                ssh_key_file: self.ssh_key_file.clone(),
+                known_hosts_file: self.known_hosts_file.clone(),
+                passphrase_file: None,
+            },
+            allow_empty: self.allow_empty,
+            max_prune_percent: self.max_prune_percent,
+            prunable: self.prunable.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config file listing the sources; without it, one source is taken from the flags.
+    #[arg(long, env = "DRIFTLESS_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Poll interval of a source given by flags.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sync_flags_parse_into_a_source() {
+        let cli = Cli::try_parse_from([
+            "driftless", "sync", "--repo", "/tmp/r", "--name", "shop", "--ref", "main", "--path", "apps",
+            "--namespace", "shop", "--no-prune", "-o", "json",
+        ])
+        .unwrap();
+        let Command::Sync(args) = cli.command else { panic!("not sync") };
+        assert_eq!(args.output, Output::Json);
+        let cfg = args.source.to_config(Duration::from_secs(60)).unwrap();
+        assert_eq!(cfg.name, "shop");
+        assert!(!cfg.prune);
+        assert_eq!(cfg.reference.as_deref(), Some("main"));
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn a_missing_repo_or_name_is_reported() {
+        let cli = Cli::try_parse_from(["driftless", "sync", "--name", "x"]).unwrap();
+        let Command::Sync(args) = cli.command else { panic!("not sync") };
+        assert!(args.source.to_config(Duration::from_secs(1)).unwrap_err().contains("--repo"));
+    }
+
+    #[test]
+    fn max_prune_percent_is_bounded() {
+        assert!(Cli::try_parse_from(["driftless", "sync", "--max-prune-percent", "101"]).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! What `driftless sync` and `driftless run` do with their arguments.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rand::Rng;
+use tracing::{error, info};
+
+use crate::apply::Cluster;
+use crate::cli::{ClusterArgs, Output, RunArgs, SyncArgs};
+use crate::config::{self, Source};
+use crate::render::Limits;
+use crate::sync::{self, Context, Report, State};
+
+/// Exit code of a usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+async fn context(args: &ClusterArgs) -> Result<Context, crate::Error> {
+    let cluster = Cluster::connect(args.kubeconfig.as_deref()).await?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("driftless"));
+    Ok(Context { cluster, agent_namespace: args.inventory_namespace.clone(), cache_dir, limits: Limits::default() })
+}
+
+/// `driftless sync`: one reconcile, printed; 0 when synced, 1 otherwise, 2 for usage errors.
+pub async fn sync(args: SyncArgs) -> ExitCode {
+    let source = match args.source.to_config(Duration::from_secs(60)).and_then(|c| c.validate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let ctx = match context(&args.cluster).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let report = sync::reconcile(&ctx, &source).await;
+    print_report(&report, args.output);
+    if report.state == State::Synced {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Prints a report as a table (one line per object, then a summary) or as JSON.
+pub fn print_report(report: &Report, output: Output) {
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Json => {
+            let _ = writeln!(out, "{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        }
+        Output::Table => {
+            if !report.changes.entries.is_empty() {
+                let _ = writeln!(out, "{:<11} {:<40} {}", "ACTION", "KIND", "NAMESPACE/NAME");
+            }
+            for c in &report.changes.entries {
+                let gk = c.id.group_kind().to_string();
+                let name =
+                    if c.id.namespace.is_empty() { c.id.name.clone() } else { format!("{}/{}", c.id.namespace, c.id.name) };
+                let msg = if c.message.is_empty() { String::new() } else { format!("  ({})", c.message) };
+                let _ = writeln!(out, "{:<11} {:<40} {}{}", c.action.as_str(), gk, name, msg);
+            }
+            let commit = report.commit.as_deref().unwrap_or("-");
+            let state = match report.state {
+                State::Synced => "Synced".to_string(),
+                State::PruneHeld => format!("PruneHeld: {}", report.message),
+                State::Failed => format!("Failed ({}): {}", report.reason, report.message),
+            };
+            let _ = writeln!(
+                out,
+                "source {} at commit {}: {}; {} in {:.1}s",
+                report.source,
+                commit,
+                report.changes.summary(),
+                state,
+                report.duration.as_secs_f64()
+            );
+        }
+    }
+}
+
+/// `driftless run`: every source on its own task and interval, until SIGTERM or Ctrl-C.
+pub async fn run(args: RunArgs) -> ExitCode {
+    let sources = match load_sources(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let ctx = match context(&args.cluster).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    info!(sources = sources.len(), version = crate::VERSION, "driftless agent starting");
+    let mut tasks = tokio::task::JoinSet::new();
+    for source in sources {
+        let ctx = ctx.clone();
+        tasks.spawn(async move { source_loop(ctx, source).await });
+    }
+    shutdown_signal().await;
+    info!("shutting down");
+    tasks.abort_all();
+    ExitCode::SUCCESS
+}
+
+fn load_sources(args: &RunArgs) -> Result<Vec<Source>, String> {
+    match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => Ok(vec![args.source.to_config(args.interval)?.validate()?]),
+    }
+}
+
+/// Reconciles one source forever. Sources are independent: one failing never stalls another.
+async fn source_loop(ctx: Context, source: Source) {
+    loop {
+        let report = sync::reconcile(&ctx, &source).await;
+        if report.state == State::Failed {
+            error!(source = %source.name, reason = %report.reason, "reconcile failed; the last good state stays in place");
+        }
+        tokio::time::sleep(jittered(source.interval)).await;
+    }
+}
+
+/// The interval plus or minus up to 10%, so sources and replicas do not poll in lockstep.
+pub fn jittered(interval: Duration) -> Duration {
+    let spread = interval.as_millis() as u64 / 10;
+    if spread == 0 {
+        return interval;
+    }
+    let offset = rand::rng().random_range(0..=2 * spread);
+    Duration::from_millis(interval.as_millis() as u64 - spread + offset)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let base = Duration::from_secs(60);
+        for _ in 0..200 {
+            let j = jittered(base);
+            assert!(j >= Duration::from_secs(54) && j <= Duration::from_secs(66), "{j:?}");
+        }
+        assert_eq!(jittered(Duration::from_millis(5)), Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,252 @@
+//! Settings of the sources an agent reconciles: from a YAML config file (`driftless run
+//! --config`) or from flags for a single source.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::manifest::GroupKind;
+use crate::source::{Auth, SourceSpec};
+
+/// The agent's config file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigFile {
+    pub sources: Vec<SourceConfig>,
+}
+
+/// One source as written in the config file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub repo: String,
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Poll interval, e.g. `1m`, `30s` (jittered by up to 10%).
+    #[serde(default = "default_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(default = "yes")]
+    pub prune: bool,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Permit a revision that renders no objects to prune every member.
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// Hold a prune that would delete more than this share of the set.
+    #[serde(default = "default_max_prune_percent")]
+    pub max_prune_percent: u32,
+    /// Protected kinds (Namespace, CustomResourceDefinition, PersistentVolumeClaim) this source
+    /// may prune, written `Kind` or `Kind.group`.
+    #[serde(default)]
+    pub prunable: Vec<String>,
+}
+
+/// Credentials, always by file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub username_file: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+    pub ssh_key_file: Option<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_prune_percent() -> u32 {
+    50
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("interval {s:?}: {e}")))
+    }
+}
+
+impl AuthConfig {
+    /// The source's auth; an inconsistent combination is an error.
+    pub fn to_auth(&self) -> Result<Auth, String> {
+        let ssh = self.ssh_key_file.is_some() || self.known_hosts_file.is_some();
+        let basic = self.username_file.is_some() || self.password_file.is_some();
+        let token = self.token_file.is_some();
+        match (ssh, basic, token) {
+            (false, false, false) => Ok(Auth::None),
+            (true, false, false) => match &self.ssh_key_file {
+                Some(key) => Ok(Auth::Ssh {
+                    key_file: key.clone(),
+                    known_hosts_file: self.known_hosts_file.clone(),
+                    passphrase_file: self.passphrase_file.clone(),
+                }),
+                None => Err("knownHostsFile is set but sshKeyFile is not".into()),
+            },
+            (false, true, false) => match (&self.username_file, &self.password_file) {
+                (Some(u), Some(p)) => Ok(Auth::Basic { username_file: u.clone(), password_file: p.clone() }),
+                _ => Err("basic auth needs both usernameFile and passwordFile".into()),
+            },
+            (false, false, true) => Ok(Auth::Token {
+                token_file: self.token_file.clone().expect("checked"),
+                username: self.username.clone(),
+            }),
+            _ => Err("choose one of tokenFile, usernameFile/passwordFile or sshKeyFile".into()),
+        }
+    }
+}
+
+impl SourceConfig {
+    /// Checks the settings and resolves them into what the stages take.
+    pub fn validate(&self) -> Result<Source, String> {
+        let n = &self.name;
+        let valid_name = !n.is_empty()
+            && n.len() <= 53
+            && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !n.starts_with('-')
+            && !n.ends_with('-');
+        if !valid_name {
+            return Err(format!(
+                "source name {n:?} must be 1-53 lowercase letters, digits or '-' (it names the ApplySet parent)"
+            ));
+        }
+        if self.repo.is_empty() {
+            return Err(format!("source {n}: repo is required"));
+        }
+        if self.max_prune_percent > 100 {
+            return Err(format!("source {n}: maxPrunePercent must be 0-100"));
+        }
+        if self.interval < Duration::from_secs(1) {
+            return Err(format!("source {n}: interval must be at least 1s"));
+        }
+        let auth = self.auth.to_auth().map_err(|e| format!("source {n}: auth: {e}"))?;
+        Ok(Source {
+            name: self.name.clone(),
+            spec: SourceSpec { url: self.repo.clone(), reference: self.reference.clone(), path: self.path.clone(), auth },
+            namespace: self.namespace.clone(),
+            interval: self.interval,
+            prune: self.prune,
+            allow_empty: self.allow_empty,
+            max_prune_percent: self.max_prune_percent,
+            prunable: self.prunable.iter().map(|s| GroupKind::parse(&protected_alias(s))).collect(),
+        })
+    }
+}
+
+/// `Namespace` / `PersistentVolumeClaim` / `CustomResourceDefinition` without a group are
+/// accepted for the protected kinds.
+fn protected_alias(s: &str) -> String {
+    match s {
+        "CustomResourceDefinition" => "CustomResourceDefinition.apiextensions.k8s.io".into(),
+        other => other.into(),
+    }
+}
+
+/// A validated source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub name: String,
+    pub spec: SourceSpec,
+    pub namespace: String,
+    pub interval: Duration,
+    pub prune: bool,
+    pub allow_empty: bool,
+    pub max_prune_percent: u32,
+    pub prunable: BTreeSet<GroupKind>,
+}
+
+/// Parses and validates a config file's text.
+pub fn parse(text: &str) -> Result<Vec<Source>, String> {
+    let value = crate::render::yaml::parse_config(text)?;
+    let file: ConfigFile = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    if file.sources.is_empty() {
+        return Err("the config lists no sources".into());
+    }
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for s in &file.sources {
+        if !names.insert(s.name.clone()) {
+            return Err(format!("source {} is listed twice", s.name));
+        }
+        out.push(s.validate()?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let sources = parse("sources:\n- name: shop\n  repo: https://git.example/shop.git\n").unwrap();
+        let s = &sources[0];
+        assert_eq!(s.interval, Duration::from_secs(60));
+        assert!(s.prune);
+        assert_eq!(s.max_prune_percent, 50);
+        assert_eq!(s.namespace, "default");
+        assert_eq!(s.spec.auth, Auth::None);
+        assert_eq!(s.spec.reference, None);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let text = r#"
+sources:
+- name: shop
+  repo: ssh://git@git.example/shop.git
+  ref: v1.2.0
+  path: deploy/prod
+  namespace: shop
+  interval: 30s
+  prune: false
+  allowEmpty: true
+  maxPrunePercent: 20
+  prunable: [Namespace, CustomResourceDefinition]
+  auth: {sshKeyFile: /k/id, knownHostsFile: /k/known_hosts}
+"#;
+        let s = &parse(text).unwrap()[0];
+        assert_eq!(s.interval, Duration::from_secs(30));
+        assert!(!s.prune && s.allow_empty);
+        assert_eq!(s.max_prune_percent, 20);
+        assert_eq!(s.spec.path, "deploy/prod");
+        assert!(s.prunable.contains(&GroupKind::new("apiextensions.k8s.io", "CustomResourceDefinition")));
+        assert!(matches!(&s.spec.auth, Auth::Ssh { known_hosts_file: Some(_), .. }));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_reason() {
+        let cases = [
+            ("sources: []", "no sources"),
+            ("sources:\n- {name: Shop, repo: x}", "lowercase"),
+            ("sources:\n- {name: a, repo: x}\n- {name: a, repo: y}", "twice"),
+            ("sources:\n- {name: a, repo: x, interval: soon}", "interval"),
+            ("sources:\n- {name: a, repo: x, maxPrunePercent: 101}", "0-100"),
+            ("sources:\n- {name: a, repo: x, typo: 1}", "typo"),
+            ("sources:\n- {name: a, repo: x, auth: {tokenFile: /t, sshKeyFile: /k}}", "choose one"),
+            ("sources:\n- {name: a, repo: x, auth: {usernameFile: /u}}", "both"),
+        ];
+        for (text, expect) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(expect), "{text:?}: {err}");
+        }
+    }
+}

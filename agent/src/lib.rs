@@ -1,0 +1,94 @@
+//! Driftless: a GitOps reconciliation agent.
+//!
+//! One revision flows through the stages in this order; each module is one stage.
+//!
+//! | stage      | module        | what it does                                                            |
+//! |------------|---------------|-------------------------------------------------------------------------|
+//! | source     | [`source`]    | git2: check the remote ref, fetch, read the tree from the object database |
+//! | render     | [`render`]    | YAML/JSON documents to objects, with limits                             |
+//! | plan       | [`plan`]      | discovery data, namespaces, ordering, waves, hashes, prune set (pure)   |
+//! | apply      | [`apply`]     | server-side dry-run of the whole revision, then server-side apply        |
+//! | prune      | [`prune`]     | ApplySet inventory and safeguarded deletion                              |
+//! | reconcile  | [`sync`]      | the stages above, in order, for one source                              |
+//!
+//! [`config`] holds the sources' settings, [`cli`] the command line.
+
+pub mod apply;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod manifest;
+pub mod plan;
+pub mod prune;
+pub mod render;
+pub mod source;
+pub mod sync;
+
+/// The version reported by `driftless --version` and in the user agent.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "driftless";
+
+/// Annotations and labels Driftless reads or writes.
+pub mod keys {
+    /// Recorded on every applied object: sha256 of the normalized desired object.
+    pub const DESIRED_HASH: &str = "driftless.dev/desired-hash";
+    /// `"true"`: an object whose immutable fields changed is deleted and created again.
+    pub const RECREATE: &str = "driftless.dev/recreate";
+    /// `disabled`: the live object is never pruned.
+    pub const PRUNE: &str = "driftless.dev/prune";
+    /// Integer wave (default 0).
+    pub const WAVE: &str = "driftless.dev/wave";
+    /// The source that applied an object.
+    pub const SOURCE: &str = "driftless.dev/source";
+    /// ApplySet (KEP-3659) keys.
+    pub const APPLYSET_ID: &str = "applyset.kubernetes.io/id";
+    pub const APPLYSET_PART_OF: &str = "applyset.kubernetes.io/part-of";
+    pub const APPLYSET_TOOLING: &str = "applyset.kubernetes.io/tooling";
+    pub const APPLYSET_GROUP_KINDS: &str = "applyset.kubernetes.io/contains-group-kinds";
+    pub const APPLYSET_NAMESPACES: &str = "applyset.kubernetes.io/additional-namespaces";
+}
+
+/// Why a reconcile failed. Status, Events and metrics all use [`Error::reason`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Checking the remote ref, fetching or reading the commit failed.
+    #[error("fetch failed: {0}")]
+    Fetch(#[from] source::SourceError),
+    /// Files could not be turned into objects.
+    #[error("render failed: {0}")]
+    Render(#[from] render::RenderError),
+    /// The plan or the server-side dry-run rejected the revision.
+    #[error("validation failed: {0}")]
+    Validation(String),
+    /// A server-side apply failed.
+    #[error("apply failed: {0}")]
+    Apply(String),
+    /// Pruning failed or was held back by a safeguard.
+    #[error("prune failed: {0}")]
+    Prune(String),
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Talking to the API server failed outside of a specific stage.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// A bounded reason, shared by status, Events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Fetch(_) => "FetchFailed",
+            Error::Render(_) => "RenderFailed",
+            Error::Validation(_) => "ValidationFailed",
+            Error::Apply(_) => "ApplyFailed",
+            Error::Prune(_) => "PruneFailed",
+            Error::Config(_) => "ConfigInvalid",
+            Error::Kube(_) => "ApiError",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,421 @@
+//! Plan: decisions without I/O. Given the rendered objects and what discovery knows about the
+//! server's kinds, decide each object's resource and namespace, its apply order (wave, stage,
+//! kind), its desired hash, and the labels that make it a member of the source's ApplySet.
+//! [`prune`] decides, from the live members, what may be deleted.
+
+pub mod hash;
+pub mod order;
+pub mod prune;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use serde_json::{json, Value};
+
+use crate::keys;
+use crate::manifest::{GroupKind, Manifest, ObjectRef, Origin, ResourceType};
+
+/// What the API server serves, as discovery found it: one entry per group, version and kind.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    types: HashMap<(String, String, String), ResourceType>,
+}
+
+impl Catalog {
+    pub fn new(types: impl IntoIterator<Item = ResourceType>) -> Self {
+        let types = types
+            .into_iter()
+            .map(|t| ((t.group.clone(), t.version.clone(), t.kind.clone()), t))
+            .collect();
+        Self { types }
+    }
+
+    pub fn resolve(&self, group: &str, version: &str, kind: &str) -> Option<&ResourceType> {
+        self.types.get(&(group.to_string(), version.to_string(), kind.to_string()))
+    }
+
+    /// Whether any version of the group and kind is served.
+    pub fn knows_kind(&self, group: &str, kind: &str) -> bool {
+        self.types.values().any(|t| t.group == group && t.kind == kind)
+    }
+
+    /// Any served version of a group-kind (for reading live objects of an inventory).
+    pub fn any_version(&self, gk: &GroupKind) -> Option<&ResourceType> {
+        let mut found: Vec<&ResourceType> =
+            self.types.values().filter(|t| t.group == gk.group && t.kind == gk.kind).collect();
+        found.sort_by(|a, b| a.version.cmp(&b.version));
+        found.first().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.types.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty()
+    }
+}
+
+/// Settings of one plan.
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    /// Given to namespaced objects that have none.
+    pub default_namespace: String,
+    /// The ApplySet id every member is labelled with.
+    pub applyset_id: String,
+    /// The source's name, recorded on each object.
+    pub source: String,
+}
+
+/// One object as it will be applied.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub id: ObjectRef,
+    pub resource: ResourceType,
+    /// The object to apply: namespace set, ApplySet label and desired hash added.
+    pub object: Value,
+    pub hash: String,
+    pub origin: Origin,
+    pub wave: i64,
+    pub stage: usize,
+    /// Annotated `driftless.dev/recreate: "true"`.
+    pub recreate: bool,
+    /// Its kind is defined by a CRD of this same revision that the server does not serve yet.
+    pub needs_crd: bool,
+}
+
+impl Planned {
+    pub fn is_secret(&self) -> bool {
+        self.id.group.is_empty() && self.id.kind == "Secret"
+    }
+}
+
+/// All objects of a revision in apply order: by wave, then stage, then kind, namespace and name.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub objects: Vec<Planned>,
+}
+
+impl Plan {
+    pub fn group_kinds(&self) -> BTreeSet<GroupKind> {
+        self.objects.iter().map(|p| p.id.group_kind()).collect()
+    }
+    /// Namespaces the members live in.
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        self.objects.iter().filter(|p| !p.id.namespace.is_empty()).map(|p| p.id.namespace.clone()).collect()
+    }
+    pub fn get(&self, id: &ObjectRef) -> Option<&Planned> {
+        self.objects.iter().find(|p| &p.id == id)
+    }
+}
+
+/// Every reason a revision could not be planned; each names the file, line and object.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct PlanError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.problems.join("; "))
+    }
+}
+
+/// Builds the plan of one revision.
+pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    let revision_crds = crd_types(&manifests);
+    let mut problems = Vec::new();
+    let mut seen: HashMap<ObjectRef, Origin> = HashMap::new();
+    let mut objects = Vec::with_capacity(manifests.len());
+
+    for m in manifests {
+        let (group, version) = m.group_version();
+        let (group, version, kind) = (group.to_string(), version.to_string(), m.kind().to_string());
+        let label = format!("{} {}: {kind} {}", m.origin, m.api_version(), m.name());
+        let (resource, needs_crd) = match catalog.resolve(&group, &version, &kind) {
+            Some(t) => (t.clone(), false),
+            None => match revision_crds.iter().find(|t| t.group == group && t.version == version && t.kind == kind) {
+                Some(t) => (t.clone(), true),
+                None => {
+                    let cause = if catalog.knows_kind(&group, &kind) {
+                        format!("version {version} of {kind} is not served by the API server")
+                    } else {
+                        "unknown kind: the API server does not serve it and no CustomResourceDefinition in this revision defines it".to_string()
+                    };
+                    problems.push(format!("{label}: {cause}"));
+                    continue;
+                }
+            },
+        };
+
+        let wave = match m.annotation(keys::WAVE) {
+            None => 0,
+            Some(w) => match w.trim().parse::<i64>() {
+                Ok(w) => w,
+                Err(_) => {
+                    problems.push(format!("{label}: annotation {} must be an integer, got {w:?}", keys::WAVE));
+                    continue;
+                }
+            },
+        };
+        let recreate = m.annotation(keys::RECREATE) == Some("true");
+
+        let mut object = m.object.clone();
+        let namespace = if resource.namespaced {
+            let ns = m.namespace().unwrap_or(&opts.default_namespace).to_string();
+            object["metadata"]["namespace"] = json!(ns);
+            ns
+        } else {
+            if let Some(meta) = object["metadata"].as_object_mut() {
+                meta.remove("namespace");
+            }
+            String::new()
+        };
+        let id = ObjectRef { group: group.clone(), kind: kind.clone(), namespace, name: m.name().to_string() };
+
+        if let Some(first) = seen.get(&id) {
+            problems.push(format!("{id} is defined twice: in {first} and in {}", m.origin));
+            continue;
+        }
+        seen.insert(id.clone(), m.origin.clone());
+
+        let hash = hash::desired_hash(&object);
+        decorate(&mut object, opts, &hash);
+        objects.push(Planned {
+            stage: order::stage_of(&group, &kind),
+            id,
+            resource,
+            object,
+            hash,
+            origin: m.origin,
+            wave,
+            recreate,
+            needs_crd,
+        });
+    }
+
+    if !problems.is_empty() {
+        return Err(PlanError { problems });
+    }
+    objects.sort_by(|a, b| {
+        (a.wave, a.stage, order::rank_in_stage(&a.id.kind), &a.id.kind, &a.id.group, &a.id.namespace, &a.id.name).cmp(&(
+            b.wave,
+            b.stage,
+            order::rank_in_stage(&b.id.kind),
+            &b.id.kind,
+            &b.id.group,
+            &b.id.namespace,
+            &b.id.name,
+        ))
+    });
+    Ok(Plan { objects })
+}
+
+/// Adds the ApplySet membership label, the desired hash and the source name.
+fn decorate(object: &mut Value, opts: &PlanOptions, hash: &str) {
+    let meta = &mut object["metadata"];
+    if !meta["labels"].is_object() {
+        meta["labels"] = json!({});
+    }
+    meta["labels"][keys::APPLYSET_PART_OF] = json!(opts.applyset_id);
+    if !meta["annotations"].is_object() {
+        meta["annotations"] = json!({});
+    }
+    meta["annotations"][keys::DESIRED_HASH] = json!(hash);
+    meta["annotations"][keys::SOURCE] = json!(opts.source);
+}
+
+/// The kinds defined by CRDs of the revision (served versions only).
+pub fn crd_types(manifests: &[Manifest]) -> Vec<ResourceType> {
+    let mut out = Vec::new();
+    for m in manifests.iter().filter(|m| m.kind() == "CustomResourceDefinition" && m.group_version().0 == "apiextensions.k8s.io") {
+        let spec = &m.object["spec"];
+        let (Some(group), Some(kind), Some(plural)) =
+            (spec["group"].as_str(), spec["names"]["kind"].as_str(), spec["names"]["plural"].as_str())
+        else {
+            continue;
+        };
+        let namespaced = spec["scope"].as_str() != Some("Cluster");
+        for v in spec["versions"].as_array().into_iter().flatten() {
+            if v["served"].as_bool() == Some(false) {
+                continue;
+            }
+            if let Some(version) = v["name"].as_str() {
+                out.push(ResourceType {
+                    group: group.into(),
+                    version: version.into(),
+                    kind: kind.into(),
+                    plural: plural.into(),
+                    namespaced,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Builders for plan tests: a catalog of common kinds and manifests from JSON.
+    use super::*;
+
+    pub fn rt(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> ResourceType {
+        ResourceType { group: group.into(), version: version.into(), kind: kind.into(), plural: plural.into(), namespaced }
+    }
+
+    pub fn catalog() -> Catalog {
+        Catalog::new([
+            rt("", "v1", "Namespace", "namespaces", false),
+            rt("", "v1", "ConfigMap", "configmaps", true),
+            rt("", "v1", "Secret", "secrets", true),
+            rt("", "v1", "Service", "services", true),
+            rt("", "v1", "ServiceAccount", "serviceaccounts", true),
+            rt("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true),
+            rt("apps", "v1", "Deployment", "deployments", true),
+            rt("batch", "v1", "Job", "jobs", true),
+            rt("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false),
+            rt("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false),
+            rt("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", false),
+        ])
+    }
+
+    pub fn manifest(file: &str, object: Value) -> Manifest {
+        Manifest { object, origin: Origin { file: file.into(), line: 1, doc: 0 } }
+    }
+
+    pub fn opts() -> PlanOptions {
+        PlanOptions { default_namespace: "apps".into(), applyset_id: "applyset-test-v1".into(), source: "demo".into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    fn cm(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}})
+    }
+
+    #[test]
+    fn objects_are_ordered_by_stage_then_kind_then_name() {
+        let ms = vec![
+            manifest("web.yaml", json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}})),
+            manifest("svc.yaml", json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}})),
+            manifest("cm.yaml", cm("b")),
+            manifest("cm.yaml", cm("a")),
+            manifest("ns.yaml", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}})),
+            manifest("hook.yaml", json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "h"}})),
+            manifest("sa.yaml", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa"}})),
+        ];
+        let plan = build(ms, &catalog(), &opts()).unwrap();
+        let order: Vec<String> = plan.objects.iter().map(|p| format!("{}/{}", p.id.kind, p.id.name)).collect();
+        assert_eq!(
+            order,
+            ["Namespace/apps", "ServiceAccount/sa", "ConfigMap/a", "ConfigMap/b", "Deployment/web", "Service/web", "ValidatingWebhookConfiguration/h"]
+        );
+    }
+
+    #[test]
+    fn waves_come_before_stages() {
+        let mut late_ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "late"}});
+        late_ns["metadata"]["annotations"] = json!({keys::WAVE: "1"});
+        let ms = vec![manifest("a.yaml", late_ns), manifest("b.yaml", cm("early"))];
+        let plan = build(ms, &catalog(), &opts()).unwrap();
+        assert_eq!(plan.objects[0].id.name, "early");
+        assert_eq!(plan.objects[1].wave, 1);
+    }
+
+    #[test]
+    fn a_bad_wave_is_an_error_naming_the_file() {
+        let mut o = cm("a");
+        o["metadata"]["annotations"] = json!({keys::WAVE: "soon"});
+        let err = build(vec![manifest("w.yaml", o)], &catalog(), &opts()).unwrap_err();
+        assert!(err.problems[0].contains("w.yaml:1") && err.problems[0].contains("integer"), "{err}");
+    }
+
+    #[test]
+    fn namespaces_are_defaulted_for_namespaced_kinds_and_dropped_for_cluster_kinds() {
+        let cr = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r", "namespace": "x"}});
+        let plan = build(vec![manifest("a.yaml", cm("a")), manifest("r.yaml", cr)], &catalog(), &opts()).unwrap();
+        let cm = plan.objects.iter().find(|p| p.id.kind == "ConfigMap").unwrap();
+        assert_eq!(cm.id.namespace, "apps");
+        assert_eq!(cm.object["metadata"]["namespace"], "apps");
+        let role = plan.objects.iter().find(|p| p.id.kind == "ClusterRole").unwrap();
+        assert_eq!(role.id.namespace, "");
+        assert!(role.object["metadata"].get("namespace").is_none());
+    }
+
+    #[test]
+    fn members_carry_the_applyset_label_and_hash() {
+        let plan = build(vec![manifest("a.yaml", cm("a"))], &catalog(), &opts()).unwrap();
+        let p = &plan.objects[0];
+        assert_eq!(p.object["metadata"]["labels"][keys::APPLYSET_PART_OF], "applyset-test-v1");
+        assert_eq!(p.object["metadata"]["annotations"][keys::DESIRED_HASH], p.hash.as_str());
+        assert_eq!(hash::desired_hash(&p.object), p.hash, "decorating must not change the hash");
+    }
+
+    #[test]
+    fn the_same_object_twice_names_both_files() {
+        let mut explicit = cm("a");
+        explicit["metadata"]["namespace"] = json!("apps");
+        let err = build(vec![manifest("one.yaml", cm("a")), manifest("two.yaml", explicit)], &catalog(), &opts()).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(err.problems[0].contains("one.yaml:1") && err.problems[0].contains("two.yaml:1"), "{err}");
+    }
+
+    #[test]
+    fn same_name_in_different_namespaces_is_fine() {
+        let mut other = cm("a");
+        other["metadata"]["namespace"] = json!("other");
+        let plan = build(vec![manifest("one.yaml", cm("a")), manifest("two.yaml", other)], &catalog(), &opts()).unwrap();
+        assert_eq!(plan.objects.len(), 2);
+        assert_eq!(plan.namespaces().into_iter().collect::<Vec<_>>(), ["apps", "other"]);
+    }
+
+    #[test]
+    fn an_unknown_kind_fails_naming_the_object() {
+        let w = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
+        let err = build(vec![manifest("w.yaml", w)], &catalog(), &opts()).unwrap_err();
+        assert!(err.problems[0].contains("Widget w") && err.problems[0].contains("unknown kind"), "{err}");
+    }
+
+    #[test]
+    fn an_unserved_version_is_reported_as_such() {
+        let d = json!({"apiVersion": "apps/v1beta1", "kind": "Deployment", "metadata": {"name": "d"}});
+        let err = build(vec![manifest("d.yaml", d)], &catalog(), &opts()).unwrap_err();
+        assert!(err.problems[0].contains("version v1beta1"), "{err}");
+    }
+
+    #[test]
+    fn a_kind_defined_by_a_crd_in_the_revision_is_planned_after_it() {
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced", "names": {"kind": "Widget", "plural": "widgets"},
+                     "versions": [{"name": "v1", "served": true, "storage": true}]}});
+        let w = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
+        let plan = build(vec![manifest("w.yaml", w), manifest("crd.yaml", crd)], &catalog(), &opts()).unwrap();
+        assert_eq!(plan.objects[0].id.kind, "CustomResourceDefinition");
+        let widget = &plan.objects[1];
+        assert!(widget.needs_crd);
+        assert_eq!(widget.resource.plural, "widgets");
+        assert_eq!(widget.id.namespace, "apps");
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let a = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
+        let b = json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}});
+        let err = build(vec![manifest("a.yaml", a), manifest("b.yaml", b)], &catalog(), &opts()).unwrap_err();
+        assert_eq!(err.problems.len(), 2);
+    }
+
+    #[test]
+    fn recreate_is_read_from_the_annotation() {
+        let mut job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate"}});
+        job["metadata"]["annotations"] = json!({keys::RECREATE: "true"});
+        let plan = build(vec![manifest("j.yaml", job), manifest("c.yaml", cm("c"))], &catalog(), &opts()).unwrap();
+        assert!(plan.objects.iter().find(|p| p.id.kind == "Job").unwrap().recreate);
+        assert!(!plan.objects.iter().find(|p| p.id.kind == "ConfigMap").unwrap().recreate);
+    }
+}

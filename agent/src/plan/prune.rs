@@ -1,0 +1,281 @@
+//! Prune planning: which live members of an ApplySet may be deleted, and which safeguard holds
+//! the rest. Pure: the live objects come from the API layer as plain data.
+
+use std::collections::{BTreeSet, HashSet};
+
+use serde::Serialize;
+
+use super::order;
+use crate::manifest::{GroupKind, ObjectRef};
+
+/// A live object as the inventory listing saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveObject {
+    pub id: ObjectRef,
+    pub uid: String,
+    pub resource_version: String,
+    /// The value of its `applyset.kubernetes.io/part-of` label.
+    pub part_of: Option<String>,
+    /// Annotated `driftless.dev/prune: disabled`.
+    pub prune_disabled: bool,
+}
+
+/// The safeguards' settings for one source.
+#[derive(Clone, Debug)]
+pub struct PrunePolicy {
+    /// The ApplySet id of this source.
+    pub applyset_id: String,
+    /// Permit a revision that renders no objects to prune every member.
+    pub allow_empty: bool,
+    /// Hold the prune when it would delete more than this percentage of the members.
+    pub max_prune_percent: u32,
+    /// Kinds normally protected (Namespace, CustomResourceDefinition, PersistentVolumeClaim)
+    /// that this source allows to prune.
+    pub prunable: BTreeSet<GroupKind>,
+    /// The agent's own namespace: never pruned.
+    pub agent_namespace: String,
+    /// The ApplySet parent: never pruned.
+    pub parent: ObjectRef,
+}
+
+/// Kinds never pruned unless listed as prunable: deleting them loses data or whole trees.
+pub fn protected_kinds() -> [GroupKind; 3] {
+    [
+        GroupKind::new("", "Namespace"),
+        GroupKind::new("apiextensions.k8s.io", "CustomResourceDefinition"),
+        GroupKind::new("", "PersistentVolumeClaim"),
+    ]
+}
+
+/// Why a member that left git is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum KeepReason {
+    /// A protected kind the source did not list as prunable.
+    ProtectedKind,
+    /// Annotated `driftless.dev/prune: disabled`.
+    PruneDisabled,
+    /// The agent's own namespace.
+    AgentNamespace,
+    /// The ApplySet parent.
+    Parent,
+    /// No longer labelled as a member of this set.
+    NotAMember,
+}
+
+/// Why a whole prune is held.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Hold {
+    /// The revision renders no object while the set has members.
+    EmptyRevision { members: usize },
+    /// The prune would delete more than the allowed share of the set.
+    TooMany { would_delete: usize, members: usize, max_percent: u32 },
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hold::EmptyRevision { members } => write!(
+                f,
+                "the revision renders no objects but the set has {members} members; set allowEmpty to prune them all"
+            ),
+            Hold::TooMany { would_delete, members, max_percent } => write!(
+                f,
+                "the revision would delete {would_delete} of {members} members, more than maxPrunePercent {max_percent}%"
+            ),
+        }
+    }
+}
+
+/// The outcome of prune planning.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrunePlan {
+    /// To delete, in deletion order (reverse of apply order).
+    pub delete: Vec<LiveObject>,
+    /// Left in place, with the reason.
+    pub kept: Vec<(ObjectRef, KeepReason)>,
+    /// When set, nothing is deleted.
+    pub held: Option<Hold>,
+}
+
+/// Plans the prune of the members that are not desired any more.
+pub fn plan_prune(live: &[LiveObject], desired: &HashSet<ObjectRef>, policy: &PrunePolicy) -> PrunePlan {
+    let members: Vec<&LiveObject> =
+        live.iter().filter(|o| o.part_of.as_deref() == Some(policy.applyset_id.as_str())).collect();
+    let mut plan = PrunePlan::default();
+
+    for o in live.iter().filter(|o| !desired.contains(&o.id)) {
+        let reason = if o.part_of.as_deref() != Some(policy.applyset_id.as_str()) {
+            Some(KeepReason::NotAMember)
+        } else if o.id == policy.parent {
+            Some(KeepReason::Parent)
+        } else if o.id.group.is_empty() && o.id.kind == "Namespace" && o.id.name == policy.agent_namespace {
+            Some(KeepReason::AgentNamespace)
+        } else if o.prune_disabled {
+            Some(KeepReason::PruneDisabled)
+        } else if protected_kinds().contains(&o.id.group_kind()) && !policy.prunable.contains(&o.id.group_kind()) {
+            Some(KeepReason::ProtectedKind)
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => plan.kept.push((o.id.clone(), r)),
+            None => plan.delete.push(o.clone()),
+        }
+    }
+
+    if plan.delete.is_empty() {
+        return plan;
+    }
+    if desired.is_empty() && !policy.allow_empty {
+        plan.held = Some(Hold::EmptyRevision { members: members.len() });
+    } else if plan.delete.len() * 100 > policy.max_prune_percent as usize * members.len() {
+        plan.held = Some(Hold::TooMany {
+            would_delete: plan.delete.len(),
+            members: members.len(),
+            max_percent: policy.max_prune_percent,
+        });
+    }
+    if plan.held.is_some() {
+        plan.delete.clear();
+        return plan;
+    }
+    // Reverse apply order: webhooks and custom resources first, namespaces and CRDs last.
+    plan.delete.sort_by(|a, b| {
+        let key = |o: &LiveObject| (order::stage_of(&o.id.group, &o.id.kind), order::rank_in_stage(&o.id.kind));
+        key(b).cmp(&key(a)).then_with(|| a.id.cmp(&b.id))
+    });
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(group: &str, kind: &str, ns: &str, name: &str) -> ObjectRef {
+        ObjectRef { group: group.into(), kind: kind.into(), namespace: ns.into(), name: name.into() }
+    }
+
+    fn member(id: ObjectRef) -> LiveObject {
+        LiveObject { id, uid: "u".into(), resource_version: "1".into(), part_of: Some("set-a".into()), prune_disabled: false }
+    }
+
+    fn policy() -> PrunePolicy {
+        PrunePolicy {
+            applyset_id: "set-a".into(),
+            allow_empty: false,
+            max_prune_percent: 50,
+            prunable: BTreeSet::new(),
+            agent_namespace: "driftless-system".into(),
+            parent: id("", "ConfigMap", "driftless-system", "driftless-demo"),
+        }
+    }
+
+    fn cms(n: usize) -> Vec<LiveObject> {
+        (0..n).map(|i| member(id("", "ConfigMap", "apps", &format!("c{i}")))).collect()
+    }
+
+    fn desired(live: &[LiveObject], keep: usize) -> HashSet<ObjectRef> {
+        live.iter().take(keep).map(|o| o.id.clone()).collect()
+    }
+
+    #[test]
+    fn members_that_left_git_are_deleted() {
+        let live = cms(4);
+        let plan = plan_prune(&live, &desired(&live, 3), &policy());
+        assert_eq!(plan.held, None);
+        assert_eq!(plan.delete.len(), 1);
+        assert_eq!(plan.delete[0].id.name, "c3");
+    }
+
+    #[test]
+    fn nothing_to_delete_when_everything_is_desired() {
+        let live = cms(3);
+        let plan = plan_prune(&live, &desired(&live, 3), &policy());
+        assert!(plan.delete.is_empty() && plan.kept.is_empty() && plan.held.is_none());
+    }
+
+    #[test]
+    fn an_empty_revision_is_refused_unless_allowed() {
+        let live = cms(3);
+        let plan = plan_prune(&live, &HashSet::new(), &policy());
+        assert_eq!(plan.held, Some(Hold::EmptyRevision { members: 3 }));
+        assert!(plan.delete.is_empty());
+
+        let allowed = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
+        assert_eq!(plan_prune(&live, &HashSet::new(), &allowed).delete.len(), 3);
+    }
+
+    #[test]
+    fn deleting_more_than_max_percent_holds_the_whole_prune() {
+        let live = cms(10);
+        let plan = plan_prune(&live, &desired(&live, 4), &policy());
+        assert_eq!(plan.held, Some(Hold::TooMany { would_delete: 6, members: 10, max_percent: 50 }));
+        assert!(plan.delete.is_empty());
+        // exactly half is not more than half
+        assert_eq!(plan_prune(&live, &desired(&live, 5), &policy()).delete.len(), 5);
+    }
+
+    #[test]
+    fn protected_kinds_are_kept_unless_listed_as_prunable() {
+        let live = vec![
+            member(id("", "Namespace", "", "shop")),
+            member(id("apiextensions.k8s.io", "CustomResourceDefinition", "", "widgets.example.com")),
+            member(id("", "PersistentVolumeClaim", "shop", "data")),
+        ];
+        let lenient = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
+        let plan = plan_prune(&live, &HashSet::new(), &lenient);
+        assert!(plan.delete.is_empty());
+        assert!(plan.kept.iter().all(|(_, r)| *r == KeepReason::ProtectedKind));
+
+        let mut prunable = lenient.clone();
+        prunable.prunable.insert(GroupKind::new("", "PersistentVolumeClaim"));
+        let plan = plan_prune(&live, &HashSet::new(), &prunable);
+        assert_eq!(plan.delete.iter().map(|o| o.id.kind.as_str()).collect::<Vec<_>>(), ["PersistentVolumeClaim"]);
+    }
+
+    #[test]
+    fn prune_disabled_objects_the_parent_and_the_agent_namespace_are_kept() {
+        let mut pinned = member(id("", "ConfigMap", "apps", "pinned"));
+        pinned.prune_disabled = true;
+        let live = vec![
+            pinned,
+            member(policy().parent.clone()),
+            member(id("", "Namespace", "", "driftless-system")),
+        ];
+        let mut p = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
+        p.prunable.insert(GroupKind::new("", "Namespace"));
+        let plan = plan_prune(&live, &HashSet::new(), &p);
+        assert!(plan.delete.is_empty(), "{:?}", plan.delete);
+        let reasons: Vec<_> = plan.kept.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(reasons, [KeepReason::PruneDisabled, KeepReason::Parent, KeepReason::AgentNamespace]);
+    }
+
+    #[test]
+    fn objects_of_another_set_or_unlabelled_are_never_deleted() {
+        let mut foreign = member(id("", "Secret", "apps", "pgpassword"));
+        foreign.part_of = None;
+        let mut other_set = member(id("", "ConfigMap", "apps", "theirs"));
+        other_set.part_of = Some("set-b".into());
+        let live = vec![foreign, other_set, member(id("", "ConfigMap", "apps", "ours"))];
+        let p = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
+        let plan = plan_prune(&live, &HashSet::new(), &p);
+        assert_eq!(plan.delete.iter().map(|o| o.id.name.as_str()).collect::<Vec<_>>(), ["ours"]);
+        assert_eq!(plan.kept.len(), 2);
+        assert!(plan.kept.iter().all(|(_, r)| *r == KeepReason::NotAMember));
+    }
+
+    #[test]
+    fn deletion_runs_in_reverse_apply_order() {
+        let live = vec![
+            member(id("", "ConfigMap", "apps", "cfg")),
+            member(id("apps", "Deployment", "apps", "web")),
+            member(id("", "Service", "apps", "web")),
+            member(id("example.com", "Widget", "apps", "w")),
+            member(id("", "ServiceAccount", "apps", "sa")),
+        ];
+        let p = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
+        let plan = plan_prune(&live, &HashSet::new(), &p);
+        let kinds: Vec<_> = plan.delete.iter().map(|o| o.id.kind.as_str()).collect();
+        assert_eq!(kinds, ["Widget", "Service", "Deployment", "ConfigMap", "ServiceAccount"]);
+    }
+}

@@ -1,0 +1,156 @@
+//! Prune: the ApplySet inventory in the cluster and the safeguarded deletion of members that
+//! left git. What to delete is decided by [`crate::plan::prune`]; this module lists members,
+//! deletes in reverse order with preconditions, and keeps the parent's record.
+//!
+//! Deletion is guarded twice: the planner only picks objects whose live part-of label names this
+//! set, and every delete carries the uid and resourceVersion seen in that listing, so an object
+//! relabelled or replaced since is never touched.
+
+pub mod applyset;
+
+use std::collections::{BTreeSet, HashMap};
+
+use kube::api::{Patch, PatchParams, Preconditions};
+use serde_json::{json, Value};
+use tracing::{debug, warn};
+
+use crate::apply::changeset::{Action, ChangeSet};
+use crate::apply::{api_message, status_code, Cluster};
+use crate::keys;
+use crate::manifest::{ObjectRef, ResourceType};
+use crate::plan::prune::{LiveObject, PrunePlan};
+use crate::plan::Catalog;
+use applyset::Inventory;
+
+fn configmap_type() -> ResourceType {
+    ResourceType { group: String::new(), version: "v1".into(), kind: "ConfigMap".into(), plural: "configmaps".into(), namespaced: true }
+}
+
+fn namespace_type() -> ResourceType {
+    ResourceType { group: String::new(), version: "v1".into(), kind: "Namespace".into(), plural: "namespaces".into(), namespaced: false }
+}
+
+/// Creates the agent's namespace when it is missing (never pruned).
+pub async fn ensure_namespace(cluster: &Cluster, name: &str) -> Result<(), kube::Error> {
+    let ns = ObjectRef { group: String::new(), kind: "Namespace".into(), namespace: String::new(), name: name.into() };
+    if cluster.get(&namespace_type(), &ns).await?.is_some() {
+        return Ok(());
+    }
+    let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    let params = PatchParams::apply(crate::FIELD_MANAGER);
+    cluster.api(&namespace_type(), "").patch(name, &params, &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// The live parent and what it records, if the set exists.
+pub async fn read_parent(cluster: &Cluster, parent: &ObjectRef) -> Result<Option<(Value, Inventory)>, kube::Error> {
+    Ok(cluster.get(&configmap_type(), parent).await?.map(|live| {
+        let inv = Inventory::from_annotations(&live["metadata"]["annotations"]);
+        (live, inv)
+    }))
+}
+
+/// Writes the parent: id label, tooling, group-kinds and namespaces, plus extra annotations
+/// (the last applied revision and state).
+pub async fn write_parent(
+    cluster: &Cluster,
+    parent: &ObjectRef,
+    inventory: &Inventory,
+    extra_annotations: &[(&str, String)],
+) -> Result<(), kube::Error> {
+    let id = applyset::applyset_id(parent);
+    let mut annotations = inventory.annotations();
+    for (k, v) in extra_annotations {
+        annotations[*k] = json!(v);
+    }
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": parent.name,
+            "namespace": parent.namespace,
+            "labels": {keys::APPLYSET_ID: id, "app.kubernetes.io/managed-by": "driftless"},
+            "annotations": annotations,
+        },
+    });
+    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    cluster.api(&configmap_type(), &parent.namespace).patch(&parent.name, &params, &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// A member as listed: plain data for the planner, the full object, and its type.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub live: LiveObject,
+    pub object: Value,
+    pub resource: ResourceType,
+}
+
+/// Lists every object labelled as a member of the set, in the recorded group-kinds and
+/// namespaces (never cluster-wide for namespaced kinds, so namespace-scoped RBAC suffices).
+pub async fn list_members(
+    cluster: &Cluster,
+    catalog: &Catalog,
+    applyset_id: &str,
+    inventory: &Inventory,
+    agent_namespace: &str,
+) -> Result<Vec<Member>, kube::Error> {
+    let selector = format!("{}={applyset_id}", keys::APPLYSET_PART_OF);
+    let mut namespaces: BTreeSet<String> = inventory.namespaces.clone();
+    namespaces.insert(agent_namespace.to_string());
+    let mut members = Vec::new();
+    for gk in &inventory.group_kinds {
+        let Some(rt) = catalog.any_version(gk) else {
+            warn!(group_kind = %gk, "the set records a kind the server no longer serves; its members cannot be listed");
+            continue;
+        };
+        let scopes: Vec<&str> = if rt.namespaced { namespaces.iter().map(String::as_str).collect() } else { vec![""] };
+        for ns in scopes {
+            let items = match cluster.list(rt, ns, &selector).await {
+                Ok(items) => items,
+                Err(e) if status_code(&e) == Some(404) => continue,
+                Err(e) => return Err(e),
+            };
+            for object in items {
+                members.push(Member { live: live_object(gk.group.clone(), gk.kind.clone(), &object), object, resource: rt.clone() });
+            }
+        }
+    }
+    debug!(count = members.len(), "listed set members");
+    Ok(members)
+}
+
+/// Plain data of a live object for the planner.
+pub fn live_object(group: String, kind: String, object: &Value) -> LiveObject {
+    let meta = &object["metadata"];
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    LiveObject {
+        id: ObjectRef { group, kind, namespace: s(&meta["namespace"]), name: s(&meta["name"]) },
+        uid: s(&meta["uid"]),
+        resource_version: s(&meta["resourceVersion"]),
+        part_of: meta["labels"][keys::APPLYSET_PART_OF].as_str().map(String::from),
+        prune_disabled: meta["annotations"][keys::PRUNE].as_str() == Some("disabled"),
+    }
+}
+
+/// Carries out a prune plan: deletes in order, each only if the object is unchanged since it
+/// was listed. A failed delete is reported and its object stays a member, to be retried.
+pub async fn execute(cluster: &Cluster, plan: &PrunePlan, types: &HashMap<ObjectRef, ResourceType>, changes: &mut ChangeSet) {
+    for (id, reason) in &plan.kept {
+        debug!(object = %id, ?reason, "kept by a prune safeguard");
+    }
+    for o in &plan.delete {
+        let Some(rt) = types.get(&o.id) else {
+            changes.push(o.id.clone(), Action::Failed, "its kind is no longer served");
+            continue;
+        };
+        let pre = Preconditions { uid: Some(o.uid.clone()), resource_version: Some(o.resource_version.clone()) };
+        match cluster.delete(rt, &o.id, Some(pre)).await {
+            Ok(_) => changes.push(o.id.clone(), Action::Deleted, ""),
+            Err(e) if status_code(&e) == Some(409) => {
+                changes.push(o.id.clone(), Action::Skipped, "changed since it was listed; checked again at the next sync")
+            }
+            Err(e) => changes.push(o.id.clone(), Action::Failed, format!("delete failed: {}", api_message(&e))),
+        }
+    }
+}
