@@ -56,7 +56,7 @@ pub fn print_report(report: &Report, output: Output) {
         }
         Output::Table => {
             if !report.changes.entries.is_empty() {
-                let _ = writeln!(out, "{:<11} {:<40} {}", "ACTION", "KIND", "NAMESPACE/NAME");
+                let _ = writeln!(out, "{:<11} {:<40} NAMESPACE/NAME", "ACTION", "KIND");
             }
             for c in &report.changes.entries {
                 let gk = c.id.group_kind().to_string();

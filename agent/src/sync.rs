@@ -169,9 +169,10 @@ async fn run_stages(
 
 async fn fetch(ctx: &Context, source: &Source) -> Result<(String, Vec<crate::manifest::SourceFile>), Error> {
     let spec = source.spec.clone();
-    let cache = ctx.cache_dir.clone();
+    let cache = ctx.cache_dir.join(&source.name);
     let limits = ctx.limits.clone();
     let joined = tokio::task::spawn_blocking(move || {
+        // One cache per source: sources sharing a URL never fetch into the same repository at once.
         let repo = Repo::open(spec, &cache)?;
         let commit = repo.remote_commit()?;
         repo.fetch(&commit)?;
