@@ -55,15 +55,26 @@ pub fn print_report(report: &Report, output: Output) {
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(report).unwrap_or_default());
         }
         Output::Table => {
-            if !report.changes.entries.is_empty() {
-                let _ = writeln!(out, "{:<11} {:<40} NAMESPACE/NAME", "ACTION", "KIND");
-            }
-            for c in &report.changes.entries {
-                let gk = c.id.group_kind().to_string();
-                let name =
-                    if c.id.namespace.is_empty() { c.id.name.clone() } else { format!("{}/{}", c.id.namespace, c.id.name) };
-                let msg = if c.message.is_empty() { String::new() } else { format!("  ({})", c.message) };
-                let _ = writeln!(out, "{:<11} {:<40} {}{}", c.action.as_str(), gk, name, msg);
+            let rows: Vec<(String, String, String)> = report
+                .changes
+                .entries
+                .iter()
+                .map(|c| {
+                    let name = if c.id.namespace.is_empty() {
+                        c.id.name.clone()
+                    } else {
+                        format!("{}/{}", c.id.namespace, c.id.name)
+                    };
+                    let name = if c.message.is_empty() { name } else { format!("{name}  ({})", c.message) };
+                    (c.action.as_str().to_string(), c.id.group_kind().to_string(), name)
+                })
+                .collect();
+            if !rows.is_empty() {
+                let kind_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(4).max(4);
+                let _ = writeln!(out, "{:<10} {:<kind_width$} NAMESPACE/NAME", "ACTION", "KIND");
+                for (action, kind, name) in &rows {
+                    let _ = writeln!(out, "{action:<10} {kind:<kind_width$} {name}");
+                }
             }
             let commit = report.commit.as_deref().unwrap_or("-");
             let state = match report.state {

@@ -122,9 +122,16 @@ async fn run_stages(
     let desired_inventory = inventory_of(&plan);
 
     // live state: the set's members, and any desired object that is not one yet.
-    let members =
-        inventory::list_members(cluster, &catalog, &applyset_id, &recorded.union(&desired_inventory), &ctx.agent_namespace)
-            .await?;
+    let versions = plan.objects.iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
+    let members = inventory::list_members(
+        cluster,
+        &catalog,
+        &versions,
+        &applyset_id,
+        &recorded.union(&desired_inventory),
+        &ctx.agent_namespace,
+    )
+    .await?;
     let live = live_objects(cluster, &plan, &members).await?;
     check_ownership(&plan, &live, &applyset_id)?;
 

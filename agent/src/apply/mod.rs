@@ -158,7 +158,10 @@ pub async fn dry_run(
             match cluster.apply(p, true).await {
                 Ok(result) => Ok(match current {
                     None => Decision::Create,
-                    Some(cur) if diff::differs(cur, &result) => Decision::Configure,
+                    Some(cur) if diff::differs(cur, &result) => {
+                        tracing::debug!(object = %p.id, changed = ?diff::changed_paths(cur, &result, 5), "dry-run differs");
+                        Decision::Configure
+                    }
                     Some(_) => Decision::Unchanged,
                 }),
                 Err(e) => {

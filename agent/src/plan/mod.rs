@@ -39,12 +39,13 @@ impl Catalog {
         self.types.values().any(|t| t.group == group && t.kind == kind)
     }
 
-    /// Any served version of a group-kind (for reading live objects of an inventory).
-    pub fn any_version(&self, gk: &GroupKind) -> Option<&ResourceType> {
-        let mut found: Vec<&ResourceType> =
-            self.types.values().filter(|t| t.group == gk.group && t.kind == gk.kind).collect();
-        found.sort_by(|a, b| a.version.cmp(&b.version));
-        found.first().copied()
+    /// The most stable served version of a group-kind (for reading live objects of an
+    /// inventory): GA before beta before alpha, higher numbers first, as Kubernetes orders them.
+    pub fn preferred(&self, gk: &GroupKind) -> Option<&ResourceType> {
+        self.types
+            .values()
+            .filter(|t| t.group == gk.group && t.kind == gk.kind)
+            .max_by_key(|t| version_priority(&t.version))
     }
 
     pub fn len(&self) -> usize {
@@ -53,6 +54,26 @@ impl Catalog {
 
     pub fn is_empty(&self) -> bool {
         self.types.is_empty()
+    }
+}
+
+/// Kubernetes version priority: `v2` > `v1` > `v2beta1` > `v1beta2` > `v1alpha1` > anything else.
+pub fn version_priority(version: &str) -> (u8, u32, u32) {
+    let Some(rest) = version.strip_prefix('v') else { return (0, 0, 0) };
+    fn digits(s: &str) -> Option<(u32, &str)> {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        s[..end].parse().ok().map(|n| (n, &s[end..]))
+    }
+    let Some((major, tail)) = digits(rest) else { return (0, 0, 0) };
+    let (stability, tail) = match tail {
+        "" => return (3, major, 0),
+        t if t.starts_with("beta") => (2, &t[4..]),
+        t if t.starts_with("alpha") => (1, &t[5..]),
+        _ => return (0, 0, 0),
+    };
+    match digits(tail) {
+        Some((minor, "")) => (stability, major, minor),
+        _ => (0, 0, 0),
     }
 }
 
@@ -408,6 +429,18 @@ mod tests {
         let b = json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}});
         let err = build(vec![manifest("a.yaml", a), manifest("b.yaml", b)], &catalog(), &opts()).unwrap_err();
         assert_eq!(err.problems.len(), 2);
+    }
+
+    #[test]
+    fn versions_are_ordered_as_kubernetes_orders_them() {
+        let mut v = vec!["v1alpha1", "v1", "foo", "v2beta1", "v1beta2", "v2", "v11alpha2", "v10"];
+        v.sort_by_key(|s| std::cmp::Reverse(version_priority(s)));
+        assert_eq!(v, ["v10", "v2", "v1", "v2beta1", "v1beta2", "v11alpha2", "v1alpha1", "foo"]);
+        let cat = Catalog::new([
+            rt("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true),
+            rt("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true),
+        ]);
+        assert_eq!(cat.preferred(&GroupKind::new("autoscaling", "HorizontalPodAutoscaler")).unwrap().version, "v2");
     }
 
     #[test]

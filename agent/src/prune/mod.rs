@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::apply::changeset::{Action, ChangeSet};
 use crate::apply::{api_message, status_code, Cluster};
 use crate::keys;
-use crate::manifest::{ObjectRef, ResourceType};
+use crate::manifest::{GroupKind, ObjectRef, ResourceType};
 use crate::plan::prune::{LiveObject, PrunePlan};
 use crate::plan::Catalog;
 use applyset::Inventory;
@@ -88,9 +88,12 @@ pub struct Member {
 
 /// Lists every object labelled as a member of the set, in the recorded group-kinds and
 /// namespaces (never cluster-wide for namespaced kinds, so namespace-scoped RBAC suffices).
+/// Each kind is read through the version the plan applies (`versions`), else the most stable
+/// served one, so that listed objects compare field for field with their dry-runs.
 pub async fn list_members(
     cluster: &Cluster,
     catalog: &Catalog,
+    versions: &HashMap<GroupKind, ResourceType>,
     applyset_id: &str,
     inventory: &Inventory,
     agent_namespace: &str,
@@ -100,8 +103,10 @@ pub async fn list_members(
     namespaces.insert(agent_namespace.to_string());
     let mut members = Vec::new();
     for gk in &inventory.group_kinds {
-        let Some(rt) = catalog.any_version(gk) else {
-            warn!(group_kind = %gk, "the set records a kind the server no longer serves; its members cannot be listed");
+        let Some(rt) = catalog.preferred(gk).map(|preferred| versions.get(gk).unwrap_or(preferred)) else {
+            if !versions.contains_key(gk) {
+                warn!(group_kind = %gk, "the set records a kind the server no longer serves; its members cannot be listed");
+            }
             continue;
         };
         let scopes: Vec<&str> = if rt.namespaced { namespaces.iter().map(String::as_str).collect() } else { vec![""] };
