@@ -9,7 +9,10 @@
 //!   run in parallel without seeing each other;
 //! - [`GitFixture`]: a throwaway git repository to serve manifests from;
 //! - [`wait_for`] / [`wait_for_ok`]: polling with a deadline and a readable failure;
-//! - paths: [`repo_root`], [`kubeconfig_path`], [`cluster_bin`], [`audit_log_path`].
+//! - paths: [`repo_root`], [`kubeconfig_path`], [`cluster_bin`], [`audit_log_path`];
+//! - [`agent`]: Driftless itself on that cluster: a reconcile context, sources, the binary, counts.
+
+pub mod agent;
 
 use std::fmt::Debug;
 use std::fs;
