@@ -89,6 +89,12 @@ pub struct SourceArgs {
     /// CustomResourceDefinition); repeatable.
     #[arg(long = "prunable")]
     pub prunable: Vec<String>,
+    /// Report drift without correcting it (`run`).
+    #[arg(long)]
+    pub no_self_heal: bool,
+    /// How long each wave may take to become Healthy.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub health_timeout: Duration,
     /// File holding an HTTPS token (sent as the password of --username, default `git`).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -133,6 +139,8 @@ impl SourceArgs {
             allow_empty: self.allow_empty,
             max_prune_percent: self.max_prune_percent,
             prunable: self.prunable.clone(),
+            self_heal: !self.no_self_heal,
+            health_timeout: self.health_timeout,
         })
     }
 }

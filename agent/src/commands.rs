@@ -4,9 +4,9 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use rand::Rng;
-use tracing::{error, info};
+use tracing::info;
 
+use crate::agent::{SourceLoop, Statuses};
 use crate::apply::Cluster;
 use crate::cli::{ClusterArgs, Output, RunArgs, SyncArgs};
 use crate::config::{self, Source};
@@ -112,10 +112,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     };
     info!(sources = sources.len(), version = crate::VERSION, "driftless agent starting");
+    let statuses: Statuses = Default::default();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut triggers = Vec::new();
     for source in sources {
-        let ctx = ctx.clone();
-        tasks.spawn(async move { source_loop(ctx, source).await });
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        triggers.push((source.name.clone(), tx));
+        let source_loop = SourceLoop::new(ctx.clone(), source, statuses.clone());
+        tasks.spawn(source_loop.run(rx));
     }
     shutdown_signal().await;
     info!("shutting down");
@@ -131,27 +135,6 @@ fn load_sources(args: &RunArgs) -> Result<Vec<Source>, String> {
         }
         None => Ok(vec![args.source.to_config(args.interval)?.validate()?]),
     }
-}
-
-/// Reconciles one source forever. Sources are independent: one failing never stalls another.
-async fn source_loop(ctx: Context, source: Source) {
-    loop {
-        let report = sync::reconcile(&ctx, &source).await;
-        if report.state == State::Failed {
-            error!(source = %source.name, reason = %report.reason, "reconcile failed; the last good state stays in place");
-        }
-        tokio::time::sleep(jittered(source.interval)).await;
-    }
-}
-
-/// The interval plus or minus up to 10%, so sources and replicas do not poll in lockstep.
-pub fn jittered(interval: Duration) -> Duration {
-    let spread = interval.as_millis() as u64 / 10;
-    if spread == 0 {
-        return interval;
-    }
-    let offset = rand::rng().random_range(0..=2 * spread);
-    Duration::from_millis(interval.as_millis() as u64 - spread + offset)
 }
 
 async fn shutdown_signal() {
@@ -172,19 +155,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        let base = Duration::from_secs(60);
-        for _ in 0..200 {
-            let j = jittered(base);
-            assert!(j >= Duration::from_secs(54) && j <= Duration::from_secs(66), "{j:?}");
-        }
-        assert_eq!(jittered(Duration::from_millis(5)), Duration::from_millis(5));
-    }
 }

@@ -46,6 +46,12 @@ pub struct SourceConfig {
     /// may prune, written `Kind` or `Kind.group`.
     #[serde(default)]
     pub prunable: Vec<String>,
+    /// Correct drift of owned objects (`driftless run`); false only reports it.
+    #[serde(default = "yes")]
+    pub self_heal: bool,
+    /// How long a wave may take to become Healthy before the sync fails (HealthCheckFailed).
+    #[serde(default = "default_health_timeout", with = "humantime_serde_compat")]
+    pub health_timeout: Duration,
 }
 
 /// Credentials, always by file.
@@ -69,6 +75,9 @@ fn default_interval() -> Duration {
 }
 fn yes() -> bool {
     true
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_max_prune_percent() -> u32 {
     50
@@ -147,6 +156,8 @@ impl SourceConfig {
             allow_empty: self.allow_empty,
             max_prune_percent: self.max_prune_percent,
             prunable: self.prunable.iter().map(|s| GroupKind::parse(&protected_alias(s))).collect(),
+            self_heal: self.self_heal,
+            health_timeout: self.health_timeout,
         })
     }
 }
@@ -171,6 +182,8 @@ pub struct Source {
     pub allow_empty: bool,
     pub max_prune_percent: u32,
     pub prunable: BTreeSet<GroupKind>,
+    pub self_heal: bool,
+    pub health_timeout: Duration,
 }
 
 /// Parses and validates a config file's text.
@@ -205,6 +218,8 @@ mod tests {
         assert_eq!(s.namespace, "default");
         assert_eq!(s.spec.auth, Auth::None);
         assert_eq!(s.spec.reference, None);
+        assert!(s.self_heal);
+        assert_eq!(s.health_timeout, Duration::from_secs(300));
     }
 
     #[test]
@@ -222,6 +237,8 @@ sources:
   maxPrunePercent: 20
   prunable: [Namespace, CustomResourceDefinition]
   auth: {sshKeyFile: /k/id, knownHostsFile: /k/known_hosts}
+  selfHeal: false
+  healthTimeout: 90s
 "#;
         let s = &parse(text).unwrap()[0];
         assert_eq!(s.interval, Duration::from_secs(30));
@@ -230,6 +247,8 @@ sources:
         assert_eq!(s.spec.path, "deploy/prod");
         assert!(s.prunable.contains(&GroupKind::new("apiextensions.k8s.io", "CustomResourceDefinition")));
         assert!(matches!(&s.spec.auth, Auth::Ssh { known_hosts_file: Some(_), .. }));
+        assert!(!s.self_heal);
+        assert_eq!(s.health_timeout, Duration::from_secs(90));
     }
 
     #[test]

@@ -9,14 +9,17 @@
 //! | plan       | [`plan`]      | discovery data, namespaces, ordering, waves, hashes, prune set (pure)   |
 //! | apply      | [`apply`]     | server-side dry-run of the whole revision, then server-side apply        |
 //! | prune      | [`prune`]     | ApplySet inventory and safeguarded deletion                              |
+//! | live state | [`live`]      | watches of owned objects: drift, self-heal, health                       |
 //! | reconcile  | [`sync`]      | the stages above, in order, for one source                              |
 //!
 //! [`config`] holds the sources' settings, [`cli`] the command line.
 
+pub mod agent;
 pub mod apply;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod live;
 pub mod manifest;
 pub mod plan;
 pub mod prune;
@@ -65,6 +68,9 @@ pub enum Error {
     /// A server-side apply failed.
     #[error("apply failed: {0}")]
     Apply(String),
+    /// A wave did not become Healthy within the source's health timeout.
+    #[error("health check failed: {0}")]
+    HealthCheck(String),
     /// Pruning failed or was held back by a safeguard.
     #[error("prune failed: {0}")]
     Prune(String),
@@ -84,6 +90,7 @@ impl Error {
             Error::Render(_) => "RenderFailed",
             Error::Validation(_) => "ValidationFailed",
             Error::Apply(_) => "ApplyFailed",
+            Error::HealthCheck(_) => "HealthCheckFailed",
             Error::Prune(_) => "PruneFailed",
             Error::Config(_) => "ConfigInvalid",
             Error::Kube(_) => "ApiError",

@@ -17,6 +17,10 @@ use tracing::{info, warn};
 use crate::apply::changeset::{Action, ChangeSet};
 use crate::apply::{self, api_message, Cluster, Decision};
 use crate::config::Source;
+use crate::live::drift::Expected;
+use crate::live::health::{self, Health};
+use crate::live::watch::Scope;
+use crate::live::LiveState;
 use crate::manifest::ObjectRef;
 use crate::plan::prune::{plan_prune, Hold, PrunePolicy};
 use crate::plan::{self, Plan, PlanOptions, Planned};
@@ -53,6 +57,44 @@ pub enum State {
     Failed,
 }
 
+/// How much of a revision is checked against the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Dry-run every object (`driftless sync`): finds drift too.
+    Full,
+    /// Dry-run and apply only objects whose recorded desired hash differs (`driftless run`, where
+    /// watches find drift).
+    Incremental,
+}
+
+/// What a reconcile needs beyond the source.
+#[derive(Clone, Copy)]
+pub struct Options<'a> {
+    pub mode: Mode,
+    /// The commit to reconcile, when the caller already asked the remote.
+    pub commit: Option<&'a str>,
+    /// The source's live state, told about each apply so its watches do not mistake Driftless's
+    /// own writes for drift, and about what is no longer desired before anything is pruned.
+    pub live: Option<&'a LiveState>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options { mode: Mode::Full, commit: None, live: None }
+    }
+}
+
+/// What a successful apply leaves for the live state.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub plan: Plan,
+    pub applyset_id: String,
+    /// What Driftless expects of each desired object now.
+    pub expected: HashMap<ObjectRef, Expected>,
+    /// Where the set's members live, to watch.
+    pub scopes: Vec<Scope>,
+}
+
 /// The outcome of one reconcile.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -68,20 +110,30 @@ pub struct Report {
     pub duration: Duration,
     #[serde(skip)]
     pub error: Option<Error>,
+    /// Set when the revision was applied (whatever happened to the prune).
+    #[serde(skip)]
+    pub outcome: Option<Outcome>,
+}
+
+/// Reconciles one source once, dry-running every object.
+pub async fn reconcile(ctx: &Context, source: &Source) -> Report {
+    reconcile_with(ctx, source, Options::default()).await
 }
 
 /// Reconciles one source once.
-pub async fn reconcile(ctx: &Context, source: &Source) -> Report {
+pub async fn reconcile_with(ctx: &Context, source: &Source, opts: Options<'_>) -> Report {
     let started = Instant::now();
     let mut changes = ChangeSet::default();
     let mut commit = None;
-    let result = run_stages(ctx, source, &mut commit, &mut changes).await;
+    let mut outcome = None;
+    let result = run_stages(ctx, source, opts, &mut commit, &mut changes, &mut outcome).await;
     let (state, reason, message, error) = match result {
         Ok(None) => (State::Synced, String::new(), String::new(), None),
         Ok(Some(hold)) => (State::PruneHeld, "PruneHeld".to_string(), hold.to_string(), None),
         Err(e) => (State::Failed, e.reason().to_string(), e.to_string(), Some(e)),
     };
-    let report = Report { source: source.name.clone(), commit, state, reason, message, changes, duration: started.elapsed(), error };
+    let report =
+        Report { source: source.name.clone(), commit, state, reason, message, changes, duration: started.elapsed(), error, outcome };
     let rev = report.commit.as_deref().map(short).unwrap_or("-");
     match report.state {
         State::Failed => warn!(source = %report.source, revision = rev, reason = %report.reason, error = %report.message,
@@ -96,11 +148,14 @@ pub async fn reconcile(ctx: &Context, source: &Source) -> Report {
 async fn run_stages(
     ctx: &Context,
     source: &Source,
+    opts: Options<'_>,
     commit_out: &mut Option<String>,
     changes: &mut ChangeSet,
+    outcome: &mut Option<Outcome>,
 ) -> Result<Option<Hold>, Error> {
-    // fetch: ask the remote for the ref's commit, fetch it if new, read its tree.
-    let (commit, files) = fetch(ctx, source).await?;
+    // fetch: ask the remote for the ref's commit (unless the caller just did), fetch it if new,
+    // read its tree.
+    let (commit, files) = fetch(ctx, source, opts.commit).await?;
     *commit_out = Some(commit.clone());
 
     // render: documents to objects, within limits.
@@ -112,12 +167,12 @@ async fn run_stages(
     inventory::ensure_namespace(cluster, &ctx.agent_namespace).await?;
     let parent = applyset::parent_ref(&source.name, &ctx.agent_namespace);
     let applyset_id = applyset::applyset_id(&parent);
-    let opts = PlanOptions {
+    let plan_opts = PlanOptions {
         default_namespace: source.namespace.clone(),
         applyset_id: applyset_id.clone(),
         source: source.name.clone(),
     };
-    let plan = plan::build(manifests, &catalog, &opts).map_err(|e| Error::Validation(e.to_string()))?;
+    let plan = plan::build(manifests, &catalog, &plan_opts).map_err(|e| Error::Validation(e.to_string()))?;
     let recorded = inventory::read_parent(cluster, &parent).await?.map(|(_, inv)| inv).unwrap_or_default();
     let desired_inventory = inventory_of(&plan);
 
@@ -137,17 +192,33 @@ async fn run_stages(
 
     // validate: a server-side dry-run of every object that can be checked before any write;
     // objects in namespaces or of kinds this revision creates are dry-run once those exist.
-    let deferred = |p: &Planned| p.needs_crd || creates_namespace(&plan, &live, &p.id.namespace);
-    let ready: Vec<&Planned> = plan.objects.iter().filter(|p| !deferred(p)).collect();
+    // Incrementally, an object whose recorded desired hash is unchanged needs no dry-run.
     let mut decisions: HashMap<ObjectRef, Decision> = HashMap::new();
+    if opts.mode == Mode::Incremental {
+        for p in &plan.objects {
+            let recorded_hash = live.get(&p.id).and_then(|o| o["metadata"]["annotations"][keys::DESIRED_HASH].as_str());
+            if recorded_hash == Some(p.hash.as_str()) {
+                decisions.insert(p.id.clone(), Decision::Unchanged);
+            }
+        }
+    }
+    let deferred = |p: &Planned| p.needs_crd || creates_namespace(&plan, &live, &p.id.namespace);
+    let ready: Vec<&Planned> = plan.objects.iter().filter(|p| !deferred(p) && !decisions.contains_key(&p.id)).collect();
     match apply::dry_run(cluster, &ready, &live).await {
         Ok(d) => decisions.extend(ready.iter().map(|p| p.id.clone()).zip(d)),
         Err(failures) => return Err(validation_failed(failures, changes)),
     }
 
-    // apply: record the superset inventory first, then stage by stage.
+    // apply: record the superset inventory first, then wave by wave and stage by stage; a wave
+    // starts only when every object of the waves before it is Healthy.
     inventory::write_parent(cluster, &parent, &recorded.union(&desired_inventory), &[]).await?;
-    apply_stages(cluster, &plan, &live, &mut decisions, changes).await?;
+    let mut expected = HashMap::new();
+    let stages = Stages { cluster, live: &live, state: opts.live, health_timeout: source.health_timeout };
+    stages.apply(&plan, &mut decisions, &mut expected, changes).await?;
+    if let Some(state) = opts.live {
+        // from here on, what left git is no longer expected: its deletion is not drift
+        state.retain_desired(&plan.objects.iter().map(|p| p.id.clone()).collect());
+    }
 
     // prune: members that left git, behind the safeguards, in reverse order.
     let hold = if source.prune {
@@ -166,22 +237,63 @@ async fn run_stages(
         &[("driftless.dev/revision", commit.clone()), ("driftless.dev/state", state.to_string())],
     )
     .await?;
+    *outcome = Some(Outcome { scopes: scopes(&plan, &remaining, &catalog, &ctx.agent_namespace), plan, applyset_id, expected });
     if changes.failed() {
-        let failed: Vec<String> =
-            changes.entries.iter().filter(|c| c.action == Action::Failed).map(|c| format!("{}: {}", c.id, c.message)).collect();
-        return Err(Error::Prune(failed.join("; ")));
+        return Err(Error::Prune(failures(changes)));
     }
     Ok(hold)
 }
 
-async fn fetch(ctx: &Context, source: &Source) -> Result<(String, Vec<crate::manifest::SourceFile>), Error> {
+/// The failed entries, for an error message.
+fn failures(changes: &ChangeSet) -> String {
+    let failed: Vec<String> =
+        changes.entries.iter().filter(|c| c.action == Action::Failed).map(|c| format!("{}: {}", c.id, c.message)).collect();
+    failed.join("; ")
+}
+
+/// Every kind and namespace the set's members may be in: what to watch.
+fn scopes(plan: &Plan, inventory: &Inventory, catalog: &crate::plan::Catalog, agent_namespace: &str) -> Vec<Scope> {
+    let versions: HashMap<_, _> = plan.objects.iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
+    let mut namespaces = inventory.namespaces.clone();
+    namespaces.insert(agent_namespace.to_string());
+    let mut out = Vec::new();
+    for gk in &inventory.group_kinds {
+        let Some(rt) = versions.get(gk).or_else(|| catalog.preferred(gk)) else { continue };
+        if rt.namespaced {
+            out.extend(namespaces.iter().map(|ns| (rt.clone(), ns.clone())));
+        } else {
+            out.push((rt.clone(), String::new()));
+        }
+    }
+    out
+}
+
+/// Asks the remote which commit the source's ref names (blocking git work off the runtime).
+pub async fn remote_commit(ctx: &Context, source: &Source) -> Result<String, Error> {
+    let spec = source.spec.clone();
+    let cache = ctx.cache_dir.join(&source.name);
+    match tokio::task::spawn_blocking(move || Repo::open(spec, &cache)?.remote_commit()).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(Error::Validation(format!("the git worker stopped: {e}"))),
+    }
+}
+
+async fn fetch(
+    ctx: &Context,
+    source: &Source,
+    known: Option<&str>,
+) -> Result<(String, Vec<crate::manifest::SourceFile>), Error> {
+    let known = known.map(String::from);
     let spec = source.spec.clone();
     let cache = ctx.cache_dir.join(&source.name);
     let limits = ctx.limits.clone();
     let joined = tokio::task::spawn_blocking(move || {
         // One cache per source: sources sharing a URL never fetch into the same repository at once.
         let repo = Repo::open(spec, &cache)?;
-        let commit = repo.remote_commit()?;
+        let commit = match known {
+            Some(c) => c,
+            None => repo.remote_commit()?,
+        };
         repo.fetch(&commit)?;
         let files = repo.read(&commit, &limits)?;
         Ok::<_, crate::source::SourceError>((commit, files))
@@ -260,84 +372,146 @@ fn validation_failed(failures: Vec<(ObjectRef, String)>, changes: &mut ChangeSet
     Error::Validation(text.join("; "))
 }
 
-/// Applies the plan group by group (wave, then stage), each group concurrently. Objects that
-/// could not be dry-run before are dry-run when their group comes; a failure stops the apply.
-async fn apply_stages(
-    cluster: &Cluster,
-    plan: &Plan,
-    live: &HashMap<ObjectRef, Value>,
-    decisions: &mut HashMap<ObjectRef, Decision>,
-    changes: &mut ChangeSet,
-) -> Result<(), Error> {
-    let mut groups: Vec<Vec<&Planned>> = Vec::new();
-    for p in &plan.objects {
-        match groups.last_mut() {
-            Some(g) if g[0].wave == p.wave && g[0].stage == p.stage => g.push(p),
-            _ => groups.push(vec![p]),
-        }
-    }
-    for (i, group) in groups.iter().enumerate() {
-        let pending: Vec<&Planned> = group.iter().copied().filter(|p| !decisions.contains_key(&p.id)).collect();
-        if !pending.is_empty() {
-            match apply::dry_run(cluster, &pending, live).await {
-                Ok(d) => decisions.extend(pending.iter().map(|p| p.id.clone()).zip(d)),
-                Err(failures) => {
-                    let err = validation_failed(failures, changes);
-                    skip_rest(&groups[i..], changes);
-                    return Err(err);
-                }
-            }
-        }
-        let decided: &HashMap<ObjectRef, Decision> = decisions;
-        let results: Vec<(ObjectRef, Action, String)> = stream::iter(0..group.len())
-            .map(|j| async move {
-                let p = group[j];
-                apply_one(cluster, p, decided[&p.id]).await
-            })
-            .buffered(apply::CONCURRENCY)
-            .collect()
-            .await;
-        let failed = results.iter().any(|r| r.1 == Action::Failed);
-        for (id, action, message) in results {
-            changes.push(id, action, message);
-        }
-        if failed {
-            skip_rest(&groups[i + 1..], changes);
-            let failed: Vec<String> = changes
-                .entries
-                .iter()
-                .filter(|c| c.action == Action::Failed)
-                .map(|c| format!("{}: {}", c.id, c.message))
-                .collect();
-            return Err(Error::Apply(failed.join("; ")));
-        }
-        let crds: Vec<String> = group.iter().filter(|p| p.id.kind == "CustomResourceDefinition").map(|p| p.id.name.clone()).collect();
-        if !crds.is_empty() {
-            cluster.wait_crds_established(&crds, CRD_TIMEOUT).await.map_err(Error::Apply)?;
-        }
-    }
-    Ok(())
+/// Applies a plan group by group (wave, then stage), each group concurrently.
+struct Stages<'a> {
+    cluster: &'a Cluster,
+    live: &'a HashMap<ObjectRef, Value>,
+    state: Option<&'a LiveState>,
+    health_timeout: Duration,
 }
 
-async fn apply_one(cluster: &Cluster, p: &Planned, decision: Decision) -> (ObjectRef, Action, String) {
+impl Stages<'_> {
+    /// Objects not dry-run before are dry-run when their group comes; a failure stops the apply.
+    /// Records what each object is expected to look like afterwards.
+    async fn apply(
+        &self,
+        plan: &Plan,
+        decisions: &mut HashMap<ObjectRef, Decision>,
+        expected: &mut HashMap<ObjectRef, Expected>,
+        changes: &mut ChangeSet,
+    ) -> Result<(), Error> {
+        let cluster = self.cluster;
+        let mut groups: Vec<Vec<&Planned>> = Vec::new();
+        for p in &plan.objects {
+            match groups.last_mut() {
+                Some(g) if g[0].wave == p.wave && g[0].stage == p.stage => g.push(p),
+                _ => groups.push(vec![p]),
+            }
+        }
+        for (i, group) in groups.iter().enumerate() {
+            if i > 0 && groups[i - 1][0].wave != group[0].wave {
+                let earlier: Vec<&Planned> = groups[..i].iter().flatten().copied().collect();
+                if let Err(e) = wait_healthy(cluster, &earlier, self.health_timeout).await {
+                    skip_rest(&groups[i..], changes);
+                    return Err(e);
+                }
+            }
+            let pending: Vec<&Planned> = group.iter().copied().filter(|p| !decisions.contains_key(&p.id)).collect();
+            if !pending.is_empty() {
+                match apply::dry_run(cluster, &pending, self.live).await {
+                    Ok(d) => decisions.extend(pending.iter().map(|p| p.id.clone()).zip(d)),
+                    Err(failures) => {
+                        let err = validation_failed(failures, changes);
+                        skip_rest(&groups[i..], changes);
+                        return Err(err);
+                    }
+                }
+            }
+            let decided: &HashMap<ObjectRef, Decision> = decisions;
+            let results: Vec<(ObjectRef, Action, String, Option<Value>)> = stream::iter(0..group.len())
+                .map(|j| async move {
+                    let p = group[j];
+                    let decision = decided[&p.id];
+                    if decision != Decision::Unchanged {
+                        if let Some(state) = self.state {
+                            state.begin_apply(&p.id);
+                        }
+                    }
+                    apply_one(cluster, p, decision).await
+                })
+                .buffered(apply::CONCURRENCY)
+                .collect()
+                .await;
+            let failed = results.iter().any(|r| r.1 == Action::Failed);
+            for (id, action, message, result) in results {
+                let after = result.as_ref().or_else(|| self.live.get(&id));
+                if let Some(object) = after.filter(|_| action != Action::Failed) {
+                    let e = Expected::from_object(object);
+                    if let Some(state) = self.state {
+                        state.applied(&id, e.clone());
+                    }
+                    expected.insert(id.clone(), e);
+                } else if let Some(state) = self.state {
+                    state.apply_failed(&id);
+                }
+                changes.push(id, action, message);
+            }
+            if failed {
+                skip_rest(&groups[i + 1..], changes);
+                return Err(Error::Apply(failures(changes)));
+            }
+            let crds: Vec<String> =
+                group.iter().filter(|p| p.id.kind == "CustomResourceDefinition").map(|p| p.id.name.clone()).collect();
+            if !crds.is_empty() {
+                cluster.wait_crds_established(&crds, CRD_TIMEOUT).await.map_err(Error::Apply)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until every object is Healthy, polling those that are not yet.
+async fn wait_healthy(cluster: &Cluster, objects: &[&Planned], timeout: Duration) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut waiting: Vec<&Planned> = objects.to_vec();
+    loop {
+        let mut still = Vec::new();
+        let mut last = String::new();
+        for p in waiting {
+            let status = match cluster.get(&p.resource, &p.id).await {
+                Ok(Some(o)) => health::evaluate(&p.id.group, &p.id.kind, &o),
+                Ok(None) => health::Status { health: Health::Unknown, reason: "not found".into() },
+                Err(e) => health::Status { health: Health::Unknown, reason: api_message(&e) },
+            };
+            if status.health != Health::Healthy {
+                last = format!("{} is {}: {}", p.id, status.health.as_str(), status.reason);
+                still.push(p);
+            }
+        }
+        if still.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::HealthCheck(format!(
+                "{} object(s) of earlier waves not Healthy after {}s; {last}",
+                still.len(),
+                timeout.as_secs()
+            )));
+        }
+        waiting = still;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn apply_one(cluster: &Cluster, p: &Planned, decision: Decision) -> (ObjectRef, Action, String, Option<Value>) {
     let id = p.id.clone();
     let result = match decision {
-        Decision::Unchanged => return (id, Action::Unchanged, String::new()),
-        Decision::Create => cluster.apply(p, false).await.map(|_| Action::Created).map_err(|e| api_message(&e)),
-        Decision::Configure => cluster.apply(p, false).await.map(|_| Action::Configured).map_err(|e| api_message(&e)),
-        Decision::Recreate => recreate(cluster, p).await.map(|_| Action::Recreated),
+        Decision::Unchanged => return (id, Action::Unchanged, String::new(), None),
+        Decision::Create => cluster.apply(p, false).await.map(|o| (Action::Created, o)).map_err(|e| api_message(&e)),
+        Decision::Configure => cluster.apply(p, false).await.map(|o| (Action::Configured, o)).map_err(|e| api_message(&e)),
+        Decision::Recreate => recreate(cluster, p).await.map(|o| (Action::Recreated, o)),
     };
     match result {
-        Ok(action) => (id, action, String::new()),
-        Err(message) => (id, Action::Failed, message),
+        Ok((action, object)) => (id, action, String::new(), Some(object)),
+        Err(message) => (id, Action::Failed, message, None),
     }
 }
 
 /// Deletes and creates again an object whose immutable fields changed.
-async fn recreate(cluster: &Cluster, p: &Planned) -> Result<(), String> {
+async fn recreate(cluster: &Cluster, p: &Planned) -> Result<Value, String> {
     cluster.delete(&p.resource, &p.id, None).await.map_err(|e| format!("delete before recreate: {}", api_message(&e)))?;
     cluster.wait_gone(&p.resource, &p.id, RECREATE_TIMEOUT).await?;
-    cluster.apply(p, false).await.map(|_| ()).map_err(|e| format!("create after delete: {}", api_message(&e)))
+    cluster.apply(p, false).await.map_err(|e| format!("create after delete: {}", api_message(&e)))
 }
 
 fn skip_rest(groups: &[Vec<&Planned>], changes: &mut ChangeSet) {

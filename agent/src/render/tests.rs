@@ -506,7 +506,7 @@ fn display_lists_problems_and_caps_them() {
     let problem = |i: usize| Problem {
         file: format!("f{i}.yaml"),
         line: Some(i),
-        object: (i % 2 == 0).then(|| format!("ConfigMap c{i}")),
+        object: i.is_multiple_of(2).then(|| format!("ConfigMap c{i}")),
         cause: "metadata.name is required".to_owned(),
     };
     let err = RenderError { problems: vec![problem(1), problem(2)] };

@@ -1,0 +1,370 @@
+//! The agent loop of one source (`driftless run`): poll the remote ref on a jittered interval,
+//! reconcile a new commit incrementally, watch the objects the source owns, and correct drift
+//! as soon as a watch reports it, backing off from a writer that keeps undoing it.
+//!
+//! When neither git nor the owned objects changed, a poll costs one remote-ref check and no API
+//! request at all.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::apply::api_message;
+use crate::apply::changeset::{Action, ChangeSet};
+use crate::config::Source;
+use crate::live::drift::{self, Expected, Verdict};
+use crate::live::health::{self, Health};
+use crate::live::watch::Watches;
+use crate::live::LiveState;
+use crate::manifest::ObjectRef;
+use crate::plan::Planned;
+use crate::source::redact_url;
+use crate::sync::{self, Context, Mode, Options, State};
+
+/// A source's sync state as users read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum SyncState {
+    /// Not reconciled yet.
+    Pending,
+    /// The revision is applied and every member is Healthy.
+    Synced,
+    /// The revision is applied; members are not all Healthy yet.
+    Progressing,
+    /// Owned objects drifted and are not corrected (self-heal off, or backing off a fight).
+    OutOfSync,
+    /// The last reconcile failed; the last good state stays in place.
+    Failed,
+    /// Applied, but a prune safeguard held the prune.
+    PruneHeld,
+}
+
+/// One object in a source's status.
+#[derive(Clone, Debug, Serialize)]
+pub struct ObjectStatus {
+    #[serde(flatten)]
+    pub id: ObjectRef,
+    pub action: Action,
+    pub health: Health,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// What a source looks like from outside: the status API, the CLI and the metrics read this.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    pub name: String,
+    /// The repository URL with any credentials removed.
+    pub repo: String,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    pub path: String,
+    pub last_fetched_commit: Option<String>,
+    pub last_applied_commit: Option<String>,
+    pub state: SyncState,
+    pub health: Health,
+    pub reason: String,
+    pub message: String,
+    #[serde(with = "unix_seconds")]
+    pub last_sync_time: Option<SystemTime>,
+    pub last_sync_duration_seconds: Option<f64>,
+    pub counts: HashMap<Action, usize>,
+    pub objects: Vec<ObjectStatus>,
+    /// Drift corrections and fights since the agent started.
+    pub drift_corrections: u64,
+    pub fights: u64,
+    /// From noticing the last applied commit to every member Healthy.
+    pub commit_to_healthy_seconds: Option<f64>,
+}
+
+mod unix_seconds {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+            Some(d) => s.serialize_some(&d.as_secs()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+impl SourceStatus {
+    pub fn new(source: &Source) -> Self {
+        SourceStatus {
+            name: source.name.clone(),
+            repo: redact_url(&source.spec.url),
+            reference: source.spec.reference.clone(),
+            path: source.spec.path.clone(),
+            last_fetched_commit: None,
+            last_applied_commit: None,
+            state: SyncState::Pending,
+            health: Health::Unknown,
+            reason: String::new(),
+            message: String::new(),
+            last_sync_time: None,
+            last_sync_duration_seconds: None,
+            counts: HashMap::new(),
+            objects: Vec::new(),
+            drift_corrections: 0,
+            fights: 0,
+            commit_to_healthy_seconds: None,
+        }
+    }
+}
+
+/// The statuses of every source, shared with whatever reports them.
+pub type Statuses = Arc<RwLock<std::collections::BTreeMap<String, SourceStatus>>>;
+
+/// The interval plus or minus up to 10%, so sources and replicas do not poll in lockstep.
+pub fn jittered(interval: Duration) -> Duration {
+    let spread = interval.as_millis() as u64 / 10;
+    if spread == 0 {
+        return interval;
+    }
+    let offset = rand::rng().random_range(0..=2 * spread);
+    Duration::from_millis(interval.as_millis() as u64 - spread + offset)
+}
+
+/// The running loop of one source.
+pub struct SourceLoop {
+    ctx: Context,
+    source: Source,
+    statuses: Statuses,
+    live: Arc<LiveState>,
+    drifted: mpsc::UnboundedReceiver<ObjectRef>,
+    watches: Watches,
+    /// What the source wants now, by identity (memory grows with what it manages).
+    desired: HashMap<ObjectRef, Planned>,
+    applyset_id: String,
+    applied_commit: Option<String>,
+    /// A commit noticed and applied whose members are not all Healthy yet.
+    pending_lead: Option<Instant>,
+    last_changes: ChangeSet,
+}
+
+impl SourceLoop {
+    pub fn new(ctx: Context, source: Source, statuses: Statuses) -> Self {
+        let (live, drifted) = LiveState::new();
+        statuses.write().unwrap_or_else(|p| p.into_inner()).insert(source.name.clone(), SourceStatus::new(&source));
+        SourceLoop {
+            ctx,
+            source,
+            statuses,
+            live: Arc::new(live),
+            drifted,
+            watches: Watches::default(),
+            desired: HashMap::new(),
+            applyset_id: String::new(),
+            applied_commit: None,
+            pending_lead: None,
+            last_changes: ChangeSet::default(),
+        }
+    }
+
+    /// Whether the first reconcile happened and every watch has listed its objects.
+    pub fn synced(&self) -> bool {
+        self.applied_commit.is_some() && self.watches.synced()
+    }
+
+    /// Runs until the task is aborted. `triggers` asks for an immediate remote check.
+    pub async fn run(mut self, mut triggers: mpsc::Receiver<()>) {
+        let mut next_poll = tokio::time::Instant::now();
+        let mut health_tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_poll) => {
+                    self.poll().await;
+                    next_poll = tokio::time::Instant::now() + jittered(self.source.interval);
+                }
+                Some(()) = triggers.recv() => self.poll().await,
+                Some(id) = self.drifted.recv() => self.heal(id).await,
+                _ = health_tick.tick() => self.refresh_health(),
+            }
+        }
+    }
+
+    /// Checks the remote; reconciles when the commit is new or the last attempt failed.
+    pub async fn poll(&mut self) {
+        let noticed = Instant::now();
+        let commit = match sync::remote_commit(&self.ctx, &self.source).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(source = %self.source.name, reason = e.reason(), error = %e, "remote check failed; the last good state stays in place");
+                self.update_status(|s| {
+                    s.state = SyncState::Failed;
+                    s.reason = e.reason().into();
+                    s.message = e.to_string();
+                });
+                return;
+            }
+        };
+        self.update_status(|s| s.last_fetched_commit = Some(commit.clone()));
+        if self.applied_commit.as_deref() == Some(commit.as_str()) {
+            return; // nothing new in git; drift is the watches' business
+        }
+        let opts = Options { mode: Mode::Incremental, commit: Some(&commit), live: Some(&self.live) };
+        let mut report = sync::reconcile_with(&self.ctx, &self.source, opts).await;
+        if let Some(outcome) = report.outcome.take() {
+            self.applyset_id = outcome.applyset_id.clone();
+            let desired: HashSet<ObjectRef> = outcome.plan.objects.iter().map(|p| p.id.clone()).collect();
+            for c in report.changes.entries.iter().filter(|c| c.action == Action::Deleted) {
+                self.live.forget(&c.id);
+            }
+            self.desired = outcome.plan.objects.into_iter().map(|p| (p.id.clone(), p)).collect();
+            debug_assert_eq!(self.desired.len(), desired.len());
+            self.watches.update(&self.ctx.cluster, &self.live, &outcome.applyset_id, &outcome.scopes);
+        }
+        if report.state != State::Failed {
+            self.applied_commit = Some(commit.clone());
+            self.pending_lead = Some(noticed);
+        }
+        self.last_changes = report.changes.clone();
+        let (state, reason, message) = match report.state {
+            State::Synced => (SyncState::Progressing, String::new(), String::new()),
+            State::PruneHeld => (SyncState::PruneHeld, report.reason.clone(), report.message.clone()),
+            State::Failed => (SyncState::Failed, report.reason.clone(), report.message.clone()),
+        };
+        let duration = report.duration.as_secs_f64();
+        self.update_status(|s| {
+            if report.state != State::Failed {
+                s.last_applied_commit = Some(commit.clone());
+            }
+            s.state = state;
+            s.reason = reason;
+            s.message = message;
+            s.last_sync_time = Some(SystemTime::now());
+            s.last_sync_duration_seconds = Some(duration);
+            s.counts = [Action::Created, Action::Configured, Action::Unchanged, Action::Recreated, Action::Deleted, Action::Skipped, Action::Failed]
+                .into_iter()
+                .map(|a| (a, report.changes.count(a)))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+        });
+        self.refresh_health();
+    }
+
+    /// Handles a drifted object: correct it (self-heal) or report it.
+    pub async fn heal(&mut self, id: ObjectRef) {
+        let Some(t) = self.live.dequeue(&id) else { return };
+        let Some(expected) = t.expected.as_ref() else { return };
+        let Some(found) = drift::detect(t.entry.as_ref(), expected) else { return };
+        let Some(planned) = self.desired.get(&id) else { return };
+        if !self.source.self_heal {
+            warn!(source = %self.source.name, object = %id, drift = %found, "drift detected; selfHeal is off, not correcting");
+            self.update_status(|s| {
+                s.state = SyncState::OutOfSync;
+                s.reason = "DriftDetected".into();
+                s.message = format!("{id}: {found}");
+            });
+            return;
+        }
+        let now = Instant::now();
+        if let Verdict::Wait(at) = t.fight.on_drift(now) {
+            let live = self.live.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                live.requeue(&id);
+            });
+            return;
+        }
+        self.live.begin_apply(&id);
+        match self.ctx.cluster.apply(planned, false).await {
+            Ok(object) => {
+                self.live.applied(&id, Expected::from_object(&object));
+                let fight = self.live.corrected(&id, now);
+                let corrections = self.live.get(&id).map(|t| t.fight.corrections).unwrap_or(0);
+                info!(source = %self.source.name, object = %id, drift = %found, latency_ms = now.elapsed().as_millis() as u64, "drift corrected");
+                if fight {
+                    warn!(source = %self.source.name, object = %id, other_manager = t.entry.as_ref().and_then(|e| e.other_manager.as_deref()).unwrap_or("unknown"),
+                        corrections, "another writer keeps changing this object; backing off");
+                }
+                self.update_status(|s| {
+                    s.drift_corrections += 1;
+                    if fight {
+                        s.fights += 1;
+                    }
+                });
+            }
+            Err(e) => {
+                self.live.apply_failed(&id);
+                warn!(source = %self.source.name, object = %id, error = %api_message(&e), "drift correction failed");
+            }
+        }
+    }
+
+    /// Recomputes health from the watches; records the commit-to-healthy lead time.
+    fn refresh_health(&mut self) {
+        if self.applied_commit.is_none() {
+            return;
+        }
+        let healths = self.live.health();
+        let worst = health::worst(healths.iter().map(|(_, s)| &s.health));
+        let drifted = self.live.drifted().len();
+        let lead = match (self.pending_lead, worst == Health::Healthy && healths.len() == self.desired.len()) {
+            (Some(noticed), true) => {
+                self.pending_lead = None;
+                Some(noticed.elapsed().as_secs_f64())
+            }
+            _ => None,
+        };
+        let changes: HashMap<&ObjectRef, (&Action, &str)> =
+            self.last_changes.entries.iter().map(|c| (&c.id, (&c.action, c.message.as_str()))).collect();
+        self.update_status(|s| {
+            s.health = if healths.is_empty() { Health::Healthy } else { worst };
+            if let Some(l) = lead {
+                s.commit_to_healthy_seconds = Some(l);
+            }
+            if matches!(s.state, SyncState::Progressing | SyncState::Synced | SyncState::OutOfSync) {
+                s.state = if drifted > 0 {
+                    SyncState::OutOfSync
+                } else if worst == Health::Healthy {
+                    SyncState::Synced
+                } else {
+                    SyncState::Progressing
+                };
+                if drifted == 0 && s.reason == "DriftDetected" {
+                    s.reason.clear();
+                    s.message.clear();
+                }
+            }
+            s.objects = healths
+                .iter()
+                .map(|(id, st)| {
+                    let (action, message) = changes.get(id).map(|(a, m)| (**a, *m)).unwrap_or((Action::Unchanged, ""));
+                    let message = if st.health == Health::Healthy { message.to_string() } else { st.reason.clone() };
+                    ObjectStatus { id: id.clone(), action, health: st.health, message }
+                })
+                .collect();
+        });
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut SourceStatus)) {
+        let mut all = self.statuses.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all.get_mut(&self.source.name) {
+            f(s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let base = Duration::from_secs(60);
+        for _ in 0..200 {
+            let j = jittered(base);
+            assert!(j >= Duration::from_secs(54) && j <= Duration::from_secs(66), "{j:?}");
+        }
+        assert_eq!(jittered(Duration::from_millis(5)), Duration::from_millis(5));
+    }
+}

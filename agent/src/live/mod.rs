@@ -1,0 +1,181 @@
+//! Live state: watches of the objects each source owns, trimmed to what drift, self-heal and
+//! health need. Memory grows with what Driftless manages, not with the cluster: only members of
+//! the source's ApplySet are watched (by its part-of label, per kind and namespace).
+//!
+//! [`watch`] feeds [`LiveState`]; [`drift`] decides (pure) whether an object drifted and how a
+//! fight backs off; [`health`] evaluates each object (pure, kstatus conventions).
+
+pub mod drift;
+pub mod health;
+pub mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+
+use crate::manifest::ObjectRef;
+use drift::{Drift, Entry, Expected, Fight};
+use health::{Health, Status};
+
+/// Everything known about one desired or member object.
+#[derive(Clone, Debug, Default)]
+pub struct Tracked {
+    /// The object as last seen by the watch; `None` when it does not exist.
+    pub entry: Option<Entry>,
+    /// What Driftless expects after its last apply; `None` for objects it does not manage now.
+    pub expected: Option<Expected>,
+    /// An apply of it is in flight: events are recorded but not judged until it returns.
+    pub in_flight: bool,
+    /// Queued for the source's loop to handle.
+    pub queued: bool,
+    /// The current, not yet corrected drift.
+    pub drift: Option<Drift>,
+    pub fight: Fight,
+}
+
+/// The live state of one source: the tracked objects and a channel of drifted ones.
+pub struct LiveState {
+    objects: Mutex<HashMap<ObjectRef, Tracked>>,
+    drifted: mpsc::UnboundedSender<ObjectRef>,
+}
+
+impl LiveState {
+    /// A new state and the receiver of drifted objects.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<ObjectRef>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { objects: Mutex::new(HashMap::new()), drifted: tx }, rx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef, Tracked>> {
+        self.objects.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Judges one object and queues it when it drifted. Caller holds the lock.
+    fn judge(&self, id: &ObjectRef, t: &mut Tracked) {
+        if t.in_flight {
+            return;
+        }
+        let Some(expected) = &t.expected else { return };
+        t.drift = drift::detect(t.entry.as_ref(), expected);
+        if t.drift.is_some() && !t.queued {
+            t.queued = true;
+            let _ = self.drifted.send(id.clone());
+        }
+    }
+
+    /// A watch saw the object (or saw it deleted: `None`).
+    pub fn observe(&self, id: &ObjectRef, entry: Option<Entry>) {
+        let mut objects = self.lock();
+        match objects.get_mut(id) {
+            Some(t) => {
+                t.entry = entry;
+                self.judge(id, t);
+            }
+            None => {
+                if entry.is_some() {
+                    objects.insert(id.clone(), Tracked { entry, ..Tracked::default() });
+                }
+            }
+        }
+    }
+
+    /// Marks an apply of the object as started: its events wait for [`LiveState::applied`].
+    pub fn begin_apply(&self, id: &ObjectRef) {
+        self.lock().entry(id.clone()).or_default().in_flight = true;
+    }
+
+    /// Records what an apply (or a listing of an unchanged object) left, then judges the object
+    /// against the latest watched state.
+    pub fn applied(&self, id: &ObjectRef, expected: Expected) {
+        let mut objects = self.lock();
+        let t = objects.entry(id.clone()).or_default();
+        t.in_flight = false;
+        t.expected = Some(expected);
+        self.judge(id, t);
+    }
+
+    /// An apply failed: stop holding its events back.
+    pub fn apply_failed(&self, id: &ObjectRef) {
+        if let Some(t) = self.lock().get_mut(id) {
+            t.in_flight = false;
+        }
+    }
+
+    /// The objects Driftless manages now; anything else stops being expected (it is only kept
+    /// while a watch still reports it, e.g. a member whose prune was held).
+    pub fn retain_desired(&self, desired: &HashSet<ObjectRef>) {
+        let mut objects = self.lock();
+        objects.retain(|id, t| {
+            if !desired.contains(id) {
+                t.expected = None;
+                t.drift = None;
+            }
+            desired.contains(id) || t.entry.is_some()
+        });
+    }
+
+    /// Forgets an object (deleted by prune).
+    pub fn forget(&self, id: &ObjectRef) {
+        self.lock().remove(id);
+    }
+
+    /// Takes a queued object off the queue; returns its state.
+    pub fn dequeue(&self, id: &ObjectRef) -> Option<Tracked> {
+        let mut objects = self.lock();
+        let t = objects.get_mut(id)?;
+        t.queued = false;
+        Some(t.clone())
+    }
+
+    /// Records a correction; true when it turned into a fight not reported before.
+    pub fn corrected(&self, id: &ObjectRef, now: std::time::Instant) -> bool {
+        self.lock().get_mut(id).map(|t| t.fight.on_corrected(now)).unwrap_or(false)
+    }
+
+    /// Queues an object again (after a backoff).
+    pub fn requeue(&self, id: &ObjectRef) {
+        let mut objects = self.lock();
+        if let Some(t) = objects.get_mut(id) {
+            t.queued = false;
+            self.judge(id, t);
+        }
+    }
+
+    /// The watched state of an object.
+    pub fn get(&self, id: &ObjectRef) -> Option<Tracked> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Health of every managed object (`Unknown` "not observed yet" when no watch saw it).
+    pub fn health(&self) -> Vec<(ObjectRef, Status)> {
+        let objects = self.lock();
+        let mut out: Vec<(ObjectRef, Status)> = objects
+            .iter()
+            .filter(|(_, t)| t.expected.is_some())
+            .map(|(id, t)| {
+                let status = match &t.entry {
+                    Some(e) => e.health.clone(),
+                    None => Status { health: Health::Unknown, reason: "not found".into() },
+                };
+                (id.clone(), status)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Objects whose drift is known and not corrected.
+    pub fn drifted(&self) -> Vec<(ObjectRef, Drift)> {
+        self.lock().iter().filter_map(|(id, t)| t.drift.clone().map(|d| (id.clone(), d))).collect()
+    }
+
+    /// How many objects are tracked (for memory accounting and tests).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,131 @@
+//! Watches of a source's members: one per kind and namespace, selected by the ApplySet part-of
+//! label, so namespace-scoped RBAC suffices and nothing else in the cluster is seen.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use super::drift::Entry;
+use super::LiveState;
+use crate::apply::Cluster;
+use crate::keys;
+use crate::manifest::{ObjectRef, ResourceType};
+
+/// One watched scope: a resource type in a namespace (empty for cluster-scoped types).
+pub type Scope = (ResourceType, String);
+
+/// A scope's key: group, kind, namespace.
+type ScopeKey = (String, String, String);
+
+/// The running watches of one source.
+#[derive(Default)]
+pub struct Watches {
+    /// Each watch, with a flag set once its initial listing completed.
+    running: HashMap<ScopeKey, (JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
+impl Watches {
+    /// Starts watches for new scopes and stops those no longer needed.
+    pub fn update(&mut self, cluster: &Cluster, state: &Arc<LiveState>, applyset_id: &str, scopes: &[Scope]) {
+        let wanted: HashSet<ScopeKey> =
+            scopes.iter().map(|(rt, ns)| (rt.group.clone(), rt.kind.clone(), ns.clone())).collect();
+        self.running.retain(|key, (handle, _)| {
+            let keep = wanted.contains(key) && !handle.is_finished();
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for (rt, ns) in scopes {
+            let key = (rt.group.clone(), rt.kind.clone(), ns.clone());
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let api = cluster.api(rt, ns);
+            let selector = format!("{}={applyset_id}", keys::APPLYSET_PART_OF);
+            let synced = Arc::new(AtomicBool::new(false));
+            let handle = tokio::spawn(watch_scope(api, selector, rt.clone(), ns.clone(), state.clone(), synced.clone()));
+            self.running.insert(key, (handle, synced));
+        }
+    }
+
+    /// Whether every watch has completed its initial listing.
+    pub fn synced(&self) -> bool {
+        self.running.values().all(|(_, synced)| synced.load(Ordering::SeqCst))
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for (handle, _) in self.running.values() {
+            handle.abort();
+        }
+    }
+}
+
+async fn watch_scope(
+    api: kube::Api<kube::api::DynamicObject>,
+    selector: String,
+    rt: ResourceType,
+    namespace: String,
+    state: Arc<LiveState>,
+    synced: Arc<AtomicBool>,
+) {
+    let id_of = |o: &kube::api::DynamicObject| ObjectRef {
+        group: rt.group.clone(),
+        kind: rt.kind.clone(),
+        namespace: o.metadata.namespace.clone().unwrap_or_default(),
+        name: o.metadata.name.clone().unwrap_or_default(),
+    };
+    let entry_of = |o: kube::api::DynamicObject| {
+        let value = serde_json::to_value(o).unwrap_or_default();
+        Entry::from_object(&rt.group, &rt.kind, &value)
+    };
+    let mut seen: HashSet<ObjectRef> = HashSet::new();
+    let mut known: HashSet<ObjectRef> = HashSet::new();
+    let mut stream = watcher::watcher(api, watcher::Config::default().labels(&selector)).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => seen.clear(),
+            Ok(Event::InitApply(o)) => {
+                let id = id_of(&o);
+                seen.insert(id.clone());
+                state.observe(&id, Some(entry_of(o)));
+            }
+            Ok(Event::InitDone) => {
+                // objects that vanished while the watch was down
+                for id in known.difference(&seen) {
+                    state.observe(id, None);
+                }
+                known = std::mem::take(&mut seen);
+                synced.store(true, Ordering::SeqCst);
+                debug!(kind = %rt.kind, namespace = %namespace, objects = known.len(), "watch synced");
+            }
+            Ok(Event::Apply(o)) => {
+                let id = id_of(&o);
+                known.insert(id.clone());
+                state.observe(&id, Some(entry_of(o)));
+            }
+            Ok(Event::Delete(o)) => {
+                let id = id_of(&o);
+                known.remove(&id);
+                state.observe(&id, None);
+            }
+            Err(e) => warn!(kind = %rt.kind, namespace = %namespace, error = %e, "watch error; retrying"),
+        }
+    }
+}
