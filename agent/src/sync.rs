@@ -3,7 +3,9 @@
 //! fetch, render, plan, validate (dry-run), apply, prune.
 //!
 //! Nothing is lost: a failed fetch, render, plan or validation applies nothing and prunes
-//! nothing; prune runs only after every object of the revision applied cleanly.
+//! nothing; prune runs only after every object of the revision applied cleanly. The one write
+//! that can precede validation: CRDs and Namespaces of the revision, applied first so that the
+//! objects in them can be dry-run; they are additive and never pruned by a failed sync.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -381,7 +383,9 @@ struct Stages<'a> {
 }
 
 impl Stages<'_> {
-    /// Objects not dry-run before are dry-run when their group comes; a failure stops the apply.
+    /// Applies definitions (CRDs and Namespaces, whatever their wave) first; then dry-runs every
+    /// object that could not be dry-run before they existed, so the whole revision is validated
+    /// before any other object is written; then the rest, wave by wave and stage by stage.
     /// Records what each object is expected to look like afterwards.
     async fn apply(
         &self,
@@ -390,74 +394,105 @@ impl Stages<'_> {
         expected: &mut HashMap<ObjectRef, Expected>,
         changes: &mut ChangeSet,
     ) -> Result<(), Error> {
-        let cluster = self.cluster;
-        let mut groups: Vec<Vec<&Planned>> = Vec::new();
-        for p in &plan.objects {
-            match groups.last_mut() {
-                Some(g) if g[0].wave == p.wave && g[0].stage == p.stage => g.push(p),
-                _ => groups.push(vec![p]),
+        let (definitions, rest): (Vec<&Planned>, Vec<&Planned>) = plan.objects.iter().partition(|p| p.stage == 0);
+        let definitions = groups(definitions);
+        let rest = groups(rest);
+        for (i, group) in definitions.iter().enumerate() {
+            if let Err(e) = self.apply_group(group, decisions, expected, changes).await {
+                skip_rest(&definitions[i + 1..], changes);
+                skip_rest(&rest, changes);
+                return Err(e);
             }
         }
-        for (i, group) in groups.iter().enumerate() {
-            if i > 0 && groups[i - 1][0].wave != group[0].wave {
-                let earlier: Vec<&Planned> = groups[..i].iter().flatten().copied().collect();
-                if let Err(e) = wait_healthy(cluster, &earlier, self.health_timeout).await {
-                    skip_rest(&groups[i..], changes);
+        let crds: Vec<String> =
+            plan.objects.iter().filter(|p| p.stage == 0 && p.id.kind == "CustomResourceDefinition").map(|p| p.id.name.clone()).collect();
+        if !crds.is_empty() {
+            self.cluster.wait_crds_established(&crds, CRD_TIMEOUT).await.map_err(Error::Apply)?;
+        }
+
+        let pending: Vec<&Planned> = plan.objects.iter().filter(|p| !decisions.contains_key(&p.id)).collect();
+        if !pending.is_empty() {
+            match apply::dry_run(self.cluster, &pending, self.live).await {
+                Ok(d) => decisions.extend(pending.iter().map(|p| p.id.clone()).zip(d)),
+                Err(failures) => {
+                    let err = validation_failed(failures, changes);
+                    skip_rest(&rest, changes);
+                    return Err(err);
+                }
+            }
+        }
+
+        for (i, group) in rest.iter().enumerate() {
+            let wave = group[0].wave;
+            if plan.objects.iter().any(|p| p.wave < wave) && (i == 0 || rest[i - 1][0].wave != wave) {
+                let earlier: Vec<&Planned> = plan.objects.iter().filter(|p| p.wave < wave).collect();
+                if let Err(e) = wait_healthy(self.cluster, &earlier, self.health_timeout).await {
+                    skip_rest(&rest[i..], changes);
                     return Err(e);
                 }
             }
-            let pending: Vec<&Planned> = group.iter().copied().filter(|p| !decisions.contains_key(&p.id)).collect();
-            if !pending.is_empty() {
-                match apply::dry_run(cluster, &pending, self.live).await {
-                    Ok(d) => decisions.extend(pending.iter().map(|p| p.id.clone()).zip(d)),
-                    Err(failures) => {
-                        let err = validation_failed(failures, changes);
-                        skip_rest(&groups[i..], changes);
-                        return Err(err);
-                    }
-                }
-            }
-            let decided: &HashMap<ObjectRef, Decision> = decisions;
-            let results: Vec<(ObjectRef, Action, String, Option<Value>)> = stream::iter(0..group.len())
-                .map(|j| async move {
-                    let p = group[j];
-                    let decision = decided[&p.id];
-                    if decision != Decision::Unchanged {
-                        if let Some(state) = self.state {
-                            state.begin_apply(&p.id);
-                        }
-                    }
-                    apply_one(cluster, p, decision).await
-                })
-                .buffered(apply::CONCURRENCY)
-                .collect()
-                .await;
-            let failed = results.iter().any(|r| r.1 == Action::Failed);
-            for (id, action, message, result) in results {
-                let after = result.as_ref().or_else(|| self.live.get(&id));
-                if let Some(object) = after.filter(|_| action != Action::Failed) {
-                    let e = Expected::from_object(object);
-                    if let Some(state) = self.state {
-                        state.applied(&id, e.clone());
-                    }
-                    expected.insert(id.clone(), e);
-                } else if let Some(state) = self.state {
-                    state.apply_failed(&id);
-                }
-                changes.push(id, action, message);
-            }
-            if failed {
-                skip_rest(&groups[i + 1..], changes);
-                return Err(Error::Apply(failures(changes)));
-            }
-            let crds: Vec<String> =
-                group.iter().filter(|p| p.id.kind == "CustomResourceDefinition").map(|p| p.id.name.clone()).collect();
-            if !crds.is_empty() {
-                cluster.wait_crds_established(&crds, CRD_TIMEOUT).await.map_err(Error::Apply)?;
+            if let Err(e) = self.apply_group(group, decisions, expected, changes).await {
+                skip_rest(&rest[i + 1..], changes);
+                return Err(e);
             }
         }
         Ok(())
     }
+
+    /// Applies one group concurrently, by the decisions made.
+    async fn apply_group(
+        &self,
+        group: &[&Planned],
+        decisions: &HashMap<ObjectRef, Decision>,
+        expected: &mut HashMap<ObjectRef, Expected>,
+        changes: &mut ChangeSet,
+    ) -> Result<(), Error> {
+        let cluster = self.cluster;
+        let results: Vec<(ObjectRef, Action, String, Option<Value>)> = stream::iter(0..group.len())
+            .map(|j| async move {
+                let p = group[j];
+                let decision = decisions[&p.id];
+                if decision != Decision::Unchanged {
+                    if let Some(state) = self.state {
+                        state.begin_apply(&p.id);
+                    }
+                }
+                apply_one(cluster, p, decision).await
+            })
+            .buffered(apply::CONCURRENCY)
+            .collect()
+            .await;
+        let failed = results.iter().any(|r| r.1 == Action::Failed);
+        for (id, action, message, result) in results {
+            let after = result.as_ref().or_else(|| self.live.get(&id));
+            if let Some(object) = after.filter(|_| action != Action::Failed) {
+                let e = Expected::from_object(object);
+                if let Some(state) = self.state {
+                    state.applied(&id, e.clone());
+                }
+                expected.insert(id.clone(), e);
+            } else if let Some(state) = self.state {
+                state.apply_failed(&id);
+            }
+            changes.push(id, action, message);
+        }
+        if failed {
+            return Err(Error::Apply(failures(changes)));
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive objects of the same wave and stage.
+fn groups(objects: Vec<&Planned>) -> Vec<Vec<&Planned>> {
+    let mut out: Vec<Vec<&Planned>> = Vec::new();
+    for p in objects {
+        match out.last_mut() {
+            Some(g) if g[0].wave == p.wave && g[0].stage == p.stage => g.push(p),
+            _ => out.push(vec![p]),
+        }
+    }
+    out
 }
 
 /// Waits until every object is Healthy, polling those that are not yet.

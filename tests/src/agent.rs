@@ -30,11 +30,16 @@ pub struct Agent {
 
 impl Agent {
     pub async fn new() -> Self {
+        Self::with_agent_namespace(AGENT_NAMESPACE).await
+    }
+
+    /// An agent whose ApplySet parents live in `namespace` (created when missing).
+    pub async fn with_agent_namespace(namespace: &str) -> Self {
         let client = client().await;
         let cache = TempDir::new().expect("a cache directory");
         let ctx = Context {
             cluster: Cluster::connect(Some(&kubeconfig_path())).await.expect("connect as driftless"),
-            agent_namespace: AGENT_NAMESPACE.into(),
+            agent_namespace: namespace.into(),
             cache_dir: cache.path().to_path_buf(),
             limits: Limits::default(),
         };
@@ -155,4 +160,64 @@ where
         async move { fut.await.then_some(()) }
     })
     .await
+}
+
+/// A `driftless run` loop for one source, running in this process until dropped.
+pub struct RunningSource {
+    pub statuses: driftless::agent::Statuses,
+    pub trigger: tokio::sync::mpsc::Sender<()>,
+    pub name: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningSource {
+    /// Starts the loop of `source` (the first poll happens at once).
+    pub fn start(agent: &Agent, source: Source) -> Self {
+        let statuses: driftless::agent::Statuses = Default::default();
+        let (trigger, rx) = tokio::sync::mpsc::channel(1);
+        let name = source.name.clone();
+        let lp = driftless::agent::SourceLoop::new(agent.ctx.clone(), source, statuses.clone());
+        let task = tokio::spawn(lp.run(rx));
+        RunningSource { statuses, trigger, name, task }
+    }
+
+    /// The source's current status.
+    pub fn status(&self) -> driftless::agent::SourceStatus {
+        self.statuses.read().unwrap().get(&self.name).cloned().expect("the source has a status")
+    }
+
+    /// Waits until the status satisfies `f`.
+    pub async fn wait(&self, what: &str, timeout: Duration, f: impl Fn(&driftless::agent::SourceStatus) -> bool) {
+        crate::wait_for(what, timeout, || async { f(&self.status()).then_some(()) }).await
+    }
+}
+
+impl Drop for RunningSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Audit events sent by Driftless (its user agent) since the log had `since` events, about
+/// objects in `namespace` or about the ApplySet parent of `source` (tests run in parallel: each
+/// looks only at its own).
+pub fn driftless_requests_since(since: usize, namespace: &str, source: &str) -> Vec<Value> {
+    let parent = format!("driftless-{source}");
+    audit_events()
+        .into_iter()
+        .skip(since)
+        .filter(|e| e["userAgent"].as_str().is_some_and(|u| u.starts_with("driftless/")))
+        .filter(|e| e["objectRef"]["namespace"] == namespace || e["objectRef"]["name"] == parent.as_str())
+        .collect()
+}
+
+/// Whether an audit event is a write (not a dry-run).
+pub fn is_write(e: &Value) -> bool {
+    matches!(e["verb"].as_str(), Some("create" | "patch" | "update" | "delete"))
+        && !e["requestURI"].as_str().unwrap_or_default().contains("dryRun")
+}
+
+/// Whether an audit event is a dry-run.
+pub fn is_dry_run(e: &Value) -> bool {
+    e["requestURI"].as_str().unwrap_or_default().contains("dryRun")
 }

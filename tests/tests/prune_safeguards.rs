@@ -296,13 +296,15 @@ async fn a_failed_delete_stays_in_the_inventory_and_is_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_namespace_and_the_parent_are_never_pruned() {
-    let agent = Agent::new().await;
+    // an agent namespace of its own: this test labels it, and reruns must not find it labelled
+    let agent_ns = driftless_tests::unique_name("t-agent-ns");
+    let agent = Agent::with_agent_namespace(&agent_ns).await;
     let repo = GitFixture::new();
     // a source that (wrongly) manages the agent's own namespace, then drops it
-    repo.write("agent-ns.yaml", format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {AGENT_NAMESPACE}\n"));
+    repo.write("agent-ns.yaml", format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {agent_ns}\n  labels: {{driftless.dev/test: \"true\"}}\n"));
     repo.write("c.yaml", configmap("in-agent-ns", "1"));
     repo.commit("agent namespace");
-    let mut source = driftless_tests::agent::source("self", &repo.url(), AGENT_NAMESPACE);
+    let mut source = driftless_tests::agent::source("self", &repo.url(), &agent_ns);
     let first = agent.sync(&source).await;
     assert_eq!(first.state, State::Synced, "{}", first.message);
 
@@ -317,10 +319,11 @@ async fn the_agent_namespace_and_the_parent_are_never_pruned() {
     assert_eq!(report.state, State::Synced, "{}", report.message);
     let deleted: Vec<String> =
         report.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
-    assert_eq!(deleted, [format!("ConfigMap {AGENT_NAMESPACE}/in-agent-ns")]);
+    assert_eq!(deleted, [format!("ConfigMap {agent_ns}/in-agent-ns")]);
     let nss = dynamic_api(&agent.client, "v1", "Namespace", "namespaces", "");
-    let agent_ns = get(&nss, AGENT_NAMESPACE).await.expect("the agent's namespace exists");
-    assert!(agent_ns["metadata"]["deletionTimestamp"].is_null());
-    let parent = dynamic_api(&agent.client, "v1", "ConfigMap", "configmaps", AGENT_NAMESPACE);
+    let live_ns = get(&nss, &agent_ns).await.expect("the agent's namespace exists");
+    assert!(live_ns["metadata"]["deletionTimestamp"].is_null());
+    let parent = dynamic_api(&agent.client, "v1", "ConfigMap", "configmaps", &agent_ns);
     assert!(get(&parent, &format!("driftless-{}", source.name)).await.is_some(), "the parent stays");
+    let _ = nss.delete(&agent_ns, &DeleteParams::background()).await;
 }

@@ -23,6 +23,8 @@ use health::{Health, Status};
 pub struct Tracked {
     /// The object as last seen by the watch; `None` when it does not exist.
     pub entry: Option<Entry>,
+    /// A watch has listed its scope since Driftless started expecting it: `entry` is real.
+    pub seen: bool,
     /// What Driftless expects after its last apply; `None` for objects it does not manage now.
     pub expected: Option<Expected>,
     /// An apply of it is in flight: events are recorded but not judged until it returns.
@@ -53,7 +55,7 @@ impl LiveState {
 
     /// Judges one object and queues it when it drifted. Caller holds the lock.
     fn judge(&self, id: &ObjectRef, t: &mut Tracked) {
-        if t.in_flight {
+        if t.in_flight || !t.seen {
             return;
         }
         let Some(expected) = &t.expected else { return };
@@ -70,12 +72,30 @@ impl LiveState {
         match objects.get_mut(id) {
             Some(t) => {
                 t.entry = entry;
+                t.seen = true;
                 self.judge(id, t);
             }
             None => {
                 if entry.is_some() {
-                    objects.insert(id.clone(), Tracked { entry, ..Tracked::default() });
+                    objects.insert(id.clone(), Tracked { entry, seen: true, ..Tracked::default() });
                 }
+            }
+        }
+    }
+
+    /// A watch finished listing a scope (group, kind, namespace): expected objects of it that the
+    /// listing did not contain are gone.
+    pub fn listed(&self, group: &str, kind: &str, namespace: &str) {
+        let mut objects = self.lock();
+        let ids: Vec<ObjectRef> = objects
+            .iter()
+            .filter(|(id, t)| !t.seen && id.group == group && id.kind == kind && id.namespace == namespace)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(t) = objects.get_mut(&id) {
+                t.seen = true;
+                self.judge(&id, t);
             }
         }
     }
@@ -177,5 +197,70 @@ impl LiveState {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drift::Expected;
+    use super::health::Status;
+    use super::*;
+
+    fn id(name: &str) -> ObjectRef {
+        ObjectRef { group: String::new(), kind: "ConfigMap".into(), namespace: "a".into(), name: name.into() }
+    }
+
+    fn entry(fields: &str) -> Entry {
+        Entry {
+            uid: "u".into(),
+            resource_version: "1".into(),
+            generation: 0,
+            desired_hash: None,
+            fields_hash: fields.into(),
+            other_manager: Some("kubectl-edit".into()),
+            health: Status { health: Health::Healthy, reason: String::new() },
+        }
+    }
+
+    #[test]
+    fn nothing_is_judged_before_a_watch_has_seen_it() {
+        let (state, mut rx) = LiveState::new();
+        state.applied(&id("a"), Expected { fields_hash: "f1".into() });
+        assert!(rx.try_recv().is_err(), "expected before any watch event: not deleted");
+        state.listed("", "ConfigMap", "a");
+        assert_eq!(rx.try_recv().unwrap(), id("a"), "listed and absent: deleted");
+    }
+
+    #[test]
+    fn own_applies_are_not_drift_and_changes_by_others_are_queued_once() {
+        let (state, mut rx) = LiveState::new();
+        state.observe(&id("a"), Some(entry("f1")));
+        state.applied(&id("a"), Expected { fields_hash: "f1".into() });
+        assert!(rx.try_recv().is_err());
+        // Driftless applies a new revision: the event of its own write arrives before the response
+        state.begin_apply(&id("a"));
+        state.observe(&id("a"), Some(entry("f2")));
+        assert!(rx.try_recv().is_err(), "held back while in flight");
+        state.applied(&id("a"), Expected { fields_hash: "f2".into() });
+        assert!(rx.try_recv().is_err());
+        // someone takes a field, twice before the loop gets to it
+        state.observe(&id("a"), Some(entry("f3")));
+        state.observe(&id("a"), Some(entry("f4")));
+        assert_eq!(rx.try_recv().unwrap(), id("a"));
+        assert!(rx.try_recv().is_err(), "queued once");
+        assert_eq!(state.drifted().len(), 1);
+        let t = state.dequeue(&id("a")).unwrap();
+        assert!(matches!(t.drift, Some(Drift::Modified { by: Some(ref m) }) if m == "kubectl-edit"));
+    }
+
+    #[test]
+    fn objects_that_left_git_are_no_longer_expected() {
+        let (state, mut rx) = LiveState::new();
+        state.observe(&id("gone"), Some(entry("f1")));
+        state.applied(&id("gone"), Expected { fields_hash: "f1".into() });
+        state.retain_desired(&HashSet::new());
+        state.observe(&id("gone"), None);
+        assert!(rx.try_recv().is_err(), "pruning an object is not drift");
+        assert!(state.health().is_empty());
     }
 }

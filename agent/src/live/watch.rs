@@ -112,6 +112,7 @@ async fn watch_scope(
                     state.observe(id, None);
                 }
                 known = std::mem::take(&mut seen);
+                state.listed(&rt.group, &rt.kind, &namespace);
                 synced.store(true, Ordering::SeqCst);
                 debug!(kind = %rt.kind, namespace = %namespace, objects = known.len(), "watch synced");
             }
