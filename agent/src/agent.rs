@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::apply::api_message;
 use crate::apply::changeset::{Action, ChangeSet};
@@ -207,7 +207,9 @@ impl SourceLoop {
         };
         self.update_status(|s| s.last_fetched_commit = Some(commit.clone()));
         if self.applied_commit.as_deref() == Some(commit.as_str()) {
-            return; // nothing new in git; drift is the watches' business
+            // nothing new in git; drift is the watches' business
+            debug!(source = %self.source.name, elapsed_us = noticed.elapsed().as_micros() as u64, "poll: nothing new");
+            return;
         }
         let opts = Options { mode: Mode::Incremental, commit: Some(&commit), live: Some(&self.live) };
         let mut report = sync::reconcile_with(&self.ctx, &self.source, opts).await;
