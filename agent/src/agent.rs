@@ -24,6 +24,8 @@ use crate::live::LiveState;
 use crate::manifest::ObjectRef;
 use crate::plan::Planned;
 use crate::source::redact_url;
+use crate::status::metrics::{ActionLabels, FailureLabels, KindLabels, Metrics, ResultLabels};
+use crate::status::{self, reasons, Telemetry};
 use crate::sync::{self, Context, Mode, Options, State};
 
 /// A source's sync state as users read it.
@@ -80,6 +82,8 @@ pub struct SourceStatus {
     pub fights: u64,
     /// From noticing the last applied commit to every member Healthy.
     pub commit_to_healthy_seconds: Option<f64>,
+    /// Reconciled once and every watch synced (readiness).
+    pub ready: bool,
 }
 
 mod unix_seconds {
@@ -115,6 +119,7 @@ impl SourceStatus {
             drift_corrections: 0,
             fights: 0,
             commit_to_healthy_seconds: None,
+            ready: false,
         }
     }
 }
@@ -136,7 +141,7 @@ pub fn jittered(interval: Duration) -> Duration {
 pub struct SourceLoop {
     ctx: Context,
     source: Source,
-    statuses: Statuses,
+    telemetry: Telemetry,
     live: Arc<LiveState>,
     drifted: mpsc::UnboundedReceiver<ObjectRef>,
     watches: Watches,
@@ -147,16 +152,20 @@ pub struct SourceLoop {
     /// A commit noticed and applied whose members are not all Healthy yet.
     pending_lead: Option<Instant>,
     last_changes: ChangeSet,
+    /// The first reconcile was attempted (for readiness).
+    attempted: bool,
+    /// The state and health last written to the parent's annotations.
+    annotated: Option<(SyncState, Health)>,
 }
 
 impl SourceLoop {
-    pub fn new(ctx: Context, source: Source, statuses: Statuses) -> Self {
+    pub fn new(ctx: Context, source: Source, telemetry: Telemetry) -> Self {
         let (live, drifted) = LiveState::new();
-        statuses.write().unwrap_or_else(|p| p.into_inner()).insert(source.name.clone(), SourceStatus::new(&source));
+        telemetry.statuses.write().unwrap_or_else(|p| p.into_inner()).insert(source.name.clone(), SourceStatus::new(&source));
         SourceLoop {
             ctx,
             source,
-            statuses,
+            telemetry,
             live: Arc::new(live),
             drifted,
             watches: Watches::default(),
@@ -165,12 +174,18 @@ impl SourceLoop {
             applied_commit: None,
             pending_lead: None,
             last_changes: ChangeSet::default(),
+            attempted: false,
+            annotated: None,
         }
     }
 
-    /// Whether the first reconcile happened and every watch has listed its objects.
+    fn metrics(&self) -> &Metrics {
+        &self.telemetry.metrics
+    }
+
+    /// Whether the first reconcile was attempted and every watch has listed its objects.
     pub fn synced(&self) -> bool {
-        self.applied_commit.is_some() && self.watches.synced()
+        self.attempted && self.watches.synced()
     }
 
     /// Runs until the task is aborted. `triggers` asks for an immediate remote check.
@@ -193,9 +208,14 @@ impl SourceLoop {
     /// Checks the remote; reconciles when the commit is new or the last attempt failed.
     pub async fn poll(&mut self) {
         let noticed = Instant::now();
-        let commit = match sync::remote_commit(&self.ctx, &self.source).await {
+        let name = Metrics::source(&self.source.name);
+        let checked = sync::remote_commit(&self.ctx, &self.source).await;
+        self.metrics().git_fetch_duration.get_or_create(&name).observe(noticed.elapsed().as_secs_f64());
+        let commit = match checked {
             Ok(c) => c,
             Err(e) => {
+                self.attempted = true;
+                self.metrics().git_fetch_errors_total.get_or_create(&name).inc();
                 warn!(source = %self.source.name, reason = e.reason(), error = %e, "remote check failed; the last good state stays in place");
                 self.update_status(|s| {
                     s.state = SyncState::Failed;
@@ -213,6 +233,17 @@ impl SourceLoop {
         }
         let opts = Options { mode: Mode::Incremental, commit: Some(&commit), live: Some(&self.live) };
         let mut report = sync::reconcile_with(&self.ctx, &self.source, opts).await;
+        self.attempted = true;
+        self.record_sync(&report);
+        status::publish_report(
+            &self.ctx.cluster,
+            self.telemetry.events.as_deref(),
+            &self.source.name,
+            &self.ctx.agent_namespace,
+            &report,
+            None,
+        )
+        .await;
         if let Some(outcome) = report.outcome.take() {
             self.applyset_id = outcome.applyset_id.clone();
             let desired: HashSet<ObjectRef> = outcome.plan.objects.iter().map(|p| p.id.clone()).collect();
@@ -258,6 +289,8 @@ impl SourceLoop {
         let Some(expected) = t.expected.as_ref() else { return };
         let Some(found) = drift::detect(t.entry.as_ref(), expected) else { return };
         let Some(planned) = self.desired.get(&id) else { return };
+        let kind = KindLabels { source: self.source.name.clone(), kind: id.group_kind().to_string() };
+        self.metrics().drift_detected_total.get_or_create(&kind).inc();
         if !self.source.self_heal {
             warn!(source = %self.source.name, object = %id, drift = %found, "drift detected; selfHeal is off, not correcting");
             self.update_status(|s| {
@@ -288,12 +321,28 @@ impl SourceLoop {
                     warn!(source = %self.source.name, object = %id, other_manager = t.entry.as_ref().and_then(|e| e.other_manager.as_deref()).unwrap_or("unknown"),
                         corrections, "another writer keeps changing this object; backing off");
                 }
+                self.metrics().drift_corrections_total.get_or_create(&kind).inc();
+                if fight {
+                    self.metrics().fights_total.get_or_create(&Metrics::source(&self.source.name)).inc();
+                }
                 self.update_status(|s| {
                     s.drift_corrections += 1;
                     if fight {
                         s.fights += 1;
                     }
                 });
+                if let Some(events) = &self.telemetry.events {
+                    let parent = crate::prune::applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
+                    let revision = self.applied_commit.as_deref().map(sync::short).unwrap_or("-");
+                    let mut note = format!("revision {revision}: {id} {found}; re-applied");
+                    if fight {
+                        note.push_str(&format!(
+                            "; another writer ({}) keeps changing it, backing off",
+                            t.entry.as_ref().and_then(|e| e.other_manager.as_deref()).unwrap_or("unknown")
+                        ));
+                    }
+                    events.publish(&self.ctx.cluster, &parent, fight, reasons::DRIFT_CORRECTED, &note).await;
+                }
             }
             Err(e) => {
                 self.live.apply_failed(&id);
@@ -302,8 +351,49 @@ impl SourceLoop {
         }
     }
 
-    /// Recomputes health from the watches; records the commit-to-healthy lead time.
+    /// Updates the metrics of a finished reconcile.
+    fn record_sync(&self, report: &sync::Report) {
+        let m = self.metrics();
+        let name = Metrics::source(&self.source.name);
+        let result = match report.state {
+            State::Synced => "success",
+            State::PruneHeld => "prune_held",
+            State::Failed => "failure",
+        };
+        m.sync_total.get_or_create(&ResultLabels { source: self.source.name.clone(), result: result.into() }).inc();
+        m.sync_duration.get_or_create(&name).observe(report.duration.as_secs_f64());
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        m.last_sync_timestamp.get_or_create(&name).set(now);
+        match report.state {
+            State::Failed => {
+                m.sync_failures_total.get_or_create(&FailureLabels { source: self.source.name.clone(), reason: report.reason.clone() }).inc();
+                if report.reason == "FetchFailed" {
+                    m.git_fetch_errors_total.get_or_create(&name).inc();
+                }
+            }
+            State::PruneHeld => {
+                m.prune_held_total.get_or_create(&name).inc();
+                m.last_successful_sync_timestamp.get_or_create(&name).set(now);
+            }
+            State::Synced => {
+                m.last_successful_sync_timestamp.get_or_create(&name).set(now);
+            }
+        }
+        if report.state != State::Failed {
+            if let Some(commit) = &report.commit {
+                m.set_revision(&self.source.name, commit);
+            }
+        }
+        for c in &report.changes.entries {
+            m.apply_total.get_or_create(&ActionLabels { source: self.source.name.clone(), action: c.action.as_str().into() }).inc();
+        }
+    }
+
+    /// Recomputes health from the watches; records the commit-to-healthy lead time, readiness,
+    /// the object gauges, and the parent's annotations when the state or health changed.
     fn refresh_health(&mut self) {
+        let ready = self.synced();
+        self.update_status(|s| s.ready = ready);
         if self.applied_commit.is_none() {
             return;
         }
@@ -317,6 +407,14 @@ impl SourceLoop {
             }
             _ => None,
         };
+        if let Some(l) = lead {
+            self.metrics().commit_to_healthy.get_or_create(&Metrics::source(&self.source.name)).observe(l);
+        }
+        let counts: Vec<(&'static str, i64)> = [Health::Healthy, Health::Progressing, Health::Degraded, Health::Unknown]
+            .into_iter()
+            .map(|h| (h.as_str(), healths.iter().filter(|(_, s)| s.health == h).count() as i64))
+            .collect();
+        self.metrics().set_objects(&self.source.name, &counts);
         let changes: HashMap<&ObjectRef, (&Action, &str)> =
             self.last_changes.entries.iter().map(|c| (&c.id, (&c.action, c.message.as_str()))).collect();
         self.update_status(|s| {
@@ -346,10 +444,31 @@ impl SourceLoop {
                 })
                 .collect();
         });
+        self.annotate_on_change();
+    }
+
+    /// Writes the parent's status annotations when the state or health changed (never on a
+    /// quiet poll, so a no-op resync stays free of API requests).
+    fn annotate_on_change(&mut self) {
+        let (state, health, message) = {
+            let all = self.telemetry.statuses.read().unwrap_or_else(|p| p.into_inner());
+            let Some(s) = all.get(&self.source.name) else { return };
+            (s.state, s.health, s.message.clone())
+        };
+        if self.annotated == Some((state, health)) {
+            return;
+        }
+        self.annotated = Some((state, health));
+        let cluster = self.ctx.cluster.clone();
+        let parent = crate::prune::applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
+        let state_text = format!("{state:?}");
+        tokio::spawn(async move {
+            let _ = status::annotate(&cluster, &parent, &state_text, Some(health.as_str()), &message, SystemTime::now()).await;
+        });
     }
 
     fn update_status(&self, f: impl FnOnce(&mut SourceStatus)) {
-        let mut all = self.statuses.write().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.telemetry.statuses.write().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = all.get_mut(&self.source.name) {
             f(s);
         }

@@ -36,6 +36,25 @@ pub enum Command {
     Sync(SyncArgs),
     /// Run the agent: reconcile every source on its interval until stopped.
     Run(RunArgs),
+    /// Show each source's revision, state and health, from a running agent or the cluster.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A running agent's address (http://host:port); without it, read the ApplySet parents in
+    /// the cluster.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Kubeconfig file (when reading the cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the ApplySet parents (the agent's own; POD_NAMESPACE when set).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "driftless-system")]
+    pub inventory_namespace: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -141,6 +160,7 @@ impl SourceArgs {
             prunable: self.prunable.clone(),
             self_heal: !self.no_self_heal,
             health_timeout: self.health_timeout,
+            webhook_secret_file: None,
         })
     }
 }
@@ -168,6 +188,12 @@ pub struct RunArgs {
     /// Poll interval of a source given by flags.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub interval: Duration,
+    /// File holding the webhook secret of a source given by flags.
+    #[arg(long)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Address of the health, metrics, status and webhook server.
+    #[arg(long, env = "DRIFTLESS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[cfg(test)]

@@ -6,9 +6,15 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::agent::{SourceLoop, Statuses};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+
+use crate::agent::SourceLoop;
+use crate::status::metrics::Metrics;
+use crate::status::{self, Events, LoopGuard, Shared, Telemetry};
 use crate::apply::Cluster;
-use crate::cli::{ClusterArgs, Output, RunArgs, SyncArgs};
+use crate::cli::{ClusterArgs, Output, RunArgs, StatusArgs, SyncArgs};
 use crate::config::{self, Source};
 use crate::render::Limits;
 use crate::sync::{self, Context, Report, State};
@@ -39,6 +45,8 @@ pub async fn sync(args: SyncArgs) -> ExitCode {
         }
     };
     let report = sync::reconcile(&ctx, &source).await;
+    let events = Events::new(&ctx.cluster, None);
+    status::publish_report(&ctx.cluster, Some(&events), &source.name, &ctx.agent_namespace, &report, None).await;
     print_report(&report, args.output);
     if report.state == State::Synced {
         ExitCode::SUCCESS
@@ -112,19 +120,80 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     };
     info!(sources = sources.len(), version = crate::VERSION, "driftless agent starting");
-    let statuses: Statuses = Default::default();
+    let telemetry = Telemetry {
+        statuses: Default::default(),
+        metrics: Arc::new(Metrics::new()),
+        events: Some(Arc::new(Events::new(&ctx.cluster, std::env::var("POD_NAME").ok()))),
+    };
+    let running = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut triggers = Vec::new();
+    let mut triggers = HashMap::new();
+    let mut webhook_secrets = HashMap::new();
+    let expected_loops = sources.len();
     for source in sources {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        triggers.push((source.name.clone(), tx));
-        let source_loop = SourceLoop::new(ctx.clone(), source, statuses.clone());
-        tasks.spawn(source_loop.run(rx));
+        triggers.insert(source.name.clone(), tx);
+        if let Some(file) = &source.webhook_secret_file {
+            webhook_secrets.insert(source.name.clone(), file.clone());
+        }
+        let source_loop = SourceLoop::new(ctx.clone(), source, telemetry.clone());
+        let guard = LoopGuard::new(&running);
+        tasks.spawn(async move {
+            let _guard = guard;
+            source_loop.run(rx).await
+        });
     }
-    shutdown_signal().await;
+    let shared = Arc::new(Shared {
+        statuses: telemetry.statuses.clone(),
+        metrics: telemetry.metrics.clone(),
+        triggers,
+        webhook_secrets,
+        rate_limits: Default::default(),
+        running,
+        expected_loops,
+        started: AtomicBool::new(true),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_server = stop_rx.clone();
+    let server = tokio::spawn(status::http::serve(args.listen, shared, async move {
+        let _ = stop_server.changed().await;
+    }));
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = server => {
+            eprintln!("error: the HTTP server stopped: {}", match result { Ok(Err(e)) => e.to_string(), Ok(Ok(())) => "exited".into(), Err(e) => e.to_string() });
+            tasks.abort_all();
+            return ExitCode::FAILURE;
+        }
+    }
     info!("shutting down");
+    let _ = stop_tx.send(true);
     tasks.abort_all();
     ExitCode::SUCCESS
+}
+
+/// `driftless status`: one line per source, from a running agent or from the cluster.
+pub async fn status(args: StatusArgs) -> ExitCode {
+    let rows = match &args.server {
+        Some(url) => status::cli::from_server(url).await,
+        None => match Cluster::connect(args.kubeconfig.as_deref()).await {
+            Ok(cluster) => status::cli::from_cluster(&cluster, &args.inventory_namespace).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match rows {
+        Ok(rows) => {
+            match args.output {
+                Output::Table => print!("{}", status::cli::table(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load_sources(args: &RunArgs) -> Result<Vec<Source>, String> {
@@ -133,7 +202,11 @@ fn load_sources(args: &RunArgs) -> Result<Vec<Source>, String> {
             let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
         }
-        None => Ok(vec![args.source.to_config(args.interval)?.validate()?]),
+        None => {
+            let mut config = args.source.to_config(args.interval)?;
+            config.webhook_secret_file = args.webhook_secret_file.clone();
+            Ok(vec![config.validate()?])
+        }
     }
 }
 

@@ -49,6 +49,9 @@ pub struct SourceConfig {
     /// Correct drift of owned objects (`driftless run`); false only reports it.
     #[serde(default = "yes")]
     pub self_heal: bool,
+    /// File holding the secret that signs this source's push webhooks (`POST /hooks/<name>`).
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
     /// How long a wave may take to become Healthy before the sync fails (HealthCheckFailed).
     #[serde(default = "default_health_timeout", with = "humantime_serde_compat")]
     pub health_timeout: Duration,
@@ -158,6 +161,7 @@ impl SourceConfig {
             prunable: self.prunable.iter().map(|s| GroupKind::parse(&protected_alias(s))).collect(),
             self_heal: self.self_heal,
             health_timeout: self.health_timeout,
+            webhook_secret_file: self.webhook_secret_file.clone(),
         })
     }
 }
@@ -184,6 +188,7 @@ pub struct Source {
     pub prunable: BTreeSet<GroupKind>,
     pub self_heal: bool,
     pub health_timeout: Duration,
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// Parses and validates a config file's text.

@@ -10,9 +10,11 @@
 //! | apply      | [`apply`]     | server-side dry-run of the whole revision, then server-side apply        |
 //! | prune      | [`prune`]     | ApplySet inventory and safeguarded deletion                              |
 //! | live state | [`live`]      | watches of owned objects: drift, self-heal, health                       |
+//! | status     | [`status`]    | HTTP (health, metrics, status, webhooks), Events, `driftless status`     |
 //! | reconcile  | [`sync`]      | the stages above, in order, for one source                              |
 //!
-//! [`config`] holds the sources' settings, [`cli`] the command line.
+//! [`agent`] runs the stages for each source in `driftless run`; [`config`] holds the sources'
+//! settings, [`cli`] and [`commands`] the command line.
 
 pub mod agent;
 pub mod apply;
@@ -25,6 +27,7 @@ pub mod plan;
 pub mod prune;
 pub mod render;
 pub mod source;
+pub mod status;
 pub mod sync;
 
 /// The version reported by `driftless --version` and in the user agent.

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sync(args) => driftless::commands::sync(args).await,
             Command::Run(args) => driftless::commands::run(args).await,
+            Command::Status(args) => driftless::commands::status(args).await,
         }
     })
 }

@@ -180,15 +180,8 @@ async fn run_stages(
 
     // live state: the set's members, and any desired object that is not one yet.
     let versions = plan.objects.iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
-    let members = inventory::list_members(
-        cluster,
-        &catalog,
-        &versions,
-        &applyset_id,
-        &recorded.union(&desired_inventory),
-        &ctx.agent_namespace,
-    )
-    .await?;
+    let members =
+        inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory)).await?;
     let live = live_objects(cluster, &plan, &members).await?;
     check_ownership(&plan, &live, &applyset_id)?;
 
@@ -231,15 +224,8 @@ async fn run_stages(
 
     // record: what the set holds now, and the revision.
     let remaining = remaining_inventory(&plan, &members, changes);
-    let state = if hold.is_some() { "PruneHeld" } else { "Synced" };
-    inventory::write_parent(
-        cluster,
-        &parent,
-        &remaining,
-        &[("driftless.dev/revision", commit.clone()), ("driftless.dev/state", state.to_string())],
-    )
-    .await?;
-    *outcome = Some(Outcome { scopes: scopes(&plan, &remaining, &catalog, &ctx.agent_namespace), plan, applyset_id, expected });
+    inventory::write_parent(cluster, &parent, &remaining, &[(crate::status::annotations::REVISION, commit.clone())]).await?;
+    *outcome = Some(Outcome { scopes: scopes(&plan, &remaining, &catalog), plan, applyset_id, expected });
     if changes.failed() {
         return Err(Error::Prune(failures(changes)));
     }
@@ -254,10 +240,9 @@ fn failures(changes: &ChangeSet) -> String {
 }
 
 /// Every kind and namespace the set's members may be in: what to watch.
-fn scopes(plan: &Plan, inventory: &Inventory, catalog: &crate::plan::Catalog, agent_namespace: &str) -> Vec<Scope> {
+fn scopes(plan: &Plan, inventory: &Inventory, catalog: &crate::plan::Catalog) -> Vec<Scope> {
     let versions: HashMap<_, _> = plan.objects.iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
-    let mut namespaces = inventory.namespaces.clone();
-    namespaces.insert(agent_namespace.to_string());
+    let namespaces = &inventory.namespaces;
     let mut out = Vec::new();
     for gk in &inventory.group_kinds {
         let Some(rt) = versions.get(gk).or_else(|| catalog.preferred(gk)) else { continue };

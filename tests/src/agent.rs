@@ -173,10 +173,11 @@ pub struct RunningSource {
 impl RunningSource {
     /// Starts the loop of `source` (the first poll happens at once).
     pub fn start(agent: &Agent, source: Source) -> Self {
-        let statuses: driftless::agent::Statuses = Default::default();
+        let telemetry = driftless::status::Telemetry::quiet();
+        let statuses = telemetry.statuses.clone();
         let (trigger, rx) = tokio::sync::mpsc::channel(1);
         let name = source.name.clone();
-        let lp = driftless::agent::SourceLoop::new(agent.ctx.clone(), source, statuses.clone());
+        let lp = driftless::agent::SourceLoop::new(agent.ctx.clone(), source, telemetry);
         let task = tokio::spawn(lp.run(rx));
         RunningSource { statuses, trigger, name, task }
     }
@@ -220,4 +221,35 @@ pub fn is_write(e: &Value) -> bool {
 /// Whether an audit event is a dry-run.
 pub fn is_dry_run(e: &Value) -> bool {
     e["requestURI"].as_str().unwrap_or_default().contains("dryRun")
+}
+
+/// Runs `driftless sync` as another identity than the tests' admin: with `kubeconfig` (e.g. one
+/// holding a ServiceAccount token) and the ApplySet parents in `inventory_namespace`; returns
+/// (exit code, stdout, stderr). Nothing is taken from the environment (KUBECONFIG,
+/// POD_NAMESPACE, DRIFTLESS_CACHE_DIR are removed); the git cache is a fresh directory.
+pub fn run_sync_with_kubeconfig(
+    kubeconfig: &std::path::Path,
+    inventory_namespace: &str,
+    args: &[&str],
+) -> (i32, String, String) {
+    let cache = TempDir::new().expect("a cache directory");
+    let out = Command::new(driftless_bin())
+        .arg("sync")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--inventory-namespace", inventory_namespace])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("POD_NAMESPACE")
+        .env_remove("DRIFTLESS_CACHE_DIR")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("driftless runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

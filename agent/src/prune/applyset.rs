@@ -32,7 +32,9 @@ pub fn parent_ref(source: &str, agent_namespace: &str) -> ObjectRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     pub group_kinds: BTreeSet<GroupKind>,
-    /// Namespaces of members other than the parent's own.
+    /// Every namespace holding members. Recorded as `additional-namespaces`; the parent's own
+    /// namespace is included when it holds members (harmless to kubectl, and it spares listing
+    /// the agent's namespace for every kind).
     pub namespaces: BTreeSet<String>,
 }
 

@@ -8,7 +8,7 @@
 
 pub mod applyset;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use kube::api::{Patch, PatchParams, Preconditions};
 use serde_json::{json, Value};
@@ -33,8 +33,12 @@ fn namespace_type() -> ResourceType {
 /// Creates the agent's namespace when it is missing (never pruned).
 pub async fn ensure_namespace(cluster: &Cluster, name: &str) -> Result<(), kube::Error> {
     let ns = ObjectRef { group: String::new(), kind: "Namespace".into(), namespace: String::new(), name: name.into() };
-    if cluster.get(&namespace_type(), &ns).await?.is_some() {
-        return Ok(());
+    match cluster.get(&namespace_type(), &ns).await {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => {}
+        // least privilege: an agent that may not read namespaces runs in one that exists
+        Err(e) if status_code(&e) == Some(403) => return Ok(()),
+        Err(e) => return Err(e),
     }
     let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
     let params = PatchParams::apply(crate::FIELD_MANAGER);
@@ -87,7 +91,8 @@ pub struct Member {
 }
 
 /// Lists every object labelled as a member of the set, in the recorded group-kinds and
-/// namespaces (never cluster-wide for namespaced kinds, so namespace-scoped RBAC suffices).
+/// namespaces (never cluster-wide for namespaced kinds, and never a namespace that holds no
+/// member, so namespace-scoped RBAC suffices).
 /// Each kind is read through the version the plan applies (`versions`), else the most stable
 /// served one, so that listed objects compare field for field with their dry-runs.
 pub async fn list_members(
@@ -96,11 +101,9 @@ pub async fn list_members(
     versions: &HashMap<GroupKind, ResourceType>,
     applyset_id: &str,
     inventory: &Inventory,
-    agent_namespace: &str,
 ) -> Result<Vec<Member>, kube::Error> {
     let selector = format!("{}={applyset_id}", keys::APPLYSET_PART_OF);
-    let mut namespaces: BTreeSet<String> = inventory.namespaces.clone();
-    namespaces.insert(agent_namespace.to_string());
+    let namespaces = &inventory.namespaces;
     let mut members = Vec::new();
     for gk in &inventory.group_kinds {
         let Some(rt) = catalog.preferred(gk).map(|preferred| versions.get(gk).unwrap_or(preferred)) else {

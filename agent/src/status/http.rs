@@ -1,0 +1,128 @@
+//! The agent's HTTP server (`driftless run --listen`): liveness, readiness, metrics, the status
+//! API and push webhooks.
+//!
+//! | route                 | answers                                                                  |
+//! |-----------------------|--------------------------------------------------------------------------|
+//! | `GET /healthz`        | 200 while every source loop runs; independent of git and the API server   |
+//! | `GET /readyz`         | 200 once the config is loaded and every source reconciled once and synced its watches; 503 with the reason before |
+//! | `GET /metrics`        | Prometheus exposition (OpenMetrics text)                                 |
+//! | `GET /status`         | JSON: every source                                                       |
+//! | `GET /status/{name}`  | JSON: one source (404 if unknown)                                        |
+//! | `POST /hooks/{name}`  | push webhook: 202 and an immediate remote check; 401 bad or missing proof, 404 no webhook, 413 body over 1 MiB, 429 over the rate |
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tracing::{info, warn};
+
+use super::webhook::{self, RateLimit};
+use super::Shared;
+
+/// Webhook triggers per source: a burst of 5, then one per second.
+const HOOK_BURST: u32 = 5;
+const HOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// The router over the shared state.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(all_statuses))
+        .route("/status/{source}", get(one_status))
+        .route("/hooks/{source}", post(hook))
+        .layer(DefaultBodyLimit::max(webhook::MAX_BODY))
+        .with_state(shared)
+}
+
+/// Serves until the future `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(address = %listener.local_addr()?, "serving health, metrics, status and webhooks");
+    axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown).await
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.alive() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "a source loop stopped\n").into_response()
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if !shared.started.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded yet\n").into_response();
+    }
+    let statuses = shared.statuses.read().unwrap_or_else(|p| p.into_inner());
+    let waiting: Vec<&str> = statuses.values().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let reason = format!("waiting for the first reconcile and watches of: {}\n", waiting.join(", "));
+        (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn all_statuses(State(shared): State<Arc<Shared>>) -> Response {
+    let statuses = shared.statuses.read().unwrap_or_else(|p| p.into_inner());
+    let all: Vec<_> = statuses.values().cloned().collect();
+    Json(all).into_response()
+}
+
+async fn one_status(State(shared): State<Arc<Shared>>, Path(source): Path<String>) -> Response {
+    let statuses = shared.statuses.read().unwrap_or_else(|p| p.into_inner());
+    match statuses.get(&source) {
+        Some(s) => Json(s.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no source named {source:?}\n")).into_response(),
+    }
+}
+
+async fn hook(State(shared): State<Arc<Shared>>, Path(source): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let (Some(secret_file), Some(trigger)) = (shared.webhook_secrets.get(&source), shared.triggers.get(&source)) else {
+        return (StatusCode::NOT_FOUND, "no webhook for this source\n").into_response();
+    };
+    let secret = match tokio::fs::read(secret_file).await {
+        Ok(s) => s.trim_ascii_end().to_vec(),
+        Err(e) => {
+            warn!(source = %source, error = %e, "cannot read the webhook secret file");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "webhook secret unavailable\n").into_response();
+        }
+    };
+    let proofs = headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes()));
+    let Some(forge) = webhook::verify(&secret, proofs, &body) else {
+        warn!(source = %source, "webhook refused: missing or bad signature");
+        return (StatusCode::UNAUTHORIZED, "missing or bad signature\n").into_response();
+    };
+    let allowed = {
+        let mut limits = shared.rate_limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits.entry(source.clone()).or_insert_with(|| RateLimit::new(HOOK_BURST, HOOK_EVERY)).allow(Instant::now())
+    };
+    if !allowed {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many webhooks for this source\n").into_response();
+    }
+    // a full channel means a check is already pending: that one will see the new commit
+    let _ = trigger.try_send(());
+    info!(source = %source, ?forge, "webhook accepted; checking the remote now");
+    (StatusCode::ACCEPTED, "checking the remote\n").into_response()
+}

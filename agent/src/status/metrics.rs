@@ -1,0 +1,236 @@
+//! Prometheus metrics, prefix `driftless_`. Labels are bounded: source, kind, action, result,
+//! health, reason, version, revision (one series per source: the old revision's is removed).
+//! No URL, secret or object name ever becomes a label.
+
+use std::sync::Mutex;
+use std::collections::HashMap;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub source: String,
+    /// `success`, `failure` or `prune_held`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub source: String,
+    /// FetchFailed, RenderFailed, ValidationFailed, ApplyFailed, HealthCheckFailed, PruneFailed...
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub source: String,
+    /// `Kind` or `Kind.group`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub source: String,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    pub source: String,
+    pub health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    pub source: String,
+    pub revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_buckets() -> Histogram {
+    // 5 ms to about 80 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+fn lead_time_buckets() -> Histogram {
+    // 0.25 s to about 68 minutes
+    Histogram::new(exponential_buckets(0.25, 2.0, 15))
+}
+
+/// Every metric of the agent, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    pub sync_total: Family<ResultLabels, Counter>,
+    pub sync_failures_total: Family<FailureLabels, Counter>,
+    pub sync_duration: HistogramFamily<SourceLabels>,
+    pub last_sync_timestamp: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub last_successful_sync_timestamp: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub source_info: Family<InfoLabels, Gauge>,
+    pub objects: Family<HealthLabels, Gauge>,
+    pub apply_total: Family<ActionLabels, Counter>,
+    pub drift_detected_total: Family<KindLabels, Counter>,
+    pub drift_corrections_total: Family<KindLabels, Counter>,
+    pub fights_total: Family<SourceLabels, Counter>,
+    pub prune_held_total: Family<SourceLabels, Counter>,
+    pub git_fetch_duration: HistogramFamily<SourceLabels>,
+    pub git_fetch_errors_total: Family<SourceLabels, Counter>,
+    pub commit_to_healthy: HistogramFamily<SourceLabels>,
+    pub build_info: Family<VersionLabels, Gauge>,
+    pub leader: Gauge,
+    /// The revision each source's info series carries, to remove the old one.
+    revisions: Mutex<HashMap<String, String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("driftless");
+        let m = Metrics {
+            sync_total: Family::default(),
+            sync_failures_total: Family::default(),
+            sync_duration: Family::new_with_constructor(duration_buckets),
+            last_sync_timestamp: Family::default(),
+            last_successful_sync_timestamp: Family::default(),
+            source_info: Family::default(),
+            objects: Family::default(),
+            apply_total: Family::default(),
+            drift_detected_total: Family::default(),
+            drift_corrections_total: Family::default(),
+            fights_total: Family::default(),
+            prune_held_total: Family::default(),
+            git_fetch_duration: Family::new_with_constructor(duration_buckets),
+            git_fetch_errors_total: Family::default(),
+            commit_to_healthy: Family::new_with_constructor(lead_time_buckets),
+            build_info: Family::default(),
+            leader: Gauge::default(),
+            revisions: Mutex::new(HashMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register("sync", "Reconciles of a source, by result", m.sync_total.clone());
+        registry.register("sync_failures", "Failed reconciles, by the stage that failed", m.sync_failures_total.clone());
+        registry.register_with_unit("sync_duration", "Duration of a reconcile", Unit::Seconds, m.sync_duration.clone());
+        registry.register_with_unit(
+            "last_sync_timestamp",
+            "When the source was last reconciled (Unix time)",
+            Unit::Seconds,
+            m.last_sync_timestamp.clone(),
+        );
+        registry.register_with_unit(
+            "last_successful_sync_timestamp",
+            "When the source was last reconciled without failure (Unix time)",
+            Unit::Seconds,
+            m.last_successful_sync_timestamp.clone(),
+        );
+        registry.register("source_info", "The revision a source has applied (always 1)", m.source_info.clone());
+        registry.register("objects", "Objects a source manages, by health", m.objects.clone());
+        registry.register("apply", "Objects handled by reconciles, by action", m.apply_total.clone());
+        registry.register("drift_detected", "Owned objects found drifted", m.drift_detected_total.clone());
+        registry.register("drift_corrections", "Drifted objects corrected", m.drift_corrections_total.clone());
+        registry.register("fights", "Objects another writer kept changing (backed off)", m.fights_total.clone());
+        registry.register("prune_held", "Prunes held by a safeguard", m.prune_held_total.clone());
+        registry.register_with_unit(
+            "git_fetch_duration",
+            "Duration of the remote check and fetch of a new commit",
+            Unit::Seconds,
+            m.git_fetch_duration.clone(),
+        );
+        registry.register("git_fetch_errors", "Failed remote checks or fetches", m.git_fetch_errors_total.clone());
+        registry.register_with_unit(
+            "commit_to_healthy",
+            "From noticing a commit to every member Healthy",
+            Unit::Seconds,
+            m.commit_to_healthy.clone(),
+        );
+        registry.register("build_info", "The running version (always 1)", m.build_info.clone());
+        registry.register("leader", "1 when this replica leads and writes, 0 on standby", m.leader.clone());
+        m.build_info.get_or_create(&VersionLabels { version: crate::VERSION.into() }).set(1);
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // writing to a String cannot fail
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Moves a source's info series to a new revision.
+    pub fn set_revision(&self, source: &str, revision: &str) {
+        let mut revisions = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = revisions.insert(source.to_string(), revision.to_string()) {
+            if old != revision {
+                self.source_info.remove(&InfoLabels { source: source.into(), revision: old });
+            }
+        }
+        self.source_info.get_or_create(&InfoLabels { source: source.into(), revision: revision.into() }).set(1);
+    }
+
+    /// Sets the per-health object counts of a source (every health, zeros included).
+    pub fn set_objects(&self, source: &str, counts: &[(&'static str, i64)]) {
+        for (health, n) in counts {
+            self.objects.get_or_create(&HealthLabels { source: source.into(), health: (*health).into() }).set(*n);
+        }
+    }
+
+    pub fn source(source: &str) -> SourceLabels {
+        SourceLabels { source: source.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.sync_total.get_or_create(&ResultLabels { source: "shop".into(), result: "success".into() }).inc();
+        m.sync_duration.get_or_create(&Metrics::source("shop")).observe(0.2);
+        m.last_sync_timestamp.get_or_create(&Metrics::source("shop")).set(1.7e9);
+        let text = m.encode();
+        for name in [
+            "driftless_sync_total{source=\"shop\",result=\"success\"} 1",
+            "# TYPE driftless_sync_duration_seconds histogram",
+            "driftless_last_sync_timestamp_seconds{source=\"shop\"}",
+            "driftless_build_info{version=\"",
+            "# TYPE driftless_leader gauge",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn a_new_revision_replaces_the_old_info_series() {
+        let m = Metrics::new();
+        m.set_revision("shop", "aaa");
+        m.set_revision("shop", "bbb");
+        m.set_revision("web", "ccc");
+        let text = m.encode();
+        assert!(!text.contains("revision=\"aaa\""));
+        assert!(text.contains("driftless_source_info{source=\"shop\",revision=\"bbb\"} 1"));
+        assert!(text.contains("driftless_source_info{source=\"web\",revision=\"ccc\"} 1"));
+    }
+}

@@ -1,0 +1,270 @@
+//! Status: where users read what Driftless did. The HTTP server ([`http`]: health, readiness,
+//! metrics, status API, push webhooks), Prometheus metrics ([`metrics`]), webhook verification
+//! ([`webhook`]), Kubernetes Events and annotations on each source's ApplySet parent (here),
+//! and `driftless status` ([`cli`]).
+//!
+//! Nothing here ever carries a credential or Secret data: URLs are redacted, messages come from
+//! reports that name objects and causes only.
+
+pub mod cli;
+pub mod http;
+pub mod metrics;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::agent::Statuses;
+use crate::apply::Cluster;
+use crate::manifest::{ObjectRef, ResourceType};
+use metrics::Metrics;
+use webhook::RateLimit;
+
+/// Field manager of the status annotations (separate from `driftless`, which owns the
+/// inventory, so each writer can apply just its own fields).
+pub const STATUS_MANAGER: &str = "driftless-status";
+
+/// Annotations on the parent that tell a source's status to `kubectl` users.
+pub mod annotations {
+    pub const REVISION: &str = "driftless.dev/revision";
+    pub const STATE: &str = "driftless.dev/state";
+    pub const HEALTH: &str = "driftless.dev/health";
+    pub const MESSAGE: &str = "driftless.dev/message";
+    pub const LAST_SYNC: &str = "driftless.dev/last-sync-time";
+}
+
+/// What the agent shares between its loops and its HTTP server.
+pub struct Shared {
+    pub statuses: Statuses,
+    pub metrics: Arc<Metrics>,
+    /// Asks a source's loop for an immediate remote check.
+    pub triggers: HashMap<String, mpsc::Sender<()>>,
+    /// Per source, the file holding its webhook secret (read on each request, so it can rotate).
+    pub webhook_secrets: HashMap<String, PathBuf>,
+    pub rate_limits: Mutex<HashMap<String, RateLimit>>,
+    /// Source loops still running (liveness).
+    pub running: Arc<AtomicUsize>,
+    pub expected_loops: usize,
+    /// Set once the configuration is loaded and the loops started.
+    pub started: AtomicBool,
+}
+
+impl Shared {
+    /// Whether every source loop is alive.
+    pub fn alive(&self) -> bool {
+        self.running.load(Ordering::SeqCst) >= self.expected_loops
+    }
+}
+
+/// Decrements the running-loop count when a loop ends, however it ends.
+pub struct LoopGuard(pub Arc<AtomicUsize>);
+
+impl LoopGuard {
+    pub fn new(running: &Arc<AtomicUsize>) -> Self {
+        running.fetch_add(1, Ordering::SeqCst);
+        LoopGuard(running.clone())
+    }
+}
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn configmap_type() -> ResourceType {
+    ResourceType { group: String::new(), version: "v1".into(), kind: "ConfigMap".into(), plural: "configmaps".into(), namespaced: true }
+}
+
+/// What a source loop reports through: the shared statuses, metrics and Events.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub statuses: Statuses,
+    pub metrics: Arc<Metrics>,
+    /// `None` where Events are not wanted (unit tests).
+    pub events: Option<Arc<Events>>,
+}
+
+impl Telemetry {
+    /// Statuses and metrics only.
+    pub fn quiet() -> Self {
+        Telemetry { statuses: Statuses::default(), metrics: Arc::new(Metrics::new()), events: None }
+    }
+}
+
+/// Reports a reconcile where Kubernetes users look: an Event on the parent (Synced, SyncFailed,
+/// HealthCheckFailed, PruneHeld, and Pruned when members were deleted) and its status
+/// annotations.
+pub async fn publish_report(cluster: &Cluster, events: Option<&Events>, source: &str, agent_namespace: &str, report: &crate::sync::Report, health: Option<&str>) {
+    use crate::apply::changeset::Action;
+    use crate::sync::State;
+    let parent = crate::prune::applyset::parent_ref(source, agent_namespace);
+    let revision = report.commit.as_deref().map(crate::sync::short).unwrap_or("-");
+    if let Some(events) = events {
+        match report.state {
+            State::Synced => {
+                events.publish(cluster, &parent, false, reasons::SYNCED, &format!("revision {revision}: {}", report.changes.summary())).await
+            }
+            State::PruneHeld => {
+                events.publish(cluster, &parent, true, reasons::PRUNE_HELD, &format!("revision {revision}: {}", report.message)).await
+            }
+            State::Failed => {
+                let reason = if report.reason == "HealthCheckFailed" { reasons::HEALTH_CHECK_FAILED } else { reasons::SYNC_FAILED };
+                events.publish(cluster, &parent, true, reason, &format!("revision {revision}: {}: {}", report.reason, report.message)).await
+            }
+        }
+        let pruned: Vec<String> =
+            report.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
+        if !pruned.is_empty() {
+            let note = format!("revision {revision}: pruned {} object(s): {}", pruned.len(), pruned.join(", "));
+            events.publish(cluster, &parent, false, reasons::PRUNED, &note).await;
+        }
+    }
+    let state = match report.state {
+        State::Synced => "Synced",
+        State::PruneHeld => "PruneHeld",
+        State::Failed => "Failed",
+    };
+    let message = if report.message.is_empty() { report.changes.summary() } else { report.message.clone() };
+    if let Err(e) = annotate(cluster, &parent, state, health, &message, SystemTime::now()).await {
+        debug!(parent = %parent, error = %e, "could not annotate the parent");
+    }
+}
+
+/// Writes the status annotations of a source's parent (its own field manager: only these keys).
+pub async fn annotate(
+    cluster: &Cluster,
+    parent: &ObjectRef,
+    state: &str,
+    health: Option<&str>,
+    message: &str,
+    time: SystemTime,
+) -> Result<(), kube::Error> {
+    let mut ann = json!({
+        annotations::STATE: state,
+        annotations::MESSAGE: truncate(message, 1000),
+        annotations::LAST_SYNC: rfc3339(time),
+    });
+    if let Some(h) = health {
+        ann[annotations::HEALTH] = json!(h);
+    }
+    let labels = json!({
+        crate::keys::APPLYSET_ID: crate::prune::applyset::applyset_id(parent),
+        "app.kubernetes.io/managed-by": "driftless",
+    });
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": parent.name, "namespace": parent.namespace, "labels": labels, "annotations": ann}});
+    let params = PatchParams::apply(STATUS_MANAGER).force();
+    cluster.api(&configmap_type(), &parent.namespace).patch(&parent.name, &params, &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// Kubernetes Events on ApplySet parents, visible in `kubectl describe configmap driftless-<source>`.
+pub struct Events {
+    recorder: Recorder,
+}
+
+/// Event reasons.
+pub mod reasons {
+    pub const SYNCED: &str = "Synced";
+    pub const SYNC_FAILED: &str = "SyncFailed";
+    pub const PRUNED: &str = "Pruned";
+    pub const PRUNE_HELD: &str = "PruneHeld";
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
+    pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
+}
+
+impl Events {
+    pub fn new(cluster: &Cluster, instance: Option<String>) -> Self {
+        let reporter = Reporter { controller: "driftless".into(), instance };
+        Events { recorder: Recorder::new(cluster.client().clone(), reporter) }
+    }
+
+    /// Publishes one event on the parent (looked up for its uid). Failures are logged, not fatal:
+    /// status reporting never fails a sync.
+    pub async fn publish(&self, cluster: &Cluster, parent: &ObjectRef, warning: bool, reason: &str, note: &str) {
+        let uid = match cluster.get(&configmap_type(), parent).await {
+            Ok(Some(o)) => o["metadata"]["uid"].as_str().map(String::from),
+            _ => None,
+        };
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+            name: Some(parent.name.clone()),
+            namespace: Some(parent.namespace.clone()),
+            uid,
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(truncate(note, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            debug!(parent = %parent, error = %e, "could not publish an event");
+        }
+    }
+}
+
+/// At most `max` bytes, cut at a character boundary, with an ellipsis when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// RFC 3339 in UTC, seconds precision.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn truncate_cuts_at_character_boundaries() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("ééééé", 7), "éé...");
+        assert!(truncate(&"x".repeat(5000), 1000).len() <= 1000);
+    }
+}
