@@ -191,6 +191,12 @@ pub struct RunArgs {
     /// File holding the webhook secret of a source given by flags.
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Compete for a Lease in the agent's namespace; only the leader writes (for replicas > 1).
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Name of that Lease.
+    #[arg(long, default_value = "driftless")]
+    pub leader_election_lease: String,
     /// Address of the health, metrics, status and webhook server.
     #[arg(long, env = "DRIFTLESS_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: std::net::SocketAddr,

@@ -1,22 +1,22 @@
 //! What `driftless sync` and `driftless run` do with their arguments.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::info;
-
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::Arc;
+use tracing::{info, warn};
 
 use crate::agent::SourceLoop;
-use crate::status::metrics::Metrics;
-use crate::status::{self, Events, LoopGuard, Shared, Telemetry};
 use crate::apply::Cluster;
 use crate::cli::{ClusterArgs, Output, RunArgs, StatusArgs, SyncArgs};
 use crate::config::{self, Source};
+use crate::leader::Elector;
 use crate::render::Limits;
+use crate::status::metrics::Metrics;
+use crate::status::{self, Events, LoopGuard, Shared, Telemetry};
 use crate::sync::{self, Context, Report, State};
 
 /// Exit code of a usage or configuration error.
@@ -125,51 +125,103 @@ pub async fn run(args: RunArgs) -> ExitCode {
         metrics: Arc::new(Metrics::new()),
         events: Some(Arc::new(Events::new(&ctx.cluster, std::env::var("POD_NAME").ok()))),
     };
-    let running = Arc::new(AtomicUsize::new(0));
+    let webhook_secrets =
+        sources.iter().filter_map(|s| Some((s.name.clone(), s.webhook_secret_file.clone()?))).collect();
+    let shared = Arc::new(Shared {
+        statuses: telemetry.statuses.clone(),
+        metrics: telemetry.metrics.clone(),
+        triggers: Default::default(),
+        webhook_secrets,
+        rate_limits: Default::default(),
+        running: Arc::new(AtomicUsize::new(0)),
+        expected_loops: AtomicUsize::new(0),
+        started: AtomicBool::new(true),
+    });
+    let (stop_tx, mut stop_server) = tokio::sync::watch::channel(false);
+    let mut server = tokio::spawn(status::http::serve(args.listen, shared.clone(), async move {
+        let _ = stop_server.changed().await;
+    }));
+    let elector = args.leader_elect.then(|| {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("driftless-{}", std::process::id()));
+        Elector::new(ctx.cluster.client().clone(), &ctx.agent_namespace, &args.leader_election_lease, &identity)
+    });
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    // Each pass is one leadership term (one pass without leader election).
+    let exit = loop {
+        if let Some(elector) = &elector {
+            telemetry.metrics.leader.set(0);
+            info!(identity = elector.identity(), "standing by for the lease");
+            tokio::select! {
+                _ = &mut shutdown => break ExitCode::SUCCESS,
+                result = &mut server => break server_stopped(result),
+                _ = elector.acquire() => {}
+            }
+        }
+        telemetry.metrics.leader.set(1);
+        let mut tasks = start_loops(&ctx, &sources, &telemetry, &shared);
+        let lost = async {
+            match &elector {
+                Some(e) => e.hold().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => {
+                // abort the in-flight work (a server-side apply either happened or did not),
+                // then hand the lease over
+                tasks.shutdown().await;
+                if let Some(e) = &elector {
+                    e.release().await;
+                }
+                break ExitCode::SUCCESS;
+            }
+            result = &mut server => {
+                tasks.shutdown().await;
+                break server_stopped(result);
+            }
+            _ = lost => {
+                // stop writing at once: another replica may lead already
+                tasks.shutdown().await;
+                shared.expected_loops.store(0, Ordering::SeqCst);
+                warn!("lost the lease; stopped writing");
+            }
+        }
+    };
+    telemetry.metrics.leader.set(0);
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    exit
+}
+
+/// Starts one loop per source; records their triggers for the webhooks.
+fn start_loops(ctx: &Context, sources: &[Source], telemetry: &Telemetry, shared: &Arc<Shared>) -> tokio::task::JoinSet<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut triggers = HashMap::new();
-    let mut webhook_secrets = HashMap::new();
-    let expected_loops = sources.len();
     for source in sources {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         triggers.insert(source.name.clone(), tx);
-        if let Some(file) = &source.webhook_secret_file {
-            webhook_secrets.insert(source.name.clone(), file.clone());
-        }
-        let source_loop = SourceLoop::new(ctx.clone(), source, telemetry.clone());
-        let guard = LoopGuard::new(&running);
+        let source_loop = SourceLoop::new(ctx.clone(), source.clone(), telemetry.clone());
+        let guard = LoopGuard::new(&shared.running);
         tasks.spawn(async move {
             let _guard = guard;
             source_loop.run(rx).await
         });
     }
-    let shared = Arc::new(Shared {
-        statuses: telemetry.statuses.clone(),
-        metrics: telemetry.metrics.clone(),
-        triggers,
-        webhook_secrets,
-        rate_limits: Default::default(),
-        running,
-        expected_loops,
-        started: AtomicBool::new(true),
-    });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut stop_server = stop_rx.clone();
-    let server = tokio::spawn(status::http::serve(args.listen, shared, async move {
-        let _ = stop_server.changed().await;
-    }));
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        result = server => {
-            eprintln!("error: the HTTP server stopped: {}", match result { Ok(Err(e)) => e.to_string(), Ok(Ok(())) => "exited".into(), Err(e) => e.to_string() });
-            tasks.abort_all();
-            return ExitCode::FAILURE;
-        }
-    }
-    info!("shutting down");
-    let _ = stop_tx.send(true);
-    tasks.abort_all();
-    ExitCode::SUCCESS
+    *shared.triggers.write().unwrap_or_else(|p| p.into_inner()) = triggers;
+    shared.expected_loops.store(sources.len(), Ordering::SeqCst);
+    tasks
+}
+
+fn server_stopped(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> ExitCode {
+    let why = match result {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(())) => "it exited".into(),
+        Err(e) => e.to_string(),
+    };
+    eprintln!("error: the HTTP server stopped: {why}");
+    ExitCode::FAILURE
 }
 
 /// `driftless status`: one line per source, from a running agent or from the cluster.

@@ -21,6 +21,7 @@ pub mod apply;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod leader;
 pub mod live;
 pub mod manifest;
 pub mod plan;

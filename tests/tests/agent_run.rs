@@ -31,6 +31,8 @@ impl RunningAgent {
             .args(["--inventory-namespace", AGENT_NAMESPACE])
             .arg("--cache-dir")
             .arg(&cache)
+            // loopback only, and a port of its own: tests run in parallel
+            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("POD_NAMESPACE")
             .env_remove("DRIFTLESS_CONFIG")

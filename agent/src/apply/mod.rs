@@ -50,10 +50,15 @@ impl Cluster {
                 .await
                 .map_err(|e| crate::Error::Config(format!("no Kubernetes configuration found: {e}")))?,
         };
-        config.headers.push((
-            http::header::USER_AGENT,
-            http::HeaderValue::from_str(&format!("driftless/{VERSION}")).expect("static header value"),
-        ));
+        // `driftless/<version>`, and the replica's identity when it has one, so the audit log
+        // tells replicas apart
+        let agent = match std::env::var("POD_NAME") {
+            Ok(pod) if !pod.is_empty() => format!("driftless/{VERSION} ({pod})"),
+            _ => format!("driftless/{VERSION}"),
+        };
+        let agent = http::HeaderValue::from_str(&agent)
+            .unwrap_or_else(|_| http::HeaderValue::from_str(&format!("driftless/{VERSION}")).expect("a plain header value"));
+        config.headers.push((http::header::USER_AGENT, agent));
         let client = Client::try_from(config)?;
         Ok(Self { client })
     }

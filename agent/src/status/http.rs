@@ -99,8 +99,9 @@ async fn one_status(State(shared): State<Arc<Shared>>, Path(source): Path<String
 }
 
 async fn hook(State(shared): State<Arc<Shared>>, Path(source): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let (Some(secret_file), Some(trigger)) = (shared.webhook_secrets.get(&source), shared.triggers.get(&source)) else {
-        return (StatusCode::NOT_FOUND, "no webhook for this source\n").into_response();
+    let trigger = shared.triggers.read().unwrap_or_else(|p| p.into_inner()).get(&source).cloned();
+    let (Some(secret_file), Some(trigger)) = (shared.webhook_secrets.get(&source), trigger) else {
+        return (StatusCode::NOT_FOUND, "no webhook for this source (or this replica is on standby)\n").into_response();
     };
     let secret = match tokio::fs::read(secret_file).await {
         Ok(s) => s.trim_ascii_end().to_vec(),

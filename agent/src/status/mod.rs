@@ -47,14 +47,15 @@ pub mod annotations {
 pub struct Shared {
     pub statuses: Statuses,
     pub metrics: Arc<Metrics>,
-    /// Asks a source's loop for an immediate remote check.
-    pub triggers: HashMap<String, mpsc::Sender<()>>,
+    /// Asks a source's loop for an immediate remote check (replaced at each leadership term).
+    pub triggers: std::sync::RwLock<HashMap<String, mpsc::Sender<()>>>,
     /// Per source, the file holding its webhook secret (read on each request, so it can rotate).
     pub webhook_secrets: HashMap<String, PathBuf>,
     pub rate_limits: Mutex<HashMap<String, RateLimit>>,
     /// Source loops still running (liveness).
     pub running: Arc<AtomicUsize>,
-    pub expected_loops: usize,
+    /// Source loops that should be running: all of them while leading, none on standby.
+    pub expected_loops: AtomicUsize,
     /// Set once the configuration is loaded and the loops started.
     pub started: AtomicBool,
 }
@@ -62,7 +63,7 @@ pub struct Shared {
 impl Shared {
     /// Whether every source loop is alive.
     pub fn alive(&self) -> bool {
-        self.running.load(Ordering::SeqCst) >= self.expected_loops
+        self.running.load(Ordering::SeqCst) >= self.expected_loops.load(Ordering::SeqCst)
     }
 }
 
