@@ -183,6 +183,21 @@ impl SourceLoop {
         &self.telemetry.metrics
     }
 
+    /// Creates the source's counters at 0, so `rate()` and `increase()` see their first event.
+    fn zero_series(&self) {
+        let m = self.metrics();
+        let name = Metrics::source(&self.source.name);
+        for result in ["success", "failure", "prune_held"] {
+            let _ = m.sync_total.get_or_create(&ResultLabels { source: self.source.name.clone(), result: result.into() });
+        }
+        for reason in ["FetchFailed", "RenderFailed", "ValidationFailed", "ApplyFailed", "HealthCheckFailed", "PruneFailed"] {
+            let _ = m.sync_failures_total.get_or_create(&FailureLabels { source: self.source.name.clone(), reason: reason.into() });
+        }
+        let _ = m.fights_total.get_or_create(&name);
+        let _ = m.prune_held_total.get_or_create(&name);
+        let _ = m.git_fetch_errors_total.get_or_create(&name);
+    }
+
     /// Whether the first reconcile was attempted and every watch has listed its objects.
     pub fn synced(&self) -> bool {
         self.attempted && self.watches.synced()
@@ -190,6 +205,7 @@ impl SourceLoop {
 
     /// Runs until the task is aborted. `triggers` asks for an immediate remote check.
     pub async fn run(mut self, mut triggers: mpsc::Receiver<()>) {
+        self.zero_series();
         let mut next_poll = tokio::time::Instant::now();
         let mut health_tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -214,14 +230,45 @@ impl SourceLoop {
         let commit = match checked {
             Ok(c) => c,
             Err(e) => {
+                // a sync that failed at its first stage: counted, shown and reported like any other
                 self.attempted = true;
-                self.metrics().git_fetch_errors_total.get_or_create(&name).inc();
                 warn!(source = %self.source.name, reason = e.reason(), error = %e, "remote check failed; the last good state stays in place");
+                let report = sync::Report {
+                    source: self.source.name.clone(),
+                    commit: None,
+                    state: State::Failed,
+                    reason: e.reason().into(),
+                    message: e.to_string(),
+                    changes: ChangeSet::default(),
+                    duration: noticed.elapsed(),
+                    error: Some(e),
+                    outcome: None,
+                };
+                self.record_sync(&report);
+                let repeated = {
+                    let all = self.telemetry.statuses.read().unwrap_or_else(|p| p.into_inner());
+                    all.get(&self.source.name).is_some_and(|s| s.state == SyncState::Failed && s.message == report.message)
+                };
+                let duration = report.duration.as_secs_f64();
                 self.update_status(|s| {
                     s.state = SyncState::Failed;
-                    s.reason = e.reason().into();
-                    s.message = e.to_string();
+                    s.reason = report.reason.clone();
+                    s.message = report.message.clone();
+                    s.last_sync_time = Some(SystemTime::now());
+                    s.last_sync_duration_seconds = Some(duration);
                 });
+                // an unchanged failure is not reported again at every poll
+                if !repeated {
+                    status::publish_report(
+                        &self.ctx.cluster,
+                        self.telemetry.events.as_deref(),
+                        &self.source.name,
+                        &self.ctx.agent_namespace,
+                        &report,
+                        None,
+                    )
+                    .await;
+                }
                 return;
             }
         };
@@ -455,6 +502,7 @@ impl SourceLoop {
             let Some(s) = all.get(&self.source.name) else { return };
             (s.state, s.health, s.message.clone())
         };
+        let message = if message.is_empty() { self.last_changes.summary() } else { message };
         if self.annotated == Some((state, health)) {
             return;
         }

@@ -45,7 +45,7 @@ pub async fn sync(args: SyncArgs) -> ExitCode {
         }
     };
     let report = sync::reconcile(&ctx, &source).await;
-    let events = Events::new(&ctx.cluster, None);
+    let events = Events::new(&ctx.cluster, &ctx.agent_namespace, None);
     status::publish_report(&ctx.cluster, Some(&events), &source.name, &ctx.agent_namespace, &report, None).await;
     print_report(&report, args.output);
     if report.state == State::Synced {
@@ -120,10 +120,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     };
     info!(sources = sources.len(), version = crate::VERSION, "driftless agent starting");
+    if sources.is_empty() {
+        warn!("the configuration lists no sources: serving health and metrics, reconciling nothing");
+    }
     let telemetry = Telemetry {
         statuses: Default::default(),
         metrics: Arc::new(Metrics::new()),
-        events: Some(Arc::new(Events::new(&ctx.cluster, std::env::var("POD_NAME").ok()))),
+        events: Some(Arc::new(Events::new(&ctx.cluster, &ctx.agent_namespace, std::env::var("POD_NAME").ok()))),
     };
     let webhook_secrets =
         sources.iter().filter_map(|s| Some((s.name.clone(), s.webhook_secret_file.clone()?))).collect();

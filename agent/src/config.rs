@@ -195,9 +195,6 @@ pub struct Source {
 pub fn parse(text: &str) -> Result<Vec<Source>, String> {
     let value = crate::render::yaml::parse_config(text)?;
     let file: ConfigFile = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    if file.sources.is_empty() {
-        return Err("the config lists no sources".into());
-    }
     let mut names = BTreeSet::new();
     let mut out = Vec::new();
     for s in &file.sources {
@@ -212,6 +209,11 @@ pub fn parse(text: &str) -> Result<Vec<Source>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_without_sources_is_valid_and_idle() {
+        assert_eq!(parse("sources: []").unwrap(), vec![]);
+    }
 
     #[test]
     fn defaults_apply() {
@@ -259,7 +261,6 @@ sources:
     #[test]
     fn bad_configs_are_refused_with_the_reason() {
         let cases = [
-            ("sources: []", "no sources"),
             ("sources:\n- {name: Shop, repo: x}", "lowercase"),
             ("sources:\n- {name: a, repo: x}\n- {name: a, repo: y}", "twice"),
             ("sources:\n- {name: a, repo: x, interval: soon}", "interval"),

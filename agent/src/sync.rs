@@ -180,8 +180,9 @@ async fn run_stages(
 
     // live state: the set's members, and any desired object that is not one yet.
     let versions = plan.objects.iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
-    let members =
-        inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory)).await?;
+    let members = inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory))
+        .await
+        .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Kube(e.source) })?;
     let live = live_objects(cluster, &plan, &members).await?;
     check_ownership(&plan, &live, &applyset_id)?;
 

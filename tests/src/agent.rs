@@ -253,3 +253,265 @@ pub fn run_sync_with_kubeconfig(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A free loopback port: bound to `127.0.0.1:0` and released (another process may take it
+/// before it is used again; [`AgentProcess::start`] retries then).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local address").port()
+}
+
+/// `driftless run` as a child process serving its HTTP API on a loopback port of its own, killed
+/// when dropped (also when the test panics). Its stdout and stderr go to files, so they can be
+/// read while it runs.
+pub struct AgentProcess {
+    child: std::process::Child,
+    dir: TempDir,
+    /// Where its HTTP server listens.
+    pub addr: std::net::SocketAddr,
+    /// Where its ApplySet parents live.
+    pub inventory_namespace: String,
+}
+
+impl AgentProcess {
+    /// Starts `driftless run --listen 127.0.0.1:<free port> --kubeconfig <test cluster>
+    /// --inventory-namespace <inventory_namespace> --cache-dir <own> --log-format json <args>`
+    /// and waits until its HTTP server answers (retrying on another port if the port was taken
+    /// meanwhile). Panics, with its stderr, if it exits instead.
+    pub async fn start(inventory_namespace: &str, args: &[&str]) -> Self {
+        Self::start_with_env(inventory_namespace, args, &[]).await
+    }
+
+    /// [`AgentProcess::start`] with extra environment variables (e.g. `POD_NAME`).
+    pub async fn start_with_env(inventory_namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut agent = Self::spawn(inventory_namespace, args, env);
+            match agent.wait_listening(Duration::from_secs(30)).await {
+                Ok(()) => return agent,
+                Err(e) => {
+                    last = e;
+                    if !last.contains("HTTP server stopped") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("driftless run did not start serving: {last}");
+    }
+
+    fn spawn(inventory_namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new().expect("a temporary directory");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
+        let child = Command::new(driftless_bin())
+            .arg("run")
+            .args(["--listen", &addr.to_string()])
+            .arg("--kubeconfig")
+            .arg(kubeconfig_path())
+            .args(["--inventory-namespace", inventory_namespace])
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["--log-format", "json"])
+            .args(args)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
+            .env_remove("DRIFTLESS_CONFIG")
+            .env_remove("DRIFTLESS_LISTEN")
+            .env_remove("DRIFTLESS_LOG_FORMAT")
+            .env_remove("DRIFTLESS_CACHE_DIR")
+            .env_remove("KUBECONFIG")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout")).expect("stdout file"))
+            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("driftless run starts");
+        AgentProcess { child, dir, addr, inventory_namespace: inventory_namespace.to_string() }
+    }
+
+    async fn wait_listening(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Err(format!("it exited with {status}:\n{}", self.stderr()));
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("nothing listens on {} after {timeout:?}:\n{}", self.addr, self.stderr()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything written to stderr so far (the log).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
+    }
+
+    /// Its exit status, if it exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Asks it to stop with SIGTERM, as Kubernetes does.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "kill -TERM {}", self.child.id());
+    }
+
+    /// The value of a gauge without labels on its `/metrics` (e.g. `driftless_leader`).
+    pub async fn gauge(&self, name: &str) -> Option<f64> {
+        let text = self.get("/metrics").await.body;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// A request to its HTTP server.
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+        http_request(self.addr, method, path, headers, body).await
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        self.request("GET", path, &[], b"").await
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An HTTP answer.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): HTTP {} {}", self.status, self.body))
+    }
+}
+
+/// One plain HTTP/1.1 request (`Connection: close`) with a 30 s limit. The body is written while
+/// the answer is read, so a server that answers before reading everything (413) is seen answering.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let (mut reader, mut writer) = stream.into_split();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        let write = tokio::spawn(async move {
+            // a server may refuse before reading the whole body: a failed write is not an error
+            let _ = writer.write_all(&request).await;
+            let _ = writer.flush().await;
+            writer
+        });
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                // a reset after the answer arrived (the server closed with our body unread)
+                Err(_) if !raw.is_empty() => break,
+                Err(e) => panic!("{method} {path}: {e}"),
+            }
+        }
+        drop(write.await);
+        parse_http_response(&raw).unwrap_or_else(|| panic!("{method} {path}: malformed answer: {:?}", String::from_utf8_lossy(&raw)))
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} http://{addr}{path}: no answer in 30s"))
+}
+
+fn parse_http_response(raw: &[u8]) -> Option<HttpResponse> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked")) {
+        body = dechunk(&body)?;
+    } else if let Some(len) = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()) {
+        body.truncate(len);
+    }
+    Some(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// Runs `driftless status <args>` (nothing taken from the environment); returns (exit code,
+/// stdout, stderr).
+pub fn run_status(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(driftless_bin())
+        .arg("status")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("POD_NAMESPACE")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("driftless status runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

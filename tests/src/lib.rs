@@ -13,6 +13,7 @@
 //! - [`agent`]: Driftless itself on that cluster: a reconcile context, sources, the binary, counts.
 
 pub mod agent;
+pub mod git_http;
 
 use std::fmt::Debug;
 use std::fs;

@@ -28,6 +28,9 @@ use crate::{FIELD_MANAGER, VERSION};
 /// How many objects of one stage are dry-run or applied at once.
 pub const CONCURRENCY: usize = 16;
 
+/// Objects per page when listing.
+pub const LIST_PAGE: u32 = 500;
+
 /// A client of one cluster, identifying itself as `driftless/<version>`.
 #[derive(Clone)]
 pub struct Cluster {
@@ -87,10 +90,20 @@ impl Cluster {
         Ok(found.map(to_value))
     }
 
-    /// Objects of one type matching a label selector, in one namespace or (empty) all of them.
+    /// Objects of one type matching a label selector, in one namespace or (empty) all of them,
+    /// read in pages so a large set never arrives as one response.
     pub async fn list(&self, rt: &ResourceType, namespace: &str, selector: &str) -> Result<Vec<Value>, kube::Error> {
-        let list = self.api(rt, namespace).list(&ListParams::default().labels(selector)).await?;
-        Ok(list.items.into_iter().map(to_value).collect())
+        let api = self.api(rt, namespace);
+        let mut params = ListParams::default().labels(selector).limit(LIST_PAGE);
+        let mut out = Vec::new();
+        loop {
+            let page = api.list(&params).await?;
+            out.extend(page.items.into_iter().map(to_value));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// Server-side apply of one planned object (a dry-run when `dry_run`); returns the result.

@@ -192,6 +192,9 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
             }
             String::new()
         };
+        if group.is_empty() && kind == "Secret" {
+            string_data_to_data(&mut object);
+        }
         let id = ObjectRef { group: group.clone(), kind: kind.clone(), namespace, name: m.name().to_string() };
 
         if let Some(first) = seen.get(&id) {
@@ -230,6 +233,23 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
         ))
     });
     Ok(Plan { objects })
+}
+
+/// Moves a Secret's `stringData` into `data` (base64), as the API server stores it. Applied as
+/// `stringData`, Driftless would own fields the server never keeps, and a change to the stored
+/// `data` key by someone else would not be seen as drift.
+fn string_data_to_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(string_data) = secret.as_object_mut().and_then(|o| o.remove("stringData")) else { return };
+    let Value::Object(entries) = string_data else { return };
+    if !secret["data"].is_object() {
+        secret["data"] = json!({});
+    }
+    for (key, value) in entries {
+        if let Some(text) = value.as_str() {
+            secret["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
 }
 
 /// Adds the ApplySet membership label, the desired hash and the source name.
@@ -441,6 +461,21 @@ mod tests {
             rt("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true),
         ]);
         assert_eq!(cat.preferred(&GroupKind::new("autoscaling", "HorizontalPodAutoscaler")).unwrap().version, "v2");
+    }
+
+    #[test]
+    fn secret_string_data_is_applied_as_data() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"kept": "a2VwdA=="}, "stringData": {"password": "hunter2", "kept": "override"}});
+        let plan = build(vec![manifest("s.yaml", secret)], &catalog(), &opts()).unwrap();
+        let o = &plan.objects[0].object;
+        assert!(o.get("stringData").is_none());
+        assert_eq!(o["data"]["password"], "aHVudGVyMg==");
+        assert_eq!(o["data"]["kept"], "b3ZlcnJpZGU=", "stringData wins over data, as on the server");
+        let same = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"kept": "b3ZlcnJpZGU=", "password": "aHVudGVyMg=="}});
+        let plan2 = build(vec![manifest("s.yaml", same)], &catalog(), &opts()).unwrap();
+        assert_eq!(plan.objects[0].hash, plan2.objects[0].hash, "the same stored Secret has the same hash");
     }
 
     #[test]

@@ -82,6 +82,22 @@ pub async fn write_parent(
     Ok(())
 }
 
+/// Listing the set's members failed: for which kind and namespace, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("listing {what}: {}", api_message(.source))]
+pub struct ListError {
+    pub what: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+impl ListError {
+    /// Forbidden: the revision reaches where this agent may not read.
+    pub fn is_forbidden(&self) -> bool {
+        status_code(&self.source) == Some(403)
+    }
+}
+
 /// A member as listed: plain data for the planner, the full object, and its type.
 #[derive(Clone, Debug)]
 pub struct Member {
@@ -101,7 +117,7 @@ pub async fn list_members(
     versions: &HashMap<GroupKind, ResourceType>,
     applyset_id: &str,
     inventory: &Inventory,
-) -> Result<Vec<Member>, kube::Error> {
+) -> Result<Vec<Member>, ListError> {
     let selector = format!("{}={applyset_id}", keys::APPLYSET_PART_OF);
     let namespaces = &inventory.namespaces;
     let mut members = Vec::new();
@@ -117,7 +133,10 @@ pub async fn list_members(
             let items = match cluster.list(rt, ns, &selector).await {
                 Ok(items) => items,
                 Err(e) if status_code(&e) == Some(404) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let scope = if ns.is_empty() { "the cluster".to_string() } else { format!("namespace {ns}") };
+                    return Err(ListError { what: format!("{gk} in {scope}"), source: e });
+                }
             };
             for object in items {
                 members.push(Member { live: live_object(gk.group.clone(), gk.kind.clone(), &object), object, resource: rt.clone() });

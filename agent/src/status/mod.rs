@@ -17,9 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -33,6 +31,9 @@ use webhook::RateLimit;
 /// Field manager of the status annotations (separate from `driftless`, which owns the
 /// inventory, so each writer can apply just its own fields).
 pub const STATUS_MANAGER: &str = "driftless-status";
+/// Field manager of the health annotation: only the run loop knows health, and a `driftless
+/// sync` that applies the other status annotations must not remove it.
+pub const HEALTH_MANAGER: &str = "driftless-health";
 
 /// Annotations on the parent that tell a source's status to `kubectl` users.
 pub mod annotations {
@@ -151,28 +152,40 @@ pub async fn annotate(
     message: &str,
     time: SystemTime,
 ) -> Result<(), kube::Error> {
-    let mut ann = json!({
-        annotations::STATE: state,
-        annotations::MESSAGE: truncate(message, 1000),
-        annotations::LAST_SYNC: rfc3339(time),
-    });
-    if let Some(h) = health {
-        ann[annotations::HEALTH] = json!(h);
-    }
     let labels = json!({
         crate::keys::APPLYSET_ID: crate::prune::applyset::applyset_id(parent),
         "app.kubernetes.io/managed-by": "driftless",
     });
-    let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": parent.name, "namespace": parent.namespace, "labels": labels, "annotations": ann}});
-    let params = PatchParams::apply(STATUS_MANAGER).force();
-    cluster.api(&configmap_type(), &parent.namespace).patch(&parent.name, &params, &Patch::Apply(&body)).await?;
+    let api = cluster.api(&configmap_type(), &parent.namespace);
+    let apply = |manager: &'static str, ann: serde_json::Value| {
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": parent.name, "namespace": parent.namespace, "labels": labels, "annotations": ann}});
+        let api = api.clone();
+        let name = parent.name.clone();
+        async move { api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await.map(|_| ()) }
+    };
+    apply(
+        STATUS_MANAGER,
+        json!({
+            annotations::STATE: state,
+            annotations::MESSAGE: truncate(message, 1000),
+            annotations::LAST_SYNC: rfc3339(time),
+        }),
+    )
+    .await?;
+    if let Some(h) = health {
+        apply(HEALTH_MANAGER, json!({ annotations::HEALTH: h })).await?;
+    }
     Ok(())
 }
 
 /// Kubernetes Events on ApplySet parents, visible in `kubectl describe configmap driftless-<source>`.
+/// Written as `events.k8s.io/v1` Events, one per occurrence: each names its revision, so a
+/// recorder that folds repeats into the first one's note would hide the new revision.
 pub struct Events {
-    recorder: Recorder,
+    api: Api<DynamicObject>,
+    namespace: String,
+    instance: String,
 }
 
 /// Event reasons.
@@ -186,9 +199,20 @@ pub mod reasons {
 }
 
 impl Events {
-    pub fn new(cluster: &Cluster, instance: Option<String>) -> Self {
-        let reporter = Reporter { controller: "driftless".into(), instance };
-        Events { recorder: Recorder::new(cluster.client().clone(), reporter) }
+    /// Events go to the agent's namespace, where the parents live.
+    pub fn new(cluster: &Cluster, namespace: &str, instance: Option<String>) -> Self {
+        let rt = ResourceType {
+            group: "events.k8s.io".into(),
+            version: "v1".into(),
+            kind: "Event".into(),
+            plural: "events".into(),
+            namespaced: true,
+        };
+        Events {
+            api: cluster.api(&rt, namespace),
+            namespace: namespace.into(),
+            instance: instance.unwrap_or_else(|| format!("driftless-{}", std::process::id())),
+        }
     }
 
     /// Publishes one event on the parent (looked up for its uid). Failures are logged, not fatal:
@@ -198,25 +222,34 @@ impl Events {
             Ok(Some(o)) => o["metadata"]["uid"].as_str().map(String::from),
             _ => None,
         };
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("ConfigMap".into()),
-            name: Some(parent.name.clone()),
-            namespace: Some(parent.namespace.clone()),
-            uid,
-            ..ObjectReference::default()
+        let event = json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": format!("{}-", parent.name), "namespace": self.namespace},
+            "eventTime": rfc3339_micros(SystemTime::now()),
+            "type": if warning { "Warning" } else { "Normal" },
+            "reason": reason,
+            "action": "Reconcile",
+            "note": truncate(note, 1000),
+            "reportingController": "driftless.dev/agent",
+            "reportingInstance": truncate(&self.instance, 128),
+            "regarding": {"apiVersion": "v1", "kind": "ConfigMap", "name": parent.name, "namespace": parent.namespace, "uid": uid},
+        });
+        let event: DynamicObject = match serde_json::from_value(event) {
+            Ok(e) => e,
+            Err(e) => return debug!(error = %e, "could not build an event"),
         };
-        let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.into(),
-            note: Some(truncate(note, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
+        if let Err(e) = self.api.create(&PostParams::default(), &event).await {
             debug!(parent = %parent, error = %e, "could not publish an event");
         }
     }
+}
+
+/// RFC 3339 with microseconds, as `eventTime` (a MicroTime) wants it.
+fn rfc3339_micros(t: SystemTime) -> String {
+    let micros = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0);
+    let base = rfc3339(t);
+    format!("{}.{micros:06}Z", base.trim_end_matches('Z'))
 }
 
 /// At most `max` bytes, cut at a character boundary, with an ellipsis when cut.
