@@ -4,8 +4,9 @@
 //!
 //! Nothing is lost: a failed fetch, render, plan or validation applies nothing and prunes
 //! nothing; prune runs only after every object of the revision applied cleanly. The one write
-//! that can precede validation: CRDs and Namespaces of the revision, applied first so that the
-//! objects in them can be dry-run; they are additive and never pruned by a failed sync.
+//! that can precede validation: CRDs and Namespaces of the revision, and new roles its bindings
+//! name, applied first so that the objects needing them can be dry-run; they are additive and
+//! never pruned by a failed sync.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::apply::changeset::{Action, ChangeSet};
 use crate::apply::{self, api_message, Cluster, Decision};
@@ -157,11 +158,16 @@ async fn run_stages(
 ) -> Result<Option<Hold>, Error> {
     // fetch: ask the remote for the ref's commit (unless the caller just did), fetch it if new,
     // read its tree.
+    let started = Instant::now();
+    let stage_done = |stage: &str| debug!(source = %source.name, stage, elapsed_ms = started.elapsed().as_millis() as u64, "stage done");
     let (commit, files) = fetch(ctx, source, opts.commit).await?;
     *commit_out = Some(commit.clone());
+    stage_done("fetch");
 
     // render: documents to objects, within limits.
     let manifests = render::render(&files, &ctx.limits)?;
+    drop(files);
+    stage_done("render");
 
     // plan: resolve kinds through discovery, default namespaces, order, hash, label.
     let cluster = &ctx.cluster;
@@ -185,6 +191,7 @@ async fn run_stages(
         .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Kube(e.source) })?;
     let live = live_objects(cluster, &plan, &members).await?;
     check_ownership(&plan, &live, &applyset_id)?;
+    stage_done("plan and live state");
 
     // validate: a server-side dry-run of every object that can be checked before any write;
     // objects in namespaces or of kinds this revision creates are dry-run once those exist.
@@ -198,23 +205,30 @@ async fn run_stages(
             }
         }
     }
-    let deferred = |p: &Planned| p.needs_crd || creates_namespace(&plan, &live, &p.id.namespace);
+    let definitions = definitions(&plan, &live);
+    let deferred = |p: &Planned| {
+        p.needs_crd || creates_namespace(&plan, &live, &p.id.namespace) || binds_new_role(&plan, &live, p)
+    };
     let ready: Vec<&Planned> = plan.objects.iter().filter(|p| !deferred(p) && !decisions.contains_key(&p.id)).collect();
     match apply::dry_run(cluster, &ready, &live).await {
         Ok(d) => decisions.extend(ready.iter().map(|p| p.id.clone()).zip(d)),
         Err(failures) => return Err(validation_failed(failures, changes)),
     }
 
+    stage_done("validate");
+
     // apply: record the superset inventory first, then wave by wave and stage by stage; a wave
     // starts only when every object of the waves before it is Healthy.
     inventory::write_parent(cluster, &parent, &recorded.union(&desired_inventory), &[]).await?;
     let mut expected = HashMap::new();
-    let stages = Stages { cluster, live: &live, state: opts.live, health_timeout: source.health_timeout };
+    let stages = Stages { cluster, live: &live, state: opts.live, health_timeout: source.health_timeout, definitions: &definitions };
     stages.apply(&plan, &mut decisions, &mut expected, changes).await?;
     if let Some(state) = opts.live {
         // from here on, what left git is no longer expected: its deletion is not drift
         state.retain_desired(&plan.objects.iter().map(|p| p.id.clone()).collect());
     }
+
+    stage_done("apply");
 
     // prune: members that left git, behind the safeguards, in reverse order.
     let hold = if source.prune {
@@ -298,14 +312,50 @@ fn inventory_of(plan: &Plan) -> Inventory {
     Inventory { group_kinds: plan.group_kinds(), namespaces: plan.namespaces() }
 }
 
-/// Live objects by identity: members from the listing, others by GET.
+/// Beyond this many desired objects of one kind in one namespace that are not members yet, one
+/// (paged) LIST of that kind and namespace replaces their GETs: a first sync of a large set.
+const LIST_INSTEAD_OF_GETS: usize = 20;
+
+/// Live objects by identity: members from the listing, others by GET (or by a LIST of their kind
+/// and namespace when many are missing).
 async fn live_objects(cluster: &Cluster, plan: &Plan, members: &[Member]) -> Result<HashMap<ObjectRef, Value>, Error> {
     let mut live: HashMap<ObjectRef, Value> = members.iter().map(|m| (m.live.id.clone(), m.object.clone())).collect();
     let missing: Vec<&Planned> = plan.objects.iter().filter(|p| !live.contains_key(&p.id) && !p.needs_crd).collect();
-    let missing = &missing;
-    let fetched: Vec<(ObjectRef, Result<Option<Value>, kube::Error>)> = stream::iter(0..missing.len())
+    let mut by_scope: HashMap<(String, String, String), Vec<&Planned>> = HashMap::new();
+    for p in &missing {
+        by_scope.entry((p.id.group.clone(), p.id.kind.clone(), p.id.namespace.clone())).or_default().push(p);
+    }
+    let mut singles: Vec<&Planned> = Vec::new();
+    for ((_, _, namespace), objects) in by_scope {
+        if objects.len() <= LIST_INSTEAD_OF_GETS {
+            singles.extend(objects);
+            continue;
+        }
+        let wanted: HashSet<&ObjectRef> = objects.iter().map(|p| &p.id).collect();
+        match cluster.list(&objects[0].resource, &namespace, "").await {
+            Ok(items) => {
+                for item in items {
+                    let id = ObjectRef {
+                        group: objects[0].id.group.clone(),
+                        kind: objects[0].id.kind.clone(),
+                        namespace: item["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
+                        name: item["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                    };
+                    if wanted.contains(&id) {
+                        live.insert(id, item);
+                    }
+                }
+            }
+            // a namespace this revision creates does not exist yet: nothing lives there
+            Err(e) if apply::status_code(&e) == Some(404) => {}
+            // e.g. may not list there: look each object up instead
+            Err(_) => singles.extend(objects),
+        }
+    }
+    let singles = &singles;
+    let fetched: Vec<(ObjectRef, Result<Option<Value>, kube::Error>)> = stream::iter(0..singles.len())
         .map(|i| async move {
-            let p = missing[i];
+            let p = singles[i];
             (p.id.clone(), cluster.get(&p.resource, &p.id).await)
         })
         .buffer_unordered(apply::CONCURRENCY)
@@ -343,6 +393,34 @@ fn check_ownership(plan: &Plan, live: &HashMap<ObjectRef, Value>, applyset_id: &
     }
 }
 
+/// The (Cluster)Role a (Cluster)RoleBinding refers to, when this revision creates it: the API
+/// server checks a binding against its role (unless the agent may `bind`), so the binding can only
+/// be dry-run once the role exists.
+fn new_role_of<'a>(plan: &'a Plan, live: &HashMap<ObjectRef, Value>, binding: &Planned) -> Option<&'a Planned> {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    if binding.id.group != RBAC || !matches!(binding.id.kind.as_str(), "RoleBinding" | "ClusterRoleBinding") {
+        return None;
+    }
+    let role_ref = &binding.object["roleRef"];
+    let kind = role_ref["kind"].as_str()?;
+    let namespace = if kind == "Role" { binding.id.namespace.clone() } else { String::new() };
+    let id = ObjectRef { group: RBAC.into(), kind: kind.into(), namespace, name: role_ref["name"].as_str()?.into() };
+    plan.get(&id).filter(|_| !live.contains_key(&id))
+}
+
+fn binds_new_role(plan: &Plan, live: &HashMap<ObjectRef, Value>, p: &Planned) -> bool {
+    new_role_of(plan, live, p).is_some()
+}
+
+/// What is applied before the revision is validated, because other objects can only be dry-run
+/// once it exists: CRDs and Namespaces, and the new roles that bindings of the revision name.
+/// All of it is additive and never pruned by a failed sync.
+fn definitions(plan: &Plan, live: &HashMap<ObjectRef, Value>) -> HashSet<ObjectRef> {
+    let mut out: HashSet<ObjectRef> = plan.objects.iter().filter(|p| p.stage == 0).map(|p| p.id.clone()).collect();
+    out.extend(plan.objects.iter().filter_map(|p| new_role_of(plan, live, p)).map(|r| r.id.clone()));
+    out
+}
+
 /// Whether this revision creates the namespace (so objects in it are dry-run after it exists).
 fn creates_namespace(plan: &Plan, live: &HashMap<ObjectRef, Value>, namespace: &str) -> bool {
     if namespace.is_empty() {
@@ -366,10 +444,12 @@ struct Stages<'a> {
     live: &'a HashMap<ObjectRef, Value>,
     state: Option<&'a LiveState>,
     health_timeout: Duration,
+    /// Applied before everything else: see [`definitions`].
+    definitions: &'a HashSet<ObjectRef>,
 }
 
 impl Stages<'_> {
-    /// Applies definitions (CRDs and Namespaces, whatever their wave) first; then dry-runs every
+    /// Applies definitions (CRDs, Namespaces and roles new bindings need, whatever their wave) first; then dry-runs every
     /// object that could not be dry-run before they existed, so the whole revision is validated
     /// before any other object is written; then the rest, wave by wave and stage by stage.
     /// Records what each object is expected to look like afterwards.
@@ -380,7 +460,8 @@ impl Stages<'_> {
         expected: &mut HashMap<ObjectRef, Expected>,
         changes: &mut ChangeSet,
     ) -> Result<(), Error> {
-        let (definitions, rest): (Vec<&Planned>, Vec<&Planned>) = plan.objects.iter().partition(|p| p.stage == 0);
+        let (definitions, rest): (Vec<&Planned>, Vec<&Planned>) =
+            plan.objects.iter().partition(|p| self.definitions.contains(&p.id));
         let definitions = groups(definitions);
         let rest = groups(rest);
         for (i, group) in definitions.iter().enumerate() {
@@ -434,6 +515,7 @@ impl Stages<'_> {
         changes: &mut ChangeSet,
     ) -> Result<(), Error> {
         let cluster = self.cluster;
+        let started = Instant::now();
         let results: Vec<(ObjectRef, Action, String, Option<Value>)> = stream::iter(0..group.len())
             .map(|j| async move {
                 let p = group[j];
@@ -448,6 +530,7 @@ impl Stages<'_> {
             .buffered(apply::CONCURRENCY)
             .collect()
             .await;
+        debug!(kind = %group[0].id.kind, wave = group[0].wave, objects = group.len(), elapsed_ms = started.elapsed().as_millis() as u64, "group applied");
         let failed = results.iter().any(|r| r.1 == Action::Failed);
         for (id, action, message, result) in results {
             let after = result.as_ref().or_else(|| self.live.get(&id));
@@ -594,4 +677,38 @@ fn remaining_inventory(plan: &Plan, members: &[Member], changes: &ChangeSet) -> 
 /// The first 12 characters of a commit.
 pub fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::fixtures::{manifest, opts, rt};
+    use serde_json::json;
+
+    #[test]
+    fn a_binding_to_a_role_of_the_same_revision_waits_for_it_and_the_role_goes_first() {
+        let cat = crate::plan::Catalog::new([
+            rt("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false),
+            rt("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false),
+            rt("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
+        ]);
+        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "reader"}});
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "reader"}, "subjects": []});
+        let other = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "view"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}, "subjects": []});
+        let plan = plan::build(vec![manifest("r.yaml", role), manifest("b.yaml", binding), manifest("o.yaml", other)], &cat, &opts()).unwrap();
+        let binding = plan.objects.iter().find(|p| p.id.kind == "ClusterRoleBinding").unwrap();
+        let other = plan.objects.iter().find(|p| p.id.kind == "RoleBinding").unwrap();
+        let mut live = HashMap::new();
+        assert!(binds_new_role(&plan, &live, binding));
+        assert!(!binds_new_role(&plan, &live, other), "a role outside the revision: dry-run at once");
+        let defs = definitions(&plan, &live);
+        assert_eq!(defs.iter().map(|id| id.kind.as_str()).collect::<Vec<_>>(), ["ClusterRole"]);
+        // once the role exists, nothing waits
+        let role_id = plan.objects.iter().find(|p| p.id.kind == "ClusterRole").unwrap().id.clone();
+        live.insert(role_id, json!({}));
+        assert!(!binds_new_role(&plan, &live, binding));
+        assert!(definitions(&plan, &live).is_empty());
+    }
 }

@@ -14,22 +14,25 @@
 //! 4. the chart's ServiceAccount, through a token minted for it, can sync a repository into the
 //!    namespaces of `rbac.targetNamespaces` and keep its ApplySet parent in the release
 //!    namespace, and nothing else: an object in another namespace makes the sync fail with
-//!    Forbidden, and nothing is pruned.
+//!    Forbidden, and nothing is pruned. The same with `manifests-repo-example/` in namespace
+//!    `shop`, its cluster-scoped objects granted through `rbac.extraClusterRules`.
 //!
 //! Every test uses namespaces and a release of its own, so they run in parallel with each other
-//! and with the other tests; helm's cache and config live in a temporary directory per test.
+//! and with the other tests; helm's cache and config live in a temporary directory per test. The
+//! example test alone uses the example's fixed names (namespace `shop`...), as
+//! sync_example_repo.rs does in another test binary: cargo runs test binaries one at a time.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use driftless_tests::agent::{configmap, run_sync_with_kubeconfig};
+use driftless_tests::agent::{audit_events, configmap, dynamic_api, get, is_write, run_sync_with_kubeconfig};
 use driftless_tests::{client, cluster_bin, kubeconfig_path, repo_root, unique_name, wait_for, GitFixture, TestNamespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -707,4 +710,257 @@ async fn the_service_account_syncs_into_its_target_namespaces_and_nowhere_else()
     for ns in [agent_ns, target, other] {
         ns.cleanup().await;
     }
+}
+
+/// The objects of `manifests-repo-example/` (20): (apiVersion, kind, plural, namespace, name,
+/// kind as `driftless sync` prints it).
+const EXAMPLE_OBJECTS: [(&str, &str, &str, &str, &str, &str); 20] = [
+    ("v1", "Namespace", "namespaces", "", "shop", "Namespace"),
+    ("storage.k8s.io/v1", "StorageClass", "storageclasses", "", "shop-local", "StorageClass.storage.k8s.io"),
+    ("v1", "PersistentVolume", "persistentvolumes", "", "shop-postgres-data", "PersistentVolume"),
+    ("v1", "PersistentVolumeClaim", "persistentvolumeclaims", "shop", "postgres-data", "PersistentVolumeClaim"),
+    ("apps/v1", "Deployment", "deployments", "shop", "postgres", "Deployment.apps"),
+    ("v1", "Service", "services", "shop", "postgres", "Service"),
+    ("v1", "ConfigMap", "configmaps", "shop", "shop-config", "ConfigMap"),
+    ("batch/v1", "Job", "jobs", "shop", "shop-migrate", "Job.batch"),
+    ("apps/v1", "Deployment", "deployments", "shop", "api", "Deployment.apps"),
+    ("v1", "Service", "services", "shop", "api", "Service"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "shop", "api", "HorizontalPodAutoscaler.autoscaling"),
+    ("apps/v1", "Deployment", "deployments", "shop", "web", "Deployment.apps"),
+    ("v1", "Service", "services", "shop", "web", "Service"),
+    ("networking.k8s.io/v1", "Ingress", "ingresses", "shop", "shop", "Ingress.networking.k8s.io"),
+    ("batch/v1", "CronJob", "cronjobs", "shop", "postgres-backup", "CronJob.batch"),
+    ("v1", "ServiceAccount", "serviceaccounts", "shop", "prometheus", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", "", "shop-prometheus", "ClusterRole.rbac.authorization.k8s.io"),
+    (
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "",
+        "shop-prometheus",
+        "ClusterRoleBinding.rbac.authorization.k8s.io",
+    ),
+    (
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "",
+        "backuppolicies.shop.example.com",
+        "CustomResourceDefinition.apiextensions.k8s.io",
+    ),
+    ("shop.example.com/v1", "BackupPolicy", "backuppolicies", "shop", "postgres-nightly", "BackupPolicy.shop.example.com"),
+];
+
+/// The example's leftovers: namespace `shop` and its cluster-scoped objects (as
+/// `remove_example` of sync_example_repo.rs removes them).
+const EXAMPLE_CLUSTER_OBJECTS: [(&str, &str, &str, &str); 6] = [
+    ("v1", "Namespace", "namespaces", "shop"),
+    ("storage.k8s.io/v1", "StorageClass", "storageclasses", "shop-local"),
+    ("v1", "PersistentVolume", "persistentvolumes", "shop-postgres-data"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", "shop-prometheus"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", "shop-prometheus"),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", "backuppolicies.shop.example.com"),
+];
+
+/// Deletes the example's namespace and cluster-scoped objects and waits until they are gone.
+async fn remove_example(client: &Client) {
+    for (av, kind, plural, name) in EXAMPLE_CLUSTER_OBJECTS {
+        let _ = dynamic_api(client, av, kind, plural, "").delete(name, &DeleteParams::background()).await;
+    }
+    wait_for("the example's objects to be gone", Duration::from_secs(90), || async {
+        let mut gone = true;
+        for (av, kind, plural, name) in EXAMPLE_CLUSTER_OBJECTS {
+            gone &= get(&dynamic_api(client, av, kind, plural, ""), name).await.is_none();
+        }
+        gone.then_some(())
+    })
+    .await;
+}
+
+/// Removes the example's objects at the end of the test, or when dropped (also when the test
+/// panics): then on a thread of its own with its own runtime and client, never panicking.
+struct ExampleCleanup {
+    done: bool,
+}
+
+impl ExampleCleanup {
+    async fn now(mut self, client: &Client) {
+        self.done = true;
+        remove_example(client).await;
+    }
+}
+
+impl Drop for ExampleCleanup {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let joined = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            rt.block_on(async { remove_example(&client().await).await });
+        })
+        .join();
+        if joined.is_err() {
+            eprintln!("warning: the example's objects (namespace shop...) may be left behind");
+        }
+    }
+}
+
+/// The rows of `driftless sync`'s table: (action, kind, namespace/name or name).
+fn sync_rows(stdout: &str) -> Vec<(String, String, String)> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("ACTION "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("source "))
+        .map(|l| {
+            let mut words = l.split_whitespace().map(String::from);
+            (words.next().unwrap_or_default(), words.next().unwrap_or_default(), words.next().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// The example's objects as the tests' admin sees them: `Kind namespace/name` and uid.
+async fn example_uids(client: &Client) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (av, kind, plural, ns, name, _) in EXAMPLE_OBJECTS {
+        let live = get(&dynamic_api(client, av, kind, plural, ns), name).await;
+        let uid = live.as_ref().and_then(|o| o["metadata"]["uid"].as_str()).unwrap_or("<missing>").to_string();
+        out.push((format!("{kind} {ns}/{name}"), uid));
+    }
+    out
+}
+
+/// Issue 6, literally: a token of the chart's ServiceAccount, used by a locally run
+/// `driftless sync`, applies `manifests-repo-example/` into the allowed namespace (`shop`) with
+/// the cluster-scoped rules it needs in `rbac.extraClusterRules`; an object outside the granted
+/// scope fails with Forbidden and nothing is pruned or changed. Uses the fixed names of the
+/// example (namespace `shop`...), like sync_example_repo.rs, which runs in another test binary
+/// (cargo runs those one after another).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_account_syncs_the_example_repo_with_its_cluster_rules_and_nothing_beyond() {
+    let started = Instant::now();
+    let client = client().await;
+    remove_example(&client).await;
+    let cleanup = ExampleCleanup { done: false };
+    let agent_ns = TestNamespace::new(&client, "helm-example-agent").await;
+    let other = TestNamespace::new(&client, "helm-example-other").await;
+
+    // the target namespace exists before the install (the chart binds `admin` in it)
+    let shop: Namespace = serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &shop).await.expect("create namespace shop");
+
+    // rbac: `admin` in shop, plus cluster-wide what the example's cluster-scoped and custom
+    // objects need; creating ClusterRole shop-prometheus (and binding it) needs every permission
+    // it grants (RBAC escalation prevention), so those are granted too.
+    let rules = json!([
+        {"apiGroups": [""], "resources": ["namespaces", "persistentvolumes"],
+         "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+        {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"],
+         "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles", "clusterrolebindings"],
+         "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+         "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+        {"apiGroups": ["shop.example.com"], "resources": ["backuppolicies"],
+         "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+        {"apiGroups": [""], "resources": ["nodes", "nodes/metrics", "services", "endpoints", "pods"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
+        // No `bind`: the agent applies ClusterRole shop-prometheus before it dry-runs the binding
+        // that names it, so the API server's escalation check finds the role.
+    ]);
+    let values = json!({"rbac": {"targetNamespaces": ["shop"], "extraClusterRules": rules}});
+    let dir = TempDir::new().unwrap();
+    let values_file = dir.path().join("values.json"); // JSON is YAML
+    std::fs::write(&values_file, serde_json::to_vec_pretty(&values).unwrap()).unwrap();
+    let helm = Helm::new();
+    let release = unique_name("example");
+    let installed = install(&helm, &release, agent_ns.name(), &["--values", values_file.to_str().unwrap()]);
+    let installed_at = started.elapsed();
+
+    // a token of the chart's ServiceAccount, in a kubeconfig of its own
+    let sa = format!("{release}-driftless");
+    Api::<ServiceAccount>::namespaced(client.clone(), agent_ns.name()).get(&sa).await.expect("the chart's ServiceAccount");
+    let identity = format!("system:serviceaccount:{}:{sa}", agent_ns.name());
+    let token = kubectl(&["create", "token", &sa, "--namespace", agent_ns.name(), "--duration", "10m"], None)
+        .ok("kubectl create token")
+        .stdout
+        .trim()
+        .to_string();
+    let kubeconfig = token_kubeconfig(&token, dir.path());
+    let source = unique_name("helm-example");
+    let sync = |repo: &str| {
+        run_sync_with_kubeconfig(&kubeconfig, agent_ns.name(), &["--repo", repo, "--name", &source, "--namespace", "shop"])
+    };
+
+    // the example repository: all 20 objects applied, wave by wave
+    let repo = GitFixture::new();
+    repo.copy_dir(repo_root().join("manifests-repo-example"), "");
+    repo.commit("shop: first release");
+    let sync_started = Instant::now();
+    let (code, stdout, stderr) = sync(&repo.url());
+    let first_sync = sync_started.elapsed();
+    assert_eq!(code, 0, "the ServiceAccount cannot sync the example:\n{stdout}{stderr}");
+    eprintln!("the first sync says:\n{stdout}");
+    let rows = sync_rows(&stdout);
+    let mut listed: Vec<(String, String)> = rows.iter().map(|(_, kind, name)| (kind.clone(), name.clone())).collect();
+    listed.sort();
+    let mut expected: Vec<(String, String)> = EXAMPLE_OBJECTS
+        .iter()
+        .map(|(_, _, _, ns, name, shown)| (shown.to_string(), if ns.is_empty() { name.to_string() } else { format!("{ns}/{name}") }))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected, "{stdout}");
+    for (action, kind, name) in &rows {
+        // namespace shop was created by the test (before the install): adopted, not created
+        let want = if kind == "Namespace" { "configured" } else { "created" };
+        assert_eq!(action, want, "{kind} {name}:\n{stdout}");
+    }
+    let applied = example_uids(&client).await;
+    assert!(applied.iter().all(|(_, uid)| uid != "<missing>"), "{applied:#?}");
+    let parent = Api::<ConfigMap>::namespaced(client.clone(), agent_ns.name())
+        .get(&format!("driftless-{source}"))
+        .await
+        .expect("the ApplySet parent in the release namespace");
+    assert_eq!(parent.metadata.annotations.unwrap()["driftless.dev/state"], "Synced");
+
+    // then an object in a namespace the chart granted nothing in: Forbidden, exit 1, nothing
+    // written, pruned or replaced
+    let outside = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: outside\n  namespace: {}\ndata:\n  value: \"1\"\n",
+        other.name()
+    );
+    repo.write("outside.yaml", outside);
+    repo.commit("shop: plus an object outside the granted scope");
+    let audit_start = audit_events().len();
+    let (code, stdout, stderr) = sync(&repo.url());
+    let output = format!("{stdout}{stderr}");
+    eprintln!("the refused sync says:\n{stdout}");
+    assert_eq!(code, 1, "a sync beyond the granted scope must fail:\n{output}");
+    assert!(output.contains("Forbidden") || output.contains("forbidden"), "no Forbidden in:\n{output}");
+    assert!(output.contains(&identity), "the refused identity is named:\n{output}");
+    assert!(output.contains(other.name()), "the refused namespace is named:\n{output}");
+    assert_eq!(example_uids(&client).await, applied, "objects were pruned or replaced after a refused sync");
+    let writes: Vec<String> = audit_events()
+        .into_iter()
+        .skip(audit_start)
+        .filter(|e| e["user"]["username"] == identity.as_str() && is_write(e))
+        .filter(|e| e["objectRef"]["namespace"].as_str() != Some(agent_ns.name()))
+        .map(|e| format!("{} {} {}/{}", e["verb"], e["objectRef"]["resource"], e["objectRef"]["namespace"], e["objectRef"]["name"]))
+        .collect();
+    assert!(writes.is_empty(), "the refused sync wrote outside the release namespace: {writes:?}");
+    assert!(Api::<ConfigMap>::namespaced(client.clone(), other.name()).get_opt("outside").await.unwrap().is_none());
+
+    drop(installed); // helm uninstall
+    cleanup.now(&client).await;
+    agent_ns.cleanup().await;
+    other.cleanup().await;
+    eprintln!(
+        "installed in {:.1}s, first sync {:.1}s, {:.1}s in all",
+        installed_at.as_secs_f64(),
+        first_sync.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -26,7 +26,7 @@ use crate::plan::Planned;
 use crate::{FIELD_MANAGER, VERSION};
 
 /// How many objects of one stage are dry-run or applied at once.
-pub const CONCURRENCY: usize = 16;
+pub const CONCURRENCY: usize = 32;
 
 /// Objects per page when listing.
 pub const LIST_PAGE: u32 = 500;
