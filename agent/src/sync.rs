@@ -186,10 +186,19 @@ async fn run_stages(
 
     // live state: the set's members, and any desired object that is not one yet.
     let versions = plan.objects.iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
-    let members = inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory))
-        .await
-        .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Kube(e.source) })?;
-    let live = live_objects(cluster, &plan, &members).await?;
+    let mut members =
+        inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory))
+            .await
+            .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Kube(e.source) })?;
+    if opts.mode == Mode::Incremental {
+        // memory grows with what is managed: keep of each member what the hash check, the
+        // ownership check and the drift expectation need; objects whose hash changed are
+        // dry-run against this trimmed state and so written (a no-op on the server if equal)
+        for m in &mut members {
+            trim_member(&mut m.object);
+        }
+    }
+    let live = live_objects(cluster, &plan, &mut members).await?;
     check_ownership(&plan, &live, &applyset_id)?;
     stage_done("plan and live state");
 
@@ -318,8 +327,10 @@ const LIST_INSTEAD_OF_GETS: usize = 20;
 
 /// Live objects by identity: members from the listing, others by GET (or by a LIST of their kind
 /// and namespace when many are missing).
-async fn live_objects(cluster: &Cluster, plan: &Plan, members: &[Member]) -> Result<HashMap<ObjectRef, Value>, Error> {
-    let mut live: HashMap<ObjectRef, Value> = members.iter().map(|m| (m.live.id.clone(), m.object.clone())).collect();
+async fn live_objects(cluster: &Cluster, plan: &Plan, members: &mut [Member]) -> Result<HashMap<ObjectRef, Value>, Error> {
+    // the listed objects move here; members keep their plain data for the prune
+    let mut live: HashMap<ObjectRef, Value> =
+        members.iter_mut().map(|m| (m.live.id.clone(), std::mem::take(&mut m.object))).collect();
     let missing: Vec<&Planned> = plan.objects.iter().filter(|p| !live.contains_key(&p.id) && !p.needs_crd).collect();
     let mut by_scope: HashMap<(String, String, String), Vec<&Planned>> = HashMap::new();
     for p in &missing {
@@ -372,6 +383,25 @@ async fn live_objects(cluster: &Cluster, plan: &Plan, members: &[Member]) -> Res
         }
     }
     Ok(live)
+}
+
+/// Keeps an object's identity, labels, annotations and Driftless's own managed fields.
+fn trim_member(object: &mut Value) {
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut).map(std::mem::take) else {
+        *object = Value::Null;
+        return;
+    };
+    let mut kept = serde_json::Map::new();
+    for key in ["name", "namespace", "uid", "resourceVersion", "generation", "labels", "annotations"] {
+        if let Some(v) = meta.get(key) {
+            kept.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(Value::Array(fields)) = meta.get("managedFields") {
+        let ours: Vec<Value> = fields.iter().filter(|f| f["manager"] == crate::FIELD_MANAGER).cloned().collect();
+        kept.insert("managedFields".into(), Value::Array(ours));
+    }
+    *object = serde_json::json!({ "metadata": kept });
 }
 
 /// An object that already belongs to another ApplySet is a conflict, never adopted.
@@ -684,6 +714,23 @@ mod tests {
     use super::*;
     use crate::plan::fixtures::{manifest, opts, rt};
     use serde_json::json;
+
+    #[test]
+    fn a_trimmed_member_keeps_what_the_checks_need_and_the_same_expectation() {
+        let full = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "resourceVersion": "7",
+                "labels": {keys::APPLYSET_PART_OF: "set"}, "annotations": {keys::DESIRED_HASH: "h"},
+                "managedFields": [{"manager": "driftless", "operation": "Apply", "apiVersion": "apps/v1", "fieldsV1": {"f:spec": {}}},
+                                  {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"}]},
+            "spec": {"replicas": 3}, "status": {"availableReplicas": 3}});
+        let mut trimmed = full.clone();
+        trim_member(&mut trimmed);
+        assert!(trimmed.get("spec").is_none() && trimmed.get("status").is_none());
+        assert_eq!(trimmed["metadata"]["annotations"][keys::DESIRED_HASH], "h");
+        assert_eq!(trimmed["metadata"]["labels"][keys::APPLYSET_PART_OF], "set");
+        assert_eq!(trimmed["metadata"]["managedFields"].as_array().unwrap().len(), 1);
+        assert_eq!(Expected::from_object(&trimmed), Expected::from_object(&full));
+    }
 
     #[test]
     fn a_binding_to_a_role_of_the_same_revision_waits_for_it_and_the_role_goes_first() {
