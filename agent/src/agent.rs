@@ -269,15 +269,7 @@ impl SourceLoop {
                 });
                 // an unchanged failure is not reported again at every poll
                 if !repeated {
-                    status::publish_report(
-                        &self.ctx.cluster,
-                        self.telemetry.events.as_deref(),
-                        &self.source.name,
-                        &self.ctx.agent_namespace,
-                        &report,
-                        None,
-                    )
-                    .await;
+                    self.publish(&report).await;
                 }
                 return;
             }
@@ -292,15 +284,7 @@ impl SourceLoop {
         let mut report = sync::reconcile_with(&self.ctx, &self.source, opts).await;
         self.attempted = true;
         self.record_sync(&report);
-        status::publish_report(
-            &self.ctx.cluster,
-            self.telemetry.events.as_deref(),
-            &self.source.name,
-            &self.ctx.agent_namespace,
-            &report,
-            None,
-        )
-        .await;
+        self.publish(&report).await;
         if let Some(outcome) = report.outcome.take() {
             self.applyset_id = outcome.applyset_id.clone();
             let desired: HashSet<ObjectRef> = outcome.plan.objects.iter().map(|p| p.id.clone()).collect();
@@ -407,6 +391,12 @@ impl SourceLoop {
                 warn!(source = %self.source.name, object = %id, error = %api_message(&e), "drift correction failed");
             }
         }
+    }
+
+    /// Reports a reconcile as an Event and annotations on the source's parent.
+    async fn publish(&self, report: &sync::Report) {
+        let events = self.telemetry.events.as_deref();
+        status::publish_report(&self.ctx.cluster, events, &self.source.name, &self.ctx.agent_namespace, report, None).await;
     }
 
     /// Updates the metrics of a finished reconcile.

@@ -28,21 +28,22 @@ async fn context(args: &ClusterArgs) -> Result<Context, crate::Error> {
     Ok(Context { cluster, agent_namespace: args.inventory_namespace.clone(), cache_dir, limits: Limits::default() })
 }
 
+/// Prints a usage or configuration error; exit code 2.
+fn usage_error(e: &str) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
+
 /// `driftless sync`: one reconcile, printed; 0 when synced, 1 otherwise, 2 for usage errors.
 pub async fn sync(args: SyncArgs) -> ExitCode {
-    let source = match args.source.to_config(Duration::from_secs(60)).and_then(|c| c.validate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let setup = async {
+        let source = args.source.to_config(Duration::from_secs(60)).and_then(|c| c.validate())?;
+        let ctx = context(&args.cluster).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((source, ctx))
     };
-    let ctx = match context(&args.cluster).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let (source, ctx) = match setup.await {
+        Ok(s) => s,
+        Err(e) => return usage_error(&e),
     };
     let report = sync::reconcile(&ctx, &source).await;
     let events = Events::new(&ctx.cluster, &ctx.agent_namespace, None);
@@ -105,19 +106,14 @@ pub fn print_report(report: &Report, output: Output) {
 
 /// `driftless run`: every source on its own task and interval, until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> ExitCode {
-    let sources = match load_sources(&args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let setup = async {
+        let sources = load_sources(&args)?;
+        let ctx = context(&args.cluster).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((sources, ctx))
     };
-    let ctx = match context(&args.cluster).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let (sources, ctx) = match setup.await {
+        Ok(s) => s,
+        Err(e) => return usage_error(&e),
     };
     info!(sources = sources.len(), version = crate::VERSION, "driftless agent starting");
     if sources.is_empty() {
