@@ -515,3 +515,30 @@ pub fn run_status(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The example app's namespace and cluster-scoped objects: (apiVersion, kind, plural, name).
+pub const EXAMPLE_CLUSTER_OBJECTS: [(&str, &str, &str, &str); 6] = [
+    ("v1", "Namespace", "namespaces", "shop"),
+    ("storage.k8s.io/v1", "StorageClass", "storageclasses", "shop-local"),
+    ("v1", "PersistentVolume", "persistentvolumes", "shop-postgres-data"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", "shop-prometheus"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", "shop-prometheus"),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", "backuppolicies.shop.example.com"),
+];
+
+/// Deletes what a sync of manifests-repo-example/ left (namespace `shop` and its cluster-scoped
+/// objects) and waits until it is gone, so a test of the example starts from an empty cluster.
+/// Test binaries run one after another, so two of them never race on these fixed names.
+pub async fn remove_example(client: &Client) {
+    for (av, kind, plural, name) in EXAMPLE_CLUSTER_OBJECTS {
+        let _ = dynamic_api(client, av, kind, plural, "").delete(name, &kube::api::DeleteParams::background()).await;
+    }
+    crate::wait_for("the example's objects to be gone", Duration::from_secs(90), || async {
+        let mut gone = true;
+        for (av, kind, plural, name) in EXAMPLE_CLUSTER_OBJECTS {
+            gone &= get(&dynamic_api(client, av, kind, plural, ""), name).await.is_none();
+        }
+        gone.then_some(())
+    })
+    .await;
+}

@@ -27,12 +27,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use driftless_tests::agent::{audit_events, configmap, dynamic_api, get, is_write, run_sync_with_kubeconfig};
+use driftless_tests::agent::{audit_events, configmap, dynamic_api, get, is_write, remove_example, run_sync_with_kubeconfig};
 use driftless_tests::{client, cluster_bin, kubeconfig_path, repo_root, unique_name, wait_for, GitFixture, TestNamespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -682,11 +682,7 @@ async fn the_service_account_syncs_into_its_target_namespaces_and_nowhere_else()
     let names: Vec<&str> = applied.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["ConfigMap/web-config", "Deployment/web", "Service/web"], "{stdout}");
     // its ApplySet parent lives in the release namespace (the agent's own Role, not `admin`)
-    let parent = Api::<ConfigMap>::namespaced(client.clone(), agent_ns.name())
-        .get(&format!("driftless-{source}"))
-        .await
-        .expect("the ApplySet parent in the release namespace");
-    assert_eq!(parent.metadata.annotations.unwrap()["driftless.dev/state"], "Synced");
+    assert_parent_synced(&client, agent_ns.name(), &source).await;
 
     // then a revision that drops the Service (a prune) and adds a ConfigMap in a namespace the
     // chart granted nothing in: Forbidden, exit 1, nothing written there and nothing pruned
@@ -751,30 +747,14 @@ const EXAMPLE_OBJECTS: [(&str, &str, &str, &str, &str, &str); 20] = [
     ("shop.example.com/v1", "BackupPolicy", "backuppolicies", "shop", "postgres-nightly", "BackupPolicy.shop.example.com"),
 ];
 
-/// The example's leftovers: namespace `shop` and its cluster-scoped objects (as
-/// `remove_example` of sync_example_repo.rs removes them).
-const EXAMPLE_CLUSTER_OBJECTS: [(&str, &str, &str, &str); 6] = [
-    ("v1", "Namespace", "namespaces", "shop"),
-    ("storage.k8s.io/v1", "StorageClass", "storageclasses", "shop-local"),
-    ("v1", "PersistentVolume", "persistentvolumes", "shop-postgres-data"),
-    ("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", "shop-prometheus"),
-    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", "shop-prometheus"),
-    ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", "backuppolicies.shop.example.com"),
-];
-
-/// Deletes the example's namespace and cluster-scoped objects and waits until they are gone.
-async fn remove_example(client: &Client) {
-    for (av, kind, plural, name) in EXAMPLE_CLUSTER_OBJECTS {
-        let _ = dynamic_api(client, av, kind, plural, "").delete(name, &DeleteParams::background()).await;
-    }
-    wait_for("the example's objects to be gone", Duration::from_secs(90), || async {
-        let mut gone = true;
-        for (av, kind, plural, name) in EXAMPLE_CLUSTER_OBJECTS {
-            gone &= get(&dynamic_api(client, av, kind, plural, ""), name).await.is_none();
-        }
-        gone.then_some(())
-    })
-    .await;
+/// The source's ApplySet parent lives in the release namespace (the agent's own Role, not
+/// `admin`) and reports Synced.
+async fn assert_parent_synced(client: &Client, release_namespace: &str, source: &str) {
+    let parent = Api::<ConfigMap>::namespaced(client.clone(), release_namespace)
+        .get(&format!("driftless-{source}"))
+        .await
+        .expect("the ApplySet parent in the release namespace");
+    assert_eq!(parent.metadata.annotations.unwrap()["driftless.dev/state"], "Synced");
 }
 
 /// Removes the example's objects at the end of the test, or when dropped (also when the test
@@ -920,11 +900,7 @@ async fn the_service_account_syncs_the_example_repo_with_its_cluster_rules_and_n
     }
     let applied = example_uids(&client).await;
     assert!(applied.iter().all(|(_, uid)| uid != "<missing>"), "{applied:#?}");
-    let parent = Api::<ConfigMap>::namespaced(client.clone(), agent_ns.name())
-        .get(&format!("driftless-{source}"))
-        .await
-        .expect("the ApplySet parent in the release namespace");
-    assert_eq!(parent.metadata.annotations.unwrap()["driftless.dev/state"], "Synced");
+    assert_parent_synced(&client, agent_ns.name(), &source).await;
 
     // then an object in a namespace the chart granted nothing in: Forbidden, exit 1, nothing
     // written, pruned or replaced
