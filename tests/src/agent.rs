@@ -126,22 +126,6 @@ pub async fn get(api: &Api<DynamicObject>, name: &str) -> Option<Value> {
     api.get_opt(name).await.expect("get").map(|o| serde_json::to_value(o).expect("json"))
 }
 
-/// Audit events of non-dry-run writes by Driftless (its user agent) to a namespace, in order:
-/// `(verb, resource, name)`. Reads the control plane's audit log.
-pub fn driftless_writes(namespace: &str) -> Vec<(String, String, String)> {
-    audit_events()
-        .into_iter()
-        .filter(|e| e["userAgent"].as_str().is_some_and(|u| u.starts_with("driftless/")))
-        .filter(|e| matches!(e["verb"].as_str(), Some("create" | "patch" | "update" | "delete")))
-        .filter(|e| !e["requestURI"].as_str().unwrap_or_default().contains("dryRun=All"))
-        .filter(|e| e["objectRef"]["namespace"].as_str() == Some(namespace))
-        .map(|e| {
-            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            (s(&e["verb"]), s(&e["objectRef"]["resource"]), s(&e["objectRef"]["name"]))
-        })
-        .collect()
-}
-
 /// Every audit event so far.
 pub fn audit_events() -> Vec<Value> {
     let text = std::fs::read_to_string(crate::audit_log_path()).unwrap_or_default();

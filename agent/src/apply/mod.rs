@@ -66,10 +66,6 @@ impl Cluster {
         Ok(Self { client })
     }
 
-    pub fn from_client(client: Client) -> Self {
-        Self { client }
-    }
-
     pub fn client(&self) -> &Client {
         &self.client
     }

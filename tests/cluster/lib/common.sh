@@ -59,31 +59,32 @@ stray_pids() {
   done
 }
 
+# Sets `alive` to those of the given pids that still run (zombies count as gone).
+still_alive() {
+  local p
+  alive=()
+  for p in "$@"; do
+    if kill -0 "$p" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]; then
+      alive+=("$p")
+    fi
+  done
+}
+
 # TERM, then KILL whatever is still there after a grace period. Takes pids.
 stop_pids() {
-  local p alive i
+  local alive i
   [ "$#" -gt 0 ] || return 0
   kill -TERM "$@" 2>/dev/null || true
   # Up to ~5s for a clean exit (etcd and the apiserver usually need well under a second).
   for i in $(seq 1 50); do
-    alive=()
-    for p in "$@"; do
-      if kill -0 "$p" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]; then
-        alive+=("$p")
-      fi
-    done
+    still_alive "$@"
     [ "${#alive[@]}" -eq 0 ] && return 0
     [ "$i" -eq 50 ] || sleep 0.1
   done
   warn "still running after TERM, killing: ${alive[*]}"
   kill -KILL "${alive[@]}" 2>/dev/null || true
   for i in $(seq 1 30); do
-    alive=()
-    for p in "$@"; do
-      if kill -0 "$p" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]; then
-        alive+=("$p")
-      fi
-    done
+    still_alive "$@"
     [ "${#alive[@]}" -eq 0 ] && return 0
     sleep 0.1
   done
