@@ -166,6 +166,8 @@ pub struct SourceLoop {
     attempted: bool,
     /// The state and health last written to the parent's annotations.
     annotated: Option<(SyncState, Health)>,
+    /// Memory to hand back once the watches have listed their objects.
+    release_pending: bool,
 }
 
 impl SourceLoop {
@@ -186,6 +188,7 @@ impl SourceLoop {
             last_changes: ChangeSet::default(),
             attempted: false,
             annotated: None,
+            release_pending: false,
         }
     }
 
@@ -301,6 +304,7 @@ impl SourceLoop {
         }
         self.last_changes = report.changes.clone();
         release_free_memory();
+        self.release_pending = true;
         let (state, reason, message) = match report.state {
             State::Synced => (SyncState::Progressing, String::new(), String::new()),
             State::PruneHeld => (SyncState::PruneHeld, report.reason.clone(), report.message.clone()),
@@ -442,6 +446,11 @@ impl SourceLoop {
     fn refresh_health(&mut self) {
         let ready = self.synced();
         self.update_status(|s| s.ready = ready);
+        if self.release_pending && self.watches.synced() {
+            // the watches' initial listings came after the reconcile's release
+            self.release_pending = false;
+            release_free_memory();
+        }
         if self.applied_commit.is_none() {
             return;
         }

@@ -39,6 +39,8 @@ pub const FIELD_MANAGER: &str = "driftless";
 
 /// Annotations and labels Driftless reads or writes.
 pub mod keys {
+    /// What every Driftless annotation starts with.
+    pub const PREFIX: &str = "driftless.dev/";
     /// Recorded on every applied object: sha256 of the normalized desired object.
     pub const DESIRED_HASH: &str = "driftless.dev/desired-hash";
     /// `"true"`: an object whose immutable fields changed is deleted and created again.

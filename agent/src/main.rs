@@ -6,7 +6,22 @@ use clap::Parser;
 use driftless::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// One malloc arena instead of glibc's default of eight per core: the agent's threads mostly
+/// wait on the network, and every extra arena keeps its own high-water mark resident (measured
+/// at 5,000 objects: peak 49 MiB with one arena, 57 MiB with the default). `MALLOC_ARENA_MAX`
+/// in the environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes allocator settings; called before any other thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

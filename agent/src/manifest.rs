@@ -3,7 +3,10 @@
 
 use std::fmt;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Where a document came from: the file (relative to the repository root), the 1-based line
@@ -29,33 +32,68 @@ pub struct SourceFile {
     pub content: Vec<u8>,
 }
 
-/// A desired object as rendered from a document. `object` always has a string `apiVersion`,
-/// `kind` and `metadata.name` (render guarantees it).
-#[derive(Clone, Debug, PartialEq)]
+/// A desired object as rendered from a document: always a mapping with a string `apiVersion`,
+/// `kind` and `metadata.name` (render guarantees it). The object is kept as compact JSON text,
+/// with its identity and annotations read out: a revision's objects are all held between render
+/// and plan, and a parsed object takes several times the memory of its text.
+#[derive(Clone, Debug)]
 pub struct Manifest {
-    pub object: Value,
+    object: Box<RawValue>,
     pub origin: Origin,
+    api_version: String,
+    kind: String,
+    name: String,
+    namespace: Option<String>,
+    annotations: BTreeMap<String, String>,
 }
 
 impl Manifest {
+    pub fn new(object: &Value, origin: Origin) -> Self {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let meta = &object["metadata"];
+        let annotations = meta["annotations"]
+            .as_object()
+            .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .unwrap_or_default();
+        Manifest {
+            // a serde_json::Value always serializes
+            object: serde_json::value::to_raw_value(object).unwrap_or_else(|_| RawValue::NULL.to_owned()),
+            origin,
+            api_version: text(&object["apiVersion"]),
+            kind: text(&object["kind"]),
+            name: text(&meta["name"]),
+            namespace: meta["namespace"].as_str().filter(|s| !s.is_empty()).map(String::from),
+            annotations,
+        }
+    }
+    /// The object, parsed.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.object.get()).unwrap_or(Value::Null)
+    }
     pub fn api_version(&self) -> &str {
-        self.object["apiVersion"].as_str().unwrap_or_default()
+        &self.api_version
     }
     pub fn kind(&self) -> &str {
-        self.object["kind"].as_str().unwrap_or_default()
+        &self.kind
     }
     pub fn name(&self) -> &str {
-        self.object["metadata"]["name"].as_str().unwrap_or_default()
+        &self.name
     }
     pub fn namespace(&self) -> Option<&str> {
-        self.object["metadata"]["namespace"].as_str().filter(|s| !s.is_empty())
+        self.namespace.as_deref()
     }
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.object["metadata"]["annotations"][key].as_str()
+        self.annotations.get(key).map(String::as_str)
     }
     /// `(group, version)` of the apiVersion: `apps/v1` is `("apps", "v1")`, `v1` is `("", "v1")`.
     pub fn group_version(&self) -> (&str, &str) {
         split_api_version(self.api_version())
+    }
+}
+
+impl PartialEq for Manifest {
+    fn eq(&self, other: &Self) -> bool {
+        self.object.get() == other.object.get() && self.origin == other.origin
     }
 }
 

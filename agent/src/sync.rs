@@ -18,7 +18,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::apply::changeset::{Action, ChangeSet};
-use crate::apply::{self, api_message, Cluster, Decision};
+use crate::apply::{self, api_message, Cluster, Decision, Keep, Live};
 use crate::config::Source;
 use crate::live::drift::Expected;
 use crate::live::health::{self, Health};
@@ -31,7 +31,7 @@ use crate::prune::applyset::{self, Inventory};
 use crate::prune::{self as inventory, Member};
 use crate::render::{self, Limits};
 use crate::source::Repo;
-use crate::{keys, Error};
+use crate::Error;
 
 /// How long to wait for new CRDs to be served.
 const CRD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -185,20 +185,20 @@ async fn run_stages(
     let desired_inventory = inventory_of(&plan);
 
     // live state: the set's members, and any desired object that is not one yet.
+    // Memory grows with what is managed: incrementally, members are kept to what the hash
+    // check, the ownership check and the drift expectation read (objects whose hash changed are
+    // dry-run against that and so written, a no-op on the server if equal); a full sync keeps
+    // what a dry-run result is compared with.
+    let keep = match opts.mode {
+        Mode::Full => Keep::Body,
+        Mode::Incremental => Keep::Checks,
+    };
     let versions = plan.objects.iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
     let mut members =
-        inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory))
+        inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory), keep)
             .await
             .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Kube(e.source) })?;
-    if opts.mode == Mode::Incremental {
-        // memory grows with what is managed: keep of each member what the hash check, the
-        // ownership check and the drift expectation need; objects whose hash changed are
-        // dry-run against this trimmed state and so written (a no-op on the server if equal)
-        for m in &mut members {
-            trim_member(&mut m.object);
-        }
-    }
-    let live = live_objects(cluster, &plan, &mut members).await?;
+    let live = live_objects(cluster, &plan, &mut members, keep).await?;
     check_ownership(&plan, &live, &applyset_id)?;
     stage_done("plan and live state");
 
@@ -208,7 +208,7 @@ async fn run_stages(
     let mut decisions: HashMap<ObjectRef, Decision> = HashMap::new();
     if opts.mode == Mode::Incremental {
         for p in &plan.objects {
-            let recorded_hash = live.get(&p.id).and_then(|o| o["metadata"]["annotations"][keys::DESIRED_HASH].as_str());
+            let recorded_hash = live.get(&p.id).and_then(|o| o.desired_hash.as_deref());
             if recorded_hash == Some(p.hash.as_str()) {
                 decisions.insert(p.id.clone(), Decision::Unchanged);
             }
@@ -327,10 +327,15 @@ const LIST_INSTEAD_OF_GETS: usize = 20;
 
 /// Live objects by identity: members from the listing, others by GET (or by a LIST of their kind
 /// and namespace when many are missing).
-async fn live_objects(cluster: &Cluster, plan: &Plan, members: &mut [Member]) -> Result<HashMap<ObjectRef, Value>, Error> {
+async fn live_objects(
+    cluster: &Cluster,
+    plan: &Plan,
+    members: &mut [Member],
+    keep: Keep,
+) -> Result<HashMap<ObjectRef, Live>, Error> {
     // the listed objects move here; members keep their plain data for the prune
-    let mut live: HashMap<ObjectRef, Value> =
-        members.iter_mut().map(|m| (m.live.id.clone(), std::mem::take(&mut m.object))).collect();
+    let mut live: HashMap<ObjectRef, Live> =
+        members.iter_mut().map(|m| (m.live.id.clone(), std::mem::take(&mut m.current))).collect();
     let missing: Vec<&Planned> = plan.objects.iter().filter(|p| !live.contains_key(&p.id) && !p.needs_crd).collect();
     let mut by_scope: HashMap<(String, String, String), Vec<&Planned>> = HashMap::new();
     for p in &missing {
@@ -343,14 +348,14 @@ async fn live_objects(cluster: &Cluster, plan: &Plan, members: &mut [Member]) ->
             continue;
         }
         let wanted: HashSet<&ObjectRef> = objects.iter().map(|p| &p.id).collect();
-        match cluster.list(&objects[0].resource, &namespace, "").await {
+        match cluster.list_live(&objects[0].resource, &namespace, "", keep).await {
             Ok(items) => {
                 for item in items {
                     let id = ObjectRef {
                         group: objects[0].id.group.clone(),
                         kind: objects[0].id.kind.clone(),
-                        namespace: item["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
-                        name: item["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                        namespace: item.namespace.clone(),
+                        name: item.name.clone(),
                     };
                     if wanted.contains(&id) {
                         live.insert(id, item);
@@ -364,10 +369,10 @@ async fn live_objects(cluster: &Cluster, plan: &Plan, members: &mut [Member]) ->
         }
     }
     let singles = &singles;
-    let fetched: Vec<(ObjectRef, Result<Option<Value>, kube::Error>)> = stream::iter(0..singles.len())
+    let fetched: Vec<(ObjectRef, Result<Option<Live>, kube::Error>)> = stream::iter(0..singles.len())
         .map(|i| async move {
             let p = singles[i];
-            (p.id.clone(), cluster.get(&p.resource, &p.id).await)
+            (p.id.clone(), cluster.get_live(&p.resource, &p.id, keep).await)
         })
         .buffer_unordered(apply::CONCURRENCY)
         .collect()
@@ -385,32 +390,13 @@ async fn live_objects(cluster: &Cluster, plan: &Plan, members: &mut [Member]) ->
     Ok(live)
 }
 
-/// Keeps an object's identity, labels, annotations and Driftless's own managed fields.
-fn trim_member(object: &mut Value) {
-    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut).map(std::mem::take) else {
-        *object = Value::Null;
-        return;
-    };
-    let mut kept = serde_json::Map::new();
-    for key in ["name", "namespace", "uid", "resourceVersion", "generation", "labels", "annotations"] {
-        if let Some(v) = meta.get(key) {
-            kept.insert(key.into(), v.clone());
-        }
-    }
-    if let Some(Value::Array(fields)) = meta.get("managedFields") {
-        let ours: Vec<Value> = fields.iter().filter(|f| f["manager"] == crate::FIELD_MANAGER).cloned().collect();
-        kept.insert("managedFields".into(), Value::Array(ours));
-    }
-    *object = serde_json::json!({ "metadata": kept });
-}
-
 /// An object that already belongs to another ApplySet is a conflict, never adopted.
-fn check_ownership(plan: &Plan, live: &HashMap<ObjectRef, Value>, applyset_id: &str) -> Result<(), Error> {
+fn check_ownership(plan: &Plan, live: &HashMap<ObjectRef, Live>, applyset_id: &str) -> Result<(), Error> {
     let conflicts: Vec<String> = plan
         .objects
         .iter()
         .filter_map(|p| {
-            let other = live.get(&p.id)?["metadata"]["labels"][keys::APPLYSET_PART_OF].as_str()?;
+            let other = live.get(&p.id)?.part_of.as_deref()?;
             (other != applyset_id).then(|| {
                 format!("{} ({}): already belongs to another ApplySet ({other}); not adopted", p.id, p.origin)
             })
@@ -426,33 +412,34 @@ fn check_ownership(plan: &Plan, live: &HashMap<ObjectRef, Value>, applyset_id: &
 /// The (Cluster)Role a (Cluster)RoleBinding refers to, when this revision creates it: the API
 /// server checks a binding against its role (unless the agent may `bind`), so the binding can only
 /// be dry-run once the role exists.
-fn new_role_of<'a>(plan: &'a Plan, live: &HashMap<ObjectRef, Value>, binding: &Planned) -> Option<&'a Planned> {
+fn new_role_of<'a>(plan: &'a Plan, live: &HashMap<ObjectRef, Live>, binding: &Planned) -> Option<&'a Planned> {
     const RBAC: &str = "rbac.authorization.k8s.io";
     if binding.id.group != RBAC || !matches!(binding.id.kind.as_str(), "RoleBinding" | "ClusterRoleBinding") {
         return None;
     }
-    let role_ref = &binding.object["roleRef"];
+    let object = binding.value();
+    let role_ref = &object["roleRef"];
     let kind = role_ref["kind"].as_str()?;
     let namespace = if kind == "Role" { binding.id.namespace.clone() } else { String::new() };
     let id = ObjectRef { group: RBAC.into(), kind: kind.into(), namespace, name: role_ref["name"].as_str()?.into() };
     plan.get(&id).filter(|_| !live.contains_key(&id))
 }
 
-fn binds_new_role(plan: &Plan, live: &HashMap<ObjectRef, Value>, p: &Planned) -> bool {
+fn binds_new_role(plan: &Plan, live: &HashMap<ObjectRef, Live>, p: &Planned) -> bool {
     new_role_of(plan, live, p).is_some()
 }
 
 /// What is applied before the revision is validated, because other objects can only be dry-run
 /// once it exists: CRDs and Namespaces, and the new roles that bindings of the revision name.
 /// All of it is additive and never pruned by a failed sync.
-fn definitions(plan: &Plan, live: &HashMap<ObjectRef, Value>) -> HashSet<ObjectRef> {
+fn definitions(plan: &Plan, live: &HashMap<ObjectRef, Live>) -> HashSet<ObjectRef> {
     let mut out: HashSet<ObjectRef> = plan.objects.iter().filter(|p| p.stage == 0).map(|p| p.id.clone()).collect();
     out.extend(plan.objects.iter().filter_map(|p| new_role_of(plan, live, p)).map(|r| r.id.clone()));
     out
 }
 
 /// Whether this revision creates the namespace (so objects in it are dry-run after it exists).
-fn creates_namespace(plan: &Plan, live: &HashMap<ObjectRef, Value>, namespace: &str) -> bool {
+fn creates_namespace(plan: &Plan, live: &HashMap<ObjectRef, Live>, namespace: &str) -> bool {
     if namespace.is_empty() {
         return false;
     }
@@ -471,7 +458,7 @@ fn validation_failed(failures: Vec<(ObjectRef, String)>, changes: &mut ChangeSet
 /// Applies a plan group by group (wave, then stage), each group concurrently.
 struct Stages<'a> {
     cluster: &'a Cluster,
-    live: &'a HashMap<ObjectRef, Value>,
+    live: &'a HashMap<ObjectRef, Live>,
     state: Option<&'a LiveState>,
     health_timeout: Duration,
     /// Applied before everything else: see [`definitions`].
@@ -546,7 +533,9 @@ impl Stages<'_> {
     ) -> Result<(), Error> {
         let cluster = self.cluster;
         let started = Instant::now();
-        let results: Vec<(ObjectRef, Action, String, Option<Value>)> = stream::iter(0..group.len())
+        // each result is reduced to its expectation at once: a stage's applied objects are
+        // never all held
+        let results: Vec<(ObjectRef, Action, String, Option<Expected>)> = stream::iter(0..group.len())
             .map(|j| async move {
                 let p = group[j];
                 let decision = decisions[&p.id];
@@ -555,7 +544,13 @@ impl Stages<'_> {
                         state.begin_apply(&p.id);
                     }
                 }
-                apply_one(cluster, p, decision).await
+                let (id, action, message, result) = apply_one(cluster, p, decision).await;
+                let expected = match result {
+                    _ if action == Action::Failed => None,
+                    Some(object) => Some(Expected::from_object(&object)),
+                    None => self.live.get(&id).map(|l| l.expected.clone()),
+                };
+                (id, action, message, expected)
             })
             .buffered(apply::CONCURRENCY)
             .collect()
@@ -563,9 +558,7 @@ impl Stages<'_> {
         debug!(kind = %group[0].id.kind, wave = group[0].wave, objects = group.len(), elapsed_ms = started.elapsed().as_millis() as u64, "group applied");
         let failed = results.iter().any(|r| r.1 == Action::Failed);
         for (id, action, message, result) in results {
-            let after = result.as_ref().or_else(|| self.live.get(&id));
-            if let Some(object) = after.filter(|_| action != Action::Failed) {
-                let e = Expected::from_object(object);
+            if let Some(e) = result {
                 if let Some(state) = self.state {
                     state.applied(&id, e.clone());
                 }
@@ -716,20 +709,36 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_trimmed_member_keeps_what_the_checks_need_and_the_same_expectation() {
+    fn a_live_object_keeps_what_the_checks_read_and_for_a_full_sync_what_the_differ_compares() {
+        use crate::keys;
         let full = json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "a", "namespace": "n", "uid": "u", "resourceVersion": "7",
-                "labels": {keys::APPLYSET_PART_OF: "set"}, "annotations": {keys::DESIRED_HASH: "h"},
-                "managedFields": [{"manager": "driftless", "operation": "Apply", "apiVersion": "apps/v1", "fieldsV1": {"f:spec": {}}},
-                                  {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"}]},
+                "labels": {keys::APPLYSET_PART_OF: "set"},
+                "annotations": {keys::DESIRED_HASH: "h", keys::PRUNE: "disabled", "kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "driftless", "operation": "Apply", "apiVersion": "apps/v1", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                                  {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "fieldsV1": {"f:status": {}}}]},
             "spec": {"replicas": 3}, "status": {"availableReplicas": 3}});
-        let mut trimmed = full.clone();
-        trim_member(&mut trimmed);
-        assert!(trimmed.get("spec").is_none() && trimmed.get("status").is_none());
-        assert_eq!(trimmed["metadata"]["annotations"][keys::DESIRED_HASH], "h");
-        assert_eq!(trimmed["metadata"]["labels"][keys::APPLYSET_PART_OF], "set");
-        assert_eq!(trimmed["metadata"]["managedFields"].as_array().unwrap().len(), 1);
-        assert_eq!(Expected::from_object(&trimmed), Expected::from_object(&full));
+        let object = || serde_json::from_value::<kube::api::DynamicObject>(full.clone()).unwrap();
+
+        let checks = Live::from_meta(&mut object().metadata);
+        assert_eq!((checks.name.as_str(), checks.namespace.as_str(), checks.uid.as_str(), checks.resource_version.as_str()), ("a", "n", "u", "7"));
+        assert_eq!(checks.part_of.as_deref(), Some("set"));
+        assert_eq!(checks.desired_hash.as_deref(), Some("h"));
+        assert!(checks.prune_disabled);
+        assert_eq!(checks.expected, Expected::from_object(&full), "the drift expectation of the full object");
+        assert!(checks.body.is_none());
+        let member = inventory::live_object(&crate::manifest::GroupKind::new("apps", "Deployment"), &checks);
+        assert_eq!((member.id.to_string(), member.uid, member.part_of), ("Deployment.apps n/a".to_string(), "u".to_string(), Some("set".to_string())));
+
+        let body = Live::read(object());
+        assert_eq!(Live { body: None, ..body.clone() }, checks);
+        let body = body.body.unwrap();
+        assert!(body.get("status").is_none() && body["metadata"].get("managedFields").is_none());
+        assert_eq!(body["spec"], full["spec"]);
+        assert!(!apply::diff::differs(&body, &full), "what is dropped is what the differ ignores");
+        let mut changed = full.clone();
+        changed["spec"]["replicas"] = json!(4);
+        assert!(apply::diff::differs(&body, &changed));
     }
 
     #[test]
@@ -754,7 +763,7 @@ mod tests {
         assert_eq!(defs.iter().map(|id| id.kind.as_str()).collect::<Vec<_>>(), ["ClusterRole"]);
         // once the role exists, nothing waits
         let role_id = plan.objects.iter().find(|p| p.id.kind == "ClusterRole").unwrap().id.clone();
-        live.insert(role_id, json!({}));
+        live.insert(role_id, Live::default());
         assert!(!binds_new_role(&plan, &live, binding));
         assert!(definitions(&plan, &live).is_empty());
     }

@@ -14,6 +14,12 @@ pub fn differs(live: &Value, dry_run: &Value) -> bool {
 
 fn strip(object: &Value) -> Value {
     let mut o = object.clone();
+    strip_in_place(&mut o);
+    o
+}
+
+/// Removes from an object what [`differs`] ignores.
+pub fn strip_in_place(o: &mut Value) {
     if let Some(map) = o.as_object_mut() {
         // Identity is known from the plan; list items come without apiVersion and kind, and a
         // dry-run through another served version describes the same object.
@@ -26,7 +32,6 @@ fn strip(object: &Value) -> Value {
             }
         }
     }
-    o
 }
 
 /// The paths (like `spec.replicas` or `data.key`) where the dry-run result differs from the live

@@ -15,12 +15,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectList, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PropagationPolicy};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
 use serde_json::Value;
 
+use crate::live::drift::Expected;
 use crate::manifest::{ObjectRef, ResourceType};
 use crate::plan::Planned;
 use crate::{FIELD_MANAGER, VERSION};
@@ -28,8 +29,8 @@ use crate::{FIELD_MANAGER, VERSION};
 /// How many objects of one stage are dry-run or applied at once.
 pub const CONCURRENCY: usize = 32;
 
-/// Objects per page when listing.
-pub const LIST_PAGE: u32 = 500;
+/// Objects per page when listing: a page is held in full while it is read.
+pub const LIST_PAGE: u32 = 250;
 
 /// A client of one cluster, identifying itself as `driftless/<version>`.
 #[derive(Clone)]
@@ -86,19 +87,31 @@ impl Cluster {
         Ok(found.map(to_value))
     }
 
+    /// The live object, if it exists, as a reconcile keeps it (only its metadata is read when
+    /// only the checks are kept).
+    pub async fn get_live(&self, rt: &ResourceType, id: &ObjectRef, keep: Keep) -> Result<Option<Live>, kube::Error> {
+        let api = self.api(rt, &id.namespace);
+        Ok(match keep {
+            Keep::Checks => api.get_metadata_opt(&id.name).await?.map(|mut o| Live::from_meta(&mut o.metadata)),
+            Keep::Body => api.get_opt(&id.name).await?.map(Live::read),
+        })
+    }
+
     /// Objects of one type matching a label selector, in one namespace or (empty) all of them,
     /// read in pages so a large set never arrives as one response.
     pub async fn list(&self, rt: &ResourceType, namespace: &str, selector: &str) -> Result<Vec<Value>, kube::Error> {
         let api = self.api(rt, namespace);
-        let mut params = ListParams::default().labels(selector).limit(LIST_PAGE);
-        let mut out = Vec::new();
-        loop {
-            let page = api.list(&params).await?;
-            out.extend(page.items.into_iter().map(to_value));
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => return Ok(out),
-            }
+        paged(selector, |p| list_page(&api, p), to_value).await
+    }
+
+    /// Like [`Cluster::list`], each object kept as a reconcile keeps it as its page arrives, so a
+    /// large set is never held in full; when only the checks are kept, the server sends only
+    /// metadata.
+    pub async fn list_live(&self, rt: &ResourceType, namespace: &str, selector: &str, keep: Keep) -> Result<Vec<Live>, kube::Error> {
+        let api = self.api(rt, namespace);
+        match keep {
+            Keep::Checks => paged(selector, |p| metadata_page(&api, p), |mut o| Live::from_meta(&mut o.metadata)).await,
+            Keep::Body => paged(selector, |p| list_page(&api, p), Live::read).await,
         }
     }
 
@@ -161,7 +174,7 @@ pub enum Decision {
 pub async fn dry_run(
     cluster: &Cluster,
     objects: &[&Planned],
-    live: &HashMap<ObjectRef, Value>,
+    live: &HashMap<ObjectRef, Live>,
 ) -> Result<Vec<Decision>, Vec<(ObjectRef, String)>> {
     // Indices, not references, go through the stream: closures over `&Planned` arguments are
     // not general enough for futures spawned on the runtime.
@@ -170,13 +183,16 @@ pub async fn dry_run(
             let p = objects[i];
             let current = live.get(&p.id);
             match cluster.apply(p, true).await {
-                Ok(result) => Ok(match current {
+                Ok(result) => Ok(match current.map(|c| c.body.as_ref()) {
                     None => Decision::Create,
-                    Some(cur) if diff::differs(cur, &result) => {
-                        tracing::debug!(object = %p.id, changed = ?diff::changed_paths(cur, &result, 5), "dry-run differs");
+                    // only the checks were kept: the object is dry-run because its desired
+                    // hash changed, so it is written (a no-op on the server if nothing differs)
+                    Some(None) => Decision::Configure,
+                    Some(Some(body)) if diff::differs(body, &result) => {
+                        tracing::debug!(object = %p.id, changed = ?diff::changed_paths(body, &result, 5), "dry-run differs");
                         Decision::Configure
                     }
-                    Some(_) => Decision::Unchanged,
+                    Some(Some(_)) => Decision::Unchanged,
                 }),
                 Err(e) => {
                     let message = api_message(&e);
@@ -206,6 +222,99 @@ pub fn api_resource(rt: &ResourceType) -> ApiResource {
 
 fn to_value(o: DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+/// How much of a live object a reconcile keeps beyond what its checks read (see [`Live`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Also the body a dry-run result is compared with (a full sync).
+    Body,
+    /// Only what the checks read (the agent's incremental reconciles, where an object is
+    /// dry-run only when its desired hash changed, and watches find drift).
+    Checks,
+}
+
+/// A live object as a reconcile keeps it. Memory grows with what Driftless manages: a listing
+/// is reduced to this as each page arrives, before anything becomes JSON, dropping what no check
+/// reads, other managers' `managedFields` first (often the largest part of an object).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Live {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub resource_version: String,
+    /// Its `applyset.kubernetes.io/part-of` label.
+    pub part_of: Option<String>,
+    /// Its `driftless.dev/desired-hash` annotation.
+    pub desired_hash: Option<String>,
+    /// Annotated `driftless.dev/prune: disabled`.
+    pub prune_disabled: bool,
+    /// What Driftless's field manager owns of it now.
+    pub expected: Expected,
+    /// With [`Keep::Body`]: the object as [`diff::differs`] compares it (no status, no volatile
+    /// metadata).
+    pub body: Option<Value>,
+}
+
+impl Live {
+    /// What the checks read of an object's metadata; Driftless's managedFields are reduced to
+    /// the expectation and the rest of them dropped.
+    pub fn from_meta(meta: &mut ObjectMeta) -> Self {
+        let ours: Vec<_> = meta.managed_fields.take().unwrap_or_default().into_iter().filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER)).collect();
+        let expected = Expected::from_object(&serde_json::json!({"metadata": {"managedFields": ours}}));
+        let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        Live {
+            name: text(&meta.name),
+            namespace: text(&meta.namespace),
+            uid: text(&meta.uid),
+            resource_version: text(&meta.resource_version),
+            part_of: meta.labels.as_ref().and_then(|l| l.get(crate::keys::APPLYSET_PART_OF)).cloned(),
+            desired_hash: annotation(crate::keys::DESIRED_HASH),
+            prune_disabled: annotation(crate::keys::PRUNE).as_deref() == Some("disabled"),
+            expected,
+            body: None,
+        }
+    }
+
+    /// An object with its body ([`Keep::Body`]).
+    pub fn read(mut o: DynamicObject) -> Self {
+        let mut live = Live::from_meta(&mut o.metadata);
+        let mut body = to_value(o);
+        diff::strip_in_place(&mut body);
+        live.body = Some(body);
+        live
+    }
+}
+
+async fn list_page(api: &Api<DynamicObject>, params: ListParams) -> Result<ObjectList<DynamicObject>, kube::Error> {
+    api.list(&params).await
+}
+
+async fn metadata_page(api: &Api<DynamicObject>, params: ListParams) -> Result<ObjectList<PartialObjectMeta<DynamicObject>>, kube::Error> {
+    api.list_metadata(&params).await
+}
+
+/// Reads a listing page by page, turning each item into what is kept as its page arrives.
+async fn paged<I, T, Fut>(
+    selector: &str,
+    mut page: impl FnMut(ListParams) -> Fut,
+    mut each: impl FnMut(I) -> T,
+) -> Result<Vec<T>, kube::Error>
+where
+    Fut: std::future::Future<Output = Result<ObjectList<I>, kube::Error>>,
+    I: Clone,
+{
+    let mut params = ListParams::default().labels(selector).limit(LIST_PAGE);
+    let mut out = Vec::new();
+    loop {
+        let list = page(params.clone()).await?;
+        out.extend(list.items.into_iter().map(&mut each));
+        match list.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(out),
+        }
+    }
 }
 
 /// The HTTP status of an API error.

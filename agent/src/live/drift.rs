@@ -72,7 +72,7 @@ fn latest_other_manager(object: &Value) -> Option<String> {
 }
 
 /// What Driftless expects of an object after applying it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expected {
     pub fields_hash: String,
 }

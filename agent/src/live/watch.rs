@@ -17,6 +17,10 @@ use crate::apply::Cluster;
 use crate::keys;
 use crate::manifest::{ObjectRef, ResourceType};
 
+/// Objects per page of a watch's initial listing. Every watch of a source lists at once when
+/// the agent starts, so pages are kept small.
+const WATCH_PAGE: u32 = 100;
+
 /// One watched scope: a resource type in a namespace (empty for cluster-scoped types).
 pub type Scope = (ResourceType, String);
 
@@ -97,7 +101,9 @@ async fn watch_scope(
     };
     let mut seen: HashSet<ObjectRef> = HashSet::new();
     let mut known: HashSet<ObjectRef> = HashSet::new();
-    let mut stream = watcher::watcher(api, watcher::Config::default().labels(&selector)).default_backoff().boxed();
+    // small pages: the initial listing of a large set is never held at once
+    let config = watcher::Config::default().labels(&selector).page_size(WATCH_PAGE);
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => seen.clear(),

@@ -10,6 +10,7 @@ pub mod prune;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::keys;
@@ -93,8 +94,10 @@ pub struct PlanOptions {
 pub struct Planned {
     pub id: ObjectRef,
     pub resource: ResourceType,
-    /// The object to apply: namespace set, ApplySet label and desired hash added.
-    pub object: Value,
+    /// The object to apply (namespace set, ApplySet label and desired hash added), kept as
+    /// compact JSON text: a plan lives as long as its source, and a parsed object takes several
+    /// times the memory of its text.
+    pub object: Box<RawValue>,
     pub hash: String,
     pub origin: Origin,
     pub wave: i64,
@@ -106,6 +109,11 @@ pub struct Planned {
 }
 
 impl Planned {
+    /// The object to apply, parsed.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.object.get()).unwrap_or(Value::Null)
+    }
+
     pub fn is_secret(&self) -> bool {
         self.id.group.is_empty() && self.id.kind == "Secret"
     }
@@ -152,6 +160,7 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
     for m in manifests {
         let (group, version) = m.group_version();
         let (group, version, kind) = (group.to_string(), version.to_string(), m.kind().to_string());
+        let name = m.name().to_string();
         let label = format!("{} {}: {kind} {}", m.origin, m.api_version(), m.name());
         let (resource, needs_crd) = match catalog.resolve(&group, &version, &kind) {
             Some(t) => (t.clone(), false),
@@ -181,37 +190,41 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
         };
         let recreate = m.annotation(keys::RECREATE) == Some("true");
 
-        let mut object = m.object.clone();
-        let namespace = if resource.namespaced {
-            let ns = m.namespace().unwrap_or(&opts.default_namespace).to_string();
-            object["metadata"]["namespace"] = json!(ns);
-            ns
-        } else {
-            if let Some(meta) = object["metadata"].as_object_mut() {
-                meta.remove("namespace");
-            }
-            String::new()
-        };
+        let namespace = if resource.namespaced { m.namespace().unwrap_or(&opts.default_namespace).to_string() } else { String::new() };
+        let mut object = m.value();
+        let origin = m.origin;
+        if resource.namespaced {
+            object["metadata"]["namespace"] = json!(namespace);
+        } else if let Some(meta) = object["metadata"].as_object_mut() {
+            meta.remove("namespace");
+        }
         if group.is_empty() && kind == "Secret" {
             string_data_to_data(&mut object);
         }
-        let id = ObjectRef { group: group.clone(), kind: kind.clone(), namespace, name: m.name().to_string() };
+        let id = ObjectRef { group: group.clone(), kind: kind.clone(), namespace, name };
 
         if let Some(first) = seen.get(&id) {
-            problems.push(format!("{id} is defined twice: in {first} and in {}", m.origin));
+            problems.push(format!("{id} is defined twice: in {first} and in {origin}"));
             continue;
         }
-        seen.insert(id.clone(), m.origin.clone());
+        seen.insert(id.clone(), origin.clone());
 
         let hash = hash::desired_hash(&object);
         decorate(&mut object, opts, &hash);
+        let object = match serde_json::value::to_raw_value(&object) {
+            Ok(raw) => raw,
+            Err(e) => {
+                problems.push(format!("{label}: cannot be written as JSON: {e}"));
+                continue;
+            }
+        };
         objects.push(Planned {
             stage: order::stage_of(&group, &kind),
             id,
             resource,
             object,
             hash,
-            origin: m.origin,
+            origin,
             wave,
             recreate,
             needs_crd,
@@ -270,7 +283,8 @@ fn decorate(object: &mut Value, opts: &PlanOptions, hash: &str) {
 pub fn crd_types(manifests: &[Manifest]) -> Vec<ResourceType> {
     let mut out = Vec::new();
     for m in manifests.iter().filter(|m| m.kind() == "CustomResourceDefinition" && m.group_version().0 == "apiextensions.k8s.io") {
-        let spec = &m.object["spec"];
+        let object = m.value();
+        let spec = &object["spec"];
         let (Some(group), Some(kind), Some(plural)) =
             (spec["group"].as_str(), spec["names"]["kind"].as_str(), spec["names"]["plural"].as_str())
         else {
@@ -321,7 +335,7 @@ pub(crate) mod fixtures {
     }
 
     pub fn manifest(file: &str, object: Value) -> Manifest {
-        Manifest { object, origin: Origin { file: file.into(), line: 1, doc: 0 } }
+        Manifest::new(&object, Origin { file: file.into(), line: 1, doc: 0 })
     }
 
     pub fn opts() -> PlanOptions {
@@ -381,19 +395,19 @@ mod tests {
         let plan = build(vec![manifest("a.yaml", cm("a")), manifest("r.yaml", cr)], &catalog(), &opts()).unwrap();
         let cm = plan.objects.iter().find(|p| p.id.kind == "ConfigMap").unwrap();
         assert_eq!(cm.id.namespace, "apps");
-        assert_eq!(cm.object["metadata"]["namespace"], "apps");
+        assert_eq!(cm.value()["metadata"]["namespace"], "apps");
         let role = plan.objects.iter().find(|p| p.id.kind == "ClusterRole").unwrap();
         assert_eq!(role.id.namespace, "");
-        assert!(role.object["metadata"].get("namespace").is_none());
+        assert!(role.value()["metadata"].get("namespace").is_none());
     }
 
     #[test]
     fn members_carry_the_applyset_label_and_hash() {
         let plan = build(vec![manifest("a.yaml", cm("a"))], &catalog(), &opts()).unwrap();
         let p = &plan.objects[0];
-        assert_eq!(p.object["metadata"]["labels"][keys::APPLYSET_PART_OF], "applyset-test-v1");
-        assert_eq!(p.object["metadata"]["annotations"][keys::DESIRED_HASH], p.hash.as_str());
-        assert_eq!(hash::desired_hash(&p.object), p.hash, "decorating must not change the hash");
+        assert_eq!(p.value()["metadata"]["labels"][keys::APPLYSET_PART_OF], "applyset-test-v1");
+        assert_eq!(p.value()["metadata"]["annotations"][keys::DESIRED_HASH], p.hash.as_str());
+        assert_eq!(hash::desired_hash(&p.value()), p.hash, "decorating must not change the hash");
     }
 
     #[test]
@@ -468,7 +482,7 @@ mod tests {
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
             "data": {"kept": "a2VwdA=="}, "stringData": {"password": "hunter2", "kept": "override"}});
         let plan = build(vec![manifest("s.yaml", secret)], &catalog(), &opts()).unwrap();
-        let o = &plan.objects[0].object;
+        let o = plan.objects[0].value();
         assert!(o.get("stringData").is_none());
         assert_eq!(o["data"]["password"], "aHVudGVyMg==");
         assert_eq!(o["data"]["kept"], "b3ZlcnJpZGU=", "stringData wins over data, as on the server");

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use crate::apply::changeset::{Action, ChangeSet};
-use crate::apply::{api_message, status_code, Cluster};
+use crate::apply::{api_message, status_code, Cluster, Keep, Live};
 use crate::keys;
 use crate::manifest::{GroupKind, ObjectRef, ResourceType};
 use crate::plan::prune::{LiveObject, PrunePlan};
@@ -98,11 +98,11 @@ impl ListError {
     }
 }
 
-/// A member as listed: plain data for the planner, the full object, and its type.
+/// A member as listed: plain data for the planner, what the reconcile keeps of it, and its type.
 #[derive(Clone, Debug)]
 pub struct Member {
     pub live: LiveObject,
-    pub object: Value,
+    pub current: Live,
     pub resource: ResourceType,
 }
 
@@ -110,13 +110,15 @@ pub struct Member {
 /// namespaces (never cluster-wide for namespaced kinds, and never a namespace that holds no
 /// member, so namespace-scoped RBAC suffices).
 /// Each kind is read through the version the plan applies (`versions`), else the most stable
-/// served one, so that listed objects compare field for field with their dry-runs.
+/// served one, so that listed objects compare field for field with their dry-runs. Each object
+/// is reduced to what `keep` says as it arrives.
 pub async fn list_members(
     cluster: &Cluster,
     catalog: &Catalog,
     versions: &HashMap<GroupKind, ResourceType>,
     applyset_id: &str,
     inventory: &Inventory,
+    keep: Keep,
 ) -> Result<Vec<Member>, ListError> {
     let selector = format!("{}={applyset_id}", keys::APPLYSET_PART_OF);
     let namespaces = &inventory.namespaces;
@@ -130,7 +132,7 @@ pub async fn list_members(
         };
         let scopes: Vec<&str> = if rt.namespaced { namespaces.iter().map(String::as_str).collect() } else { vec![""] };
         for ns in scopes {
-            let items = match cluster.list(rt, ns, &selector).await {
+            let items = match cluster.list_live(rt, ns, &selector, keep).await {
                 Ok(items) => items,
                 Err(e) if status_code(&e) == Some(404) => continue,
                 Err(e) => {
@@ -138,8 +140,8 @@ pub async fn list_members(
                     return Err(ListError { what: format!("{gk} in {scope}"), source: e });
                 }
             };
-            for object in items {
-                members.push(Member { live: live_object(gk.group.clone(), gk.kind.clone(), &object), object, resource: rt.clone() });
+            for current in items {
+                members.push(Member { live: live_object(gk, &current), current, resource: rt.clone() });
             }
         }
     }
@@ -148,15 +150,13 @@ pub async fn list_members(
 }
 
 /// Plain data of a live object for the planner.
-pub fn live_object(group: String, kind: String, object: &Value) -> LiveObject {
-    let meta = &object["metadata"];
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+pub fn live_object(gk: &GroupKind, live: &Live) -> LiveObject {
     LiveObject {
-        id: ObjectRef { group, kind, namespace: s(&meta["namespace"]), name: s(&meta["name"]) },
-        uid: s(&meta["uid"]),
-        resource_version: s(&meta["resourceVersion"]),
-        part_of: meta["labels"][keys::APPLYSET_PART_OF].as_str().map(String::from),
-        prune_disabled: meta["annotations"][keys::PRUNE].as_str() == Some("disabled"),
+        id: ObjectRef { group: gk.group.clone(), kind: gk.kind.clone(), namespace: live.namespace.clone(), name: live.name.clone() },
+        uid: live.uid.clone(),
+        resource_version: live.resource_version.clone(),
+        part_of: live.part_of.clone(),
+        prune_disabled: live.prune_disabled,
     }
 }
 

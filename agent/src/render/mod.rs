@@ -254,7 +254,7 @@ fn collect(
                     None => format!("items[{i}]"),
                 });
                 if causes.is_empty() {
-                    manifests.push(Manifest { object: item, origin: origin.clone() });
+                    manifests.push(Manifest::new(&item, origin.clone()));
                 } else {
                     problems.extend(causes.into_iter().map(|cause| problem(object.clone(), cause)));
                 }
@@ -263,7 +263,7 @@ fn collect(
         value => {
             let (object, causes) = check(&value);
             if causes.is_empty() {
-                manifests.push(Manifest { object: value, origin });
+                manifests.push(Manifest::new(&value, origin));
             } else {
                 problems.extend(causes.into_iter().map(|cause| problem(object.clone(), cause)));
             }

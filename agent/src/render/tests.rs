@@ -59,7 +59,7 @@ fn multi_document_yaml_with_comments_and_separators() {
         ]
     );
     assert_eq!(
-        manifests[0].object,
+        manifests[0].value(),
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}})
     );
 }
