@@ -5,7 +5,7 @@
 //! When neither git nor the owned objects changed, a poll costs one remote-ref check and no API
 //! request at all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -156,7 +156,9 @@ pub struct SourceLoop {
     drifted: mpsc::UnboundedReceiver<ObjectRef>,
     watches: Watches,
     /// What the source wants now, by identity (memory grows with what it manages).
-    desired: HashMap<ObjectRef, Planned>,
+    desired: Vec<Planned>,
+    /// Where each desired object is in `desired`.
+    desired_index: HashMap<ObjectRef, usize>,
     applyset_id: String,
     applied_commit: Option<String>,
     /// A commit noticed and applied whose members are not all Healthy yet.
@@ -181,7 +183,8 @@ impl SourceLoop {
             live: Arc::new(live),
             drifted,
             watches: Watches::default(),
-            desired: HashMap::new(),
+            desired: Vec::new(),
+            desired_index: HashMap::new(),
             applyset_id: String::new(),
             applied_commit: None,
             pending_lead: None,
@@ -290,19 +293,24 @@ impl SourceLoop {
         self.publish(&report).await;
         if let Some(outcome) = report.outcome.take() {
             self.applyset_id = outcome.applyset_id.clone();
-            let desired: HashSet<ObjectRef> = outcome.plan.objects.iter().map(|p| p.id.clone()).collect();
             for c in report.changes.entries.iter().filter(|c| c.action == Action::Deleted) {
                 self.live.forget(&c.id);
             }
-            self.desired = outcome.plan.objects.into_iter().map(|p| (p.id.clone(), p)).collect();
-            debug_assert_eq!(self.desired.len(), desired.len());
+            self.desired_index = outcome.plan.objects.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
+            self.desired = outcome.plan.objects;
             self.watches.update(&self.ctx.cluster, &self.live, &outcome.applyset_id, &outcome.scopes);
         }
         if report.state != State::Failed {
             self.applied_commit = Some(commit.clone());
             self.pending_lead = Some(noticed);
         }
-        self.last_changes = report.changes.clone();
+        let counts: HashMap<Action, usize> =
+            [Action::Created, Action::Configured, Action::Unchanged, Action::Recreated, Action::Deleted, Action::Skipped, Action::Failed]
+                .into_iter()
+                .map(|a| (a, report.changes.count(a)))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+        self.last_changes = std::mem::take(&mut report.changes);
         release_free_memory();
         self.release_pending = true;
         let (state, reason, message) = match report.state {
@@ -320,11 +328,7 @@ impl SourceLoop {
             s.message = message;
             s.last_sync_time = Some(SystemTime::now());
             s.last_sync_duration_seconds = Some(duration);
-            s.counts = [Action::Created, Action::Configured, Action::Unchanged, Action::Recreated, Action::Deleted, Action::Skipped, Action::Failed]
-                .into_iter()
-                .map(|a| (a, report.changes.count(a)))
-                .filter(|(_, n)| *n > 0)
-                .collect();
+            s.counts = counts;
         });
         self.refresh_health();
     }
@@ -334,7 +338,7 @@ impl SourceLoop {
         let Some(t) = self.live.dequeue(&id) else { return };
         let Some(expected) = t.expected.as_ref() else { return };
         let Some(found) = drift::detect(t.entry.as_ref(), expected) else { return };
-        let Some(planned) = self.desired.get(&id) else { return };
+        let Some(planned) = self.desired_index.get(&id).and_then(|&i| self.desired.get(i)) else { return };
         let kind = KindLabels { source: self.source.name.clone(), kind: id.group_kind().to_string() };
         self.metrics().drift_detected_total.get_or_create(&kind).inc();
         if !self.source.self_heal {

@@ -4,6 +4,8 @@
 use std::fmt;
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -137,8 +139,15 @@ impl fmt::Display for GroupKind {
 
 /// The identity of an object in the cluster: group, kind, namespace (empty for cluster-scoped
 /// objects) and name. The version is not part of the identity.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ObjectRef {
+///
+/// Every stage keys its maps by identity, so one object's identity is held many times over;
+/// it is shared, and a clone is a reference count, not four strings.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef(Arc<Identity>);
+
+/// The parts of an [`ObjectRef`], read through it (`id.kind`).
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Identity {
     pub group: String,
     pub kind: String,
     pub namespace: String,
@@ -146,8 +155,30 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
+    pub fn new(group: impl Into<String>, kind: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectRef(Arc::new(Identity { group: group.into(), kind: kind.into(), namespace: namespace.into(), name: name.into() }))
+    }
     pub fn group_kind(&self) -> GroupKind {
         GroupKind::new(self.group.clone(), self.kind.clone())
+    }
+}
+
+impl Deref for ObjectRef {
+    type Target = Identity;
+    fn deref(&self) -> &Identity {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for ObjectRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
     }
 }
 

@@ -92,8 +92,6 @@ impl Default for Options<'_> {
 pub struct Outcome {
     pub plan: Plan,
     pub applyset_id: String,
-    /// What Driftless expects of each desired object now.
-    pub expected: HashMap<ObjectRef, Expected>,
     /// Where the set's members live, to watch.
     pub scopes: Vec<Scope>,
 }
@@ -205,12 +203,12 @@ async fn run_stages(
     // validate: a server-side dry-run of every object that can be checked before any write;
     // objects in namespaces or of kinds this revision creates are dry-run once those exist.
     // Incrementally, an object whose recorded desired hash is unchanged needs no dry-run.
-    let mut decisions: HashMap<ObjectRef, Decision> = HashMap::new();
+    let mut decisions: HashMap<&ObjectRef, Decision> = HashMap::new();
     if opts.mode == Mode::Incremental {
         for p in &plan.objects {
             let recorded_hash = live.get(&p.id).and_then(|o| o.desired_hash.as_deref());
             if recorded_hash == Some(p.hash.as_str()) {
-                decisions.insert(p.id.clone(), Decision::Unchanged);
+                decisions.insert(&p.id, Decision::Unchanged);
             }
         }
     }
@@ -220,7 +218,7 @@ async fn run_stages(
     };
     let ready: Vec<&Planned> = plan.objects.iter().filter(|p| !deferred(p) && !decisions.contains_key(&p.id)).collect();
     match apply::dry_run(cluster, &ready, &live).await {
-        Ok(d) => decisions.extend(ready.iter().map(|p| p.id.clone()).zip(d)),
+        Ok(d) => decisions.extend(ready.iter().map(|p| &p.id).zip(d)),
         Err(failures) => return Err(validation_failed(failures, changes)),
     }
 
@@ -229,9 +227,8 @@ async fn run_stages(
     // apply: record the superset inventory first, then wave by wave and stage by stage; a wave
     // starts only when every object of the waves before it is Healthy.
     inventory::write_parent(cluster, &parent, &recorded.union(&desired_inventory), &[]).await?;
-    let mut expected = HashMap::new();
     let stages = Stages { cluster, live: &live, state: opts.live, health_timeout: source.health_timeout, definitions: &definitions };
-    stages.apply(&plan, &mut decisions, &mut expected, changes).await?;
+    stages.apply(&plan, &mut decisions, changes).await?;
     if let Some(state) = opts.live {
         // from here on, what left git is no longer expected: its deletion is not drift
         state.retain_desired(&plan.objects.iter().map(|p| p.id.clone()).collect());
@@ -249,7 +246,7 @@ async fn run_stages(
     // record: what the set holds now, and the revision.
     let remaining = remaining_inventory(&plan, &members, changes);
     inventory::write_parent(cluster, &parent, &remaining, &[(crate::status::annotations::REVISION, commit.clone())]).await?;
-    *outcome = Some(Outcome { scopes: scopes(&plan, &remaining, &catalog), plan, applyset_id, expected });
+    *outcome = Some(Outcome { scopes: scopes(&plan, &remaining, &catalog), plan, applyset_id });
     if changes.failed() {
         return Err(Error::Prune(failures(changes)));
     }
@@ -351,12 +348,7 @@ async fn live_objects(
         match cluster.list_live(&objects[0].resource, &namespace, "", keep).await {
             Ok(items) => {
                 for item in items {
-                    let id = ObjectRef {
-                        group: objects[0].id.group.clone(),
-                        kind: objects[0].id.kind.clone(),
-                        namespace: item.namespace.clone(),
-                        name: item.name.clone(),
-                    };
+                    let id = ObjectRef::new(objects[0].id.group.clone(), objects[0].id.kind.clone(), item.namespace.clone(), item.name.clone());
                     if wanted.contains(&id) {
                         live.insert(id, item);
                     }
@@ -421,7 +413,7 @@ fn new_role_of<'a>(plan: &'a Plan, live: &HashMap<ObjectRef, Live>, binding: &Pl
     let role_ref = &object["roleRef"];
     let kind = role_ref["kind"].as_str()?;
     let namespace = if kind == "Role" { binding.id.namespace.clone() } else { String::new() };
-    let id = ObjectRef { group: RBAC.into(), kind: kind.into(), namespace, name: role_ref["name"].as_str()?.into() };
+    let id = ObjectRef::new(RBAC, kind, namespace, role_ref["name"].as_str()?);
     plan.get(&id).filter(|_| !live.contains_key(&id))
 }
 
@@ -443,7 +435,7 @@ fn creates_namespace(plan: &Plan, live: &HashMap<ObjectRef, Live>, namespace: &s
     if namespace.is_empty() {
         return false;
     }
-    let id = ObjectRef { group: String::new(), kind: "Namespace".into(), namespace: String::new(), name: namespace.into() };
+    let id = ObjectRef::new("", "Namespace", "", namespace);
     plan.get(&id).is_some() && !live.contains_key(&id)
 }
 
@@ -469,12 +461,11 @@ impl Stages<'_> {
     /// Applies definitions (CRDs, Namespaces and roles new bindings need, whatever their wave) first; then dry-runs every
     /// object that could not be dry-run before they existed, so the whole revision is validated
     /// before any other object is written; then the rest, wave by wave and stage by stage.
-    /// Records what each object is expected to look like afterwards.
-    async fn apply(
+    /// Tells the live state what each object is expected to look like afterwards.
+    async fn apply<'p>(
         &self,
-        plan: &Plan,
-        decisions: &mut HashMap<ObjectRef, Decision>,
-        expected: &mut HashMap<ObjectRef, Expected>,
+        plan: &'p Plan,
+        decisions: &mut HashMap<&'p ObjectRef, Decision>,
         changes: &mut ChangeSet,
     ) -> Result<(), Error> {
         let (definitions, rest): (Vec<&Planned>, Vec<&Planned>) =
@@ -482,7 +473,7 @@ impl Stages<'_> {
         let definitions = groups(definitions);
         let rest = groups(rest);
         for (i, group) in definitions.iter().enumerate() {
-            if let Err(e) = self.apply_group(group, decisions, expected, changes).await {
+            if let Err(e) = self.apply_group(group, decisions, changes).await {
                 skip_rest(&definitions[i + 1..], changes);
                 skip_rest(&rest, changes);
                 return Err(e);
@@ -497,7 +488,7 @@ impl Stages<'_> {
         let pending: Vec<&Planned> = plan.objects.iter().filter(|p| !decisions.contains_key(&p.id)).collect();
         if !pending.is_empty() {
             match apply::dry_run(self.cluster, &pending, self.live).await {
-                Ok(d) => decisions.extend(pending.iter().map(|p| p.id.clone()).zip(d)),
+                Ok(d) => decisions.extend(pending.iter().map(|p| &p.id).zip(d)),
                 Err(failures) => {
                     let err = validation_failed(failures, changes);
                     skip_rest(&rest, changes);
@@ -515,7 +506,7 @@ impl Stages<'_> {
                     return Err(e);
                 }
             }
-            if let Err(e) = self.apply_group(group, decisions, expected, changes).await {
+            if let Err(e) = self.apply_group(group, decisions, changes).await {
                 skip_rest(&rest[i + 1..], changes);
                 return Err(e);
             }
@@ -527,8 +518,7 @@ impl Stages<'_> {
     async fn apply_group(
         &self,
         group: &[&Planned],
-        decisions: &HashMap<ObjectRef, Decision>,
-        expected: &mut HashMap<ObjectRef, Expected>,
+        decisions: &HashMap<&ObjectRef, Decision>,
         changes: &mut ChangeSet,
     ) -> Result<(), Error> {
         let cluster = self.cluster;
@@ -560,9 +550,8 @@ impl Stages<'_> {
         for (id, action, message, result) in results {
             if let Some(e) = result {
                 if let Some(state) = self.state {
-                    state.applied(&id, e.clone());
+                    state.applied(&id, e);
                 }
-                expected.insert(id.clone(), e);
             } else if let Some(state) = self.state {
                 state.apply_failed(&id);
             }
@@ -666,9 +655,8 @@ async fn prune(
         agent_namespace: ctx.agent_namespace.clone(),
         parent: parent.clone(),
     };
-    let desired: HashSet<ObjectRef> = plan.objects.iter().map(|p| p.id.clone()).collect();
-    let live: Vec<_> = members.iter().map(|m| m.live.clone()).collect();
-    let prune_plan = plan_prune(&live, &desired, &policy);
+    let desired: HashSet<&ObjectRef> = plan.objects.iter().map(|p| &p.id).collect();
+    let prune_plan = plan_prune(members.iter().map(|m| &m.live), &desired, &policy);
     for (id, reason) in &prune_plan.kept {
         if *reason != crate::plan::prune::KeepReason::NotAMember {
             changes.push(id.clone(), Action::Skipped, format!("not pruned: {reason:?}"));
@@ -678,7 +666,7 @@ async fn prune(
         warn!(source = %source.name, %hold, "prune held");
         return Some(hold.clone());
     }
-    let types = members.iter().map(|m| (m.live.id.clone(), m.resource.clone())).collect();
+    let types = members.iter().map(|m| (&m.live.id, &*m.resource)).collect();
     inventory::execute(&ctx.cluster, &prune_plan, &types, changes).await;
     None
 }

@@ -249,6 +249,7 @@ async fn main() -> Result<()> {
         .filter_map(|e| e["fields"]["elapsed_us"].as_f64())
         .collect();
     noop_us.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let after_start = agent.memory_kib();
     println!("  no-op resync: {} polls, p50 {:.2} ms, {} API requests", noop_us.len(), percentile(&noop_us, 50.0) / 1000.0, noop_requests.len());
 
     // a 1% change
@@ -269,6 +270,7 @@ async fn main() -> Result<()> {
     let change_ms = synced[syncs_before]["fields"]["duration_ms"].as_f64().unwrap_or(f64::NAN);
     let change_writes = audit.driftless_requests()?.iter().filter(|e| is_write(e) && e["objectRef"]["namespace"] == ns.as_str()).count();
     println!("  1% change ({changed} objects): {change_ms:.0} ms, {change_writes} writes");
+    let after_change = agent.memory_kib();
 
     // drift: outside edits of owned fields, each until reverted
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -314,6 +316,11 @@ async fn main() -> Result<()> {
     println!("| drift correction latency p95              | {:<16} |                  | < 1000 ms         |", format!("{:.0} ms", percentile(&latencies, 95.0)));
     println!("| agent peak resident memory                | {:<16} |                  | < 64 MiB at 5,000 |", format!("{:.1} MiB", peak_kib as f64 / 1024.0));
     println!("| agent resident memory at the end          | {:<16} |                  |                   |", format!("{:.1} MiB", rss_kib as f64 / 1024.0));
+    let mib = |(peak, rss): (u64, u64)| format!("peak {:.1} MiB, resident {:.1} MiB", peak as f64 / 1024.0, rss as f64 / 1024.0);
+    println!();
+    println!("agent memory after its first reconcile and the no-op polls: {}", mib(after_start));
+    println!("agent memory after the 1% change: {}", mib(after_change));
+    println!("agent memory after the drift edits: {}", mib((peak_kib, rss_kib)));
 
     // clean up
     let _ = nss.delete(&ns, &DeleteParams::background()).await;

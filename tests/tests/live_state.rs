@@ -157,16 +157,19 @@ async fn a_fight_is_reported_and_backed_off() {
         edits += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = run.status();
-    assert_eq!(status.fights, 1, "the fight is reported once");
+    assert_eq!(run.status().fights, 1, "the fight is reported once");
     // without backoff it would be corrected after almost every edit; with it: 3 at once, then 1s, 2s
-    let corrections = driftless_requests_since(since, ns.name(), &run.name)
-        .into_iter()
-        .filter(|e| is_write(e) && e["objectRef"]["namespace"] == ns.name())
-        .count();
+    // (the status counts a correction once its write returned: read both until they agree)
+    let corrections = wait_for("the status to count every correction the audit log shows", Duration::from_secs(5), || async {
+        let written = driftless_requests_since(since, ns.name(), &run.name)
+            .into_iter()
+            .filter(|e| is_write(e) && e["objectRef"]["namespace"] == ns.name())
+            .count();
+        (run.status().drift_corrections as usize == written).then_some(written)
+    })
+    .await;
     assert!(edits >= 20, "the test made {edits} edits");
     assert!((3..=6).contains(&corrections), "{corrections} corrections for {edits} edits");
-    assert_eq!(status.drift_corrections as usize, corrections);
     ns.cleanup().await;
 }
 
@@ -269,9 +272,11 @@ async fn a_resync_with_nothing_new_sends_no_write_and_no_dry_run() {
     assert!(run.status().last_sync_time.unwrap() < polls_before, "no reconcile ran");
 
     // a new commit is applied incrementally: only the changed object is dry-run and written
+    // (the mark comes first: with a poll every second the agent may apply the commit while
+    // the audit log is being read)
+    let since = audit_events().len();
     repo.write("c3.yaml", configmap("c3", "2"));
     repo.commit("change c3");
-    let since = audit_events().len();
     run.wait("the new commit", Duration::from_secs(10), |s| s.counts.get(&driftless::apply::changeset::Action::Configured) == Some(&1)).await;
     let requests = driftless_requests_since(since, ns.name(), &run.name);
     let names: Vec<&str> = requests

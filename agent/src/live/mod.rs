@@ -207,7 +207,7 @@ mod tests {
     use super::*;
 
     fn id(name: &str) -> ObjectRef {
-        ObjectRef { group: String::new(), kind: "ConfigMap".into(), namespace: "a".into(), name: name.into() }
+        ObjectRef::new("", "ConfigMap", "a", name)
     }
 
     fn entry(fields: &str) -> Entry {

@@ -22,7 +22,7 @@ use crate::manifest::{ObjectRef, ResourceType};
 const WATCH_PAGE: u32 = 100;
 
 /// One watched scope: a resource type in a namespace (empty for cluster-scoped types).
-pub type Scope = (ResourceType, String);
+pub type Scope = (Arc<ResourceType>, String);
 
 /// A scope's key: group, kind, namespace.
 type ScopeKey = (String, String, String);
@@ -84,17 +84,12 @@ impl Drop for Watches {
 async fn watch_scope(
     api: kube::Api<kube::api::DynamicObject>,
     selector: String,
-    rt: ResourceType,
+    rt: Arc<ResourceType>,
     namespace: String,
     state: Arc<LiveState>,
     synced: Arc<AtomicBool>,
 ) {
-    let id_of = |o: &kube::api::DynamicObject| ObjectRef {
-        group: rt.group.clone(),
-        kind: rt.kind.clone(),
-        namespace: o.metadata.namespace.clone().unwrap_or_default(),
-        name: o.metadata.name.clone().unwrap_or_default(),
-    };
+    let id_of = |o: &kube::api::DynamicObject| ObjectRef::new(rt.group.clone(), rt.kind.clone(), o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
     let entry_of = |o: kube::api::DynamicObject| {
         let value = serde_json::to_value(o).unwrap_or_default();
         Entry::from_object(&rt.group, &rt.kind, &value)

@@ -9,6 +9,7 @@ pub mod prune;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -19,19 +20,19 @@ use crate::manifest::{GroupKind, Manifest, ObjectRef, Origin, ResourceType};
 /// What the API server serves, as discovery found it: one entry per group, version and kind.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
-    types: HashMap<(String, String, String), ResourceType>,
+    types: HashMap<(String, String, String), Arc<ResourceType>>,
 }
 
 impl Catalog {
     pub fn new(types: impl IntoIterator<Item = ResourceType>) -> Self {
         let types = types
             .into_iter()
-            .map(|t| ((t.group.clone(), t.version.clone(), t.kind.clone()), t))
+            .map(|t| ((t.group.clone(), t.version.clone(), t.kind.clone()), Arc::new(t)))
             .collect();
         Self { types }
     }
 
-    pub fn resolve(&self, group: &str, version: &str, kind: &str) -> Option<&ResourceType> {
+    pub fn resolve(&self, group: &str, version: &str, kind: &str) -> Option<&Arc<ResourceType>> {
         self.types.get(&(group.to_string(), version.to_string(), kind.to_string()))
     }
 
@@ -42,7 +43,7 @@ impl Catalog {
 
     /// The most stable served version of a group-kind (for reading live objects of an
     /// inventory): GA before beta before alpha, higher numbers first, as Kubernetes orders them.
-    pub fn preferred(&self, gk: &GroupKind) -> Option<&ResourceType> {
+    pub fn preferred(&self, gk: &GroupKind) -> Option<&Arc<ResourceType>> {
         self.types
             .values()
             .filter(|t| t.group == gk.group && t.kind == gk.kind)
@@ -93,7 +94,8 @@ pub struct PlanOptions {
 #[derive(Clone, Debug)]
 pub struct Planned {
     pub id: ObjectRef,
-    pub resource: ResourceType,
+    /// Shared with every object of its kind.
+    pub resource: Arc<ResourceType>,
     /// The object to apply (namespace set, ApplySet label and desired hash added), kept as
     /// compact JSON text: a plan lives as long as its source, and a parsed object takes several
     /// times the memory of its text.
@@ -152,7 +154,7 @@ impl fmt::Display for PlanError {
 
 /// Builds the plan of one revision.
 pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) -> Result<Plan, PlanError> {
-    let revision_crds = crd_types(&manifests);
+    let revision_crds: Vec<Arc<ResourceType>> = crd_types(&manifests).into_iter().map(Arc::new).collect();
     let mut problems = Vec::new();
     let mut seen: HashMap<ObjectRef, Origin> = HashMap::new();
     let mut objects = Vec::with_capacity(manifests.len());
@@ -201,7 +203,7 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
         if group.is_empty() && kind == "Secret" {
             string_data_to_data(&mut object);
         }
-        let id = ObjectRef { group: group.clone(), kind: kind.clone(), namespace, name };
+        let id = ObjectRef::new(group.clone(), kind.clone(), namespace, name);
 
         if let Some(first) = seen.get(&id) {
             problems.push(format!("{id} is defined twice: in {first} and in {origin}"));

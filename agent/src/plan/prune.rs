@@ -98,12 +98,17 @@ pub struct PrunePlan {
 }
 
 /// Plans the prune of the members that are not desired any more.
-pub fn plan_prune(live: &[LiveObject], desired: &HashSet<ObjectRef>, policy: &PrunePolicy) -> PrunePlan {
+pub fn plan_prune<'a>(
+    live: impl IntoIterator<Item = &'a LiveObject>,
+    desired: &HashSet<&ObjectRef>,
+    policy: &PrunePolicy,
+) -> PrunePlan {
+    let live: Vec<&LiveObject> = live.into_iter().collect();
     let members: Vec<&LiveObject> =
-        live.iter().filter(|o| o.part_of.as_deref() == Some(policy.applyset_id.as_str())).collect();
+        live.iter().copied().filter(|o| o.part_of.as_deref() == Some(policy.applyset_id.as_str())).collect();
     let mut plan = PrunePlan::default();
 
-    for o in live.iter().filter(|o| !desired.contains(&o.id)) {
+    for o in live.iter().copied().filter(|o| !desired.contains(&o.id)) {
         let reason = if o.part_of.as_deref() != Some(policy.applyset_id.as_str()) {
             Some(KeepReason::NotAMember)
         } else if o.id == policy.parent {
@@ -152,7 +157,7 @@ mod tests {
     use super::*;
 
     fn id(group: &str, kind: &str, ns: &str, name: &str) -> ObjectRef {
-        ObjectRef { group: group.into(), kind: kind.into(), namespace: ns.into(), name: name.into() }
+        ObjectRef::new(group, kind, ns, name)
     }
 
     fn member(id: ObjectRef) -> LiveObject {
@@ -174,8 +179,8 @@ mod tests {
         (0..n).map(|i| member(id("", "ConfigMap", "apps", &format!("c{i}")))).collect()
     }
 
-    fn desired(live: &[LiveObject], keep: usize) -> HashSet<ObjectRef> {
-        live.iter().take(keep).map(|o| o.id.clone()).collect()
+    fn desired(live: &[LiveObject], keep: usize) -> HashSet<&ObjectRef> {
+        live.iter().take(keep).map(|o| &o.id).collect()
     }
 
     #[test]

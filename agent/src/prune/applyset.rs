@@ -20,12 +20,7 @@ pub fn applyset_id(parent: &ObjectRef) -> String {
 
 /// The parent object of a source's set: ConfigMap `driftless-<source>` in the agent's namespace.
 pub fn parent_ref(source: &str, agent_namespace: &str) -> ObjectRef {
-    ObjectRef {
-        group: String::new(),
-        kind: "ConfigMap".into(),
-        namespace: agent_namespace.into(),
-        name: format!("driftless-{source}"),
-    }
+    ObjectRef::new("", "ConfigMap", agent_namespace, format!("driftless-{source}"))
 }
 
 /// What the parent records: the group-kinds and namespaces members may be found in.

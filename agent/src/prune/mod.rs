@@ -9,6 +9,7 @@
 pub mod applyset;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use kube::api::{Patch, PatchParams, Preconditions};
 use serde_json::{json, Value};
@@ -32,7 +33,7 @@ fn namespace_type() -> ResourceType {
 
 /// Creates the agent's namespace when it is missing (never pruned).
 pub async fn ensure_namespace(cluster: &Cluster, name: &str) -> Result<(), kube::Error> {
-    let ns = ObjectRef { group: String::new(), kind: "Namespace".into(), namespace: String::new(), name: name.into() };
+    let ns = ObjectRef::new("", "Namespace", "", name);
     match cluster.get(&namespace_type(), &ns).await {
         Ok(Some(_)) => return Ok(()),
         Ok(None) => {}
@@ -103,7 +104,7 @@ impl ListError {
 pub struct Member {
     pub live: LiveObject,
     pub current: Live,
-    pub resource: ResourceType,
+    pub resource: Arc<ResourceType>,
 }
 
 /// Lists every object labelled as a member of the set, in the recorded group-kinds and
@@ -115,7 +116,7 @@ pub struct Member {
 pub async fn list_members(
     cluster: &Cluster,
     catalog: &Catalog,
-    versions: &HashMap<GroupKind, ResourceType>,
+    versions: &HashMap<GroupKind, Arc<ResourceType>>,
     applyset_id: &str,
     inventory: &Inventory,
     keep: Keep,
@@ -152,7 +153,7 @@ pub async fn list_members(
 /// Plain data of a live object for the planner.
 pub fn live_object(gk: &GroupKind, live: &Live) -> LiveObject {
     LiveObject {
-        id: ObjectRef { group: gk.group.clone(), kind: gk.kind.clone(), namespace: live.namespace.clone(), name: live.name.clone() },
+        id: ObjectRef::new(gk.group.clone(), gk.kind.clone(), live.namespace.clone(), live.name.clone()),
         uid: live.uid.clone(),
         resource_version: live.resource_version.clone(),
         part_of: live.part_of.clone(),
@@ -162,7 +163,7 @@ pub fn live_object(gk: &GroupKind, live: &Live) -> LiveObject {
 
 /// Carries out a prune plan: deletes in order, each only if the object is unchanged since it
 /// was listed. A failed delete is reported and its object stays a member, to be retried.
-pub async fn execute(cluster: &Cluster, plan: &PrunePlan, types: &HashMap<ObjectRef, ResourceType>, changes: &mut ChangeSet) {
+pub async fn execute(cluster: &Cluster, plan: &PrunePlan, types: &HashMap<&ObjectRef, &ResourceType>, changes: &mut ChangeSet) {
     for (id, reason) in &plan.kept {
         debug!(object = %id, ?reason, "kept by a prune safeguard");
     }
