@@ -170,6 +170,27 @@ async fn create_namespace(client: &kube::Client, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Waits until every Deployment in the namespace has its replica available.
+async fn wait_rolled_out(client: &kube::Client, ns: &str) -> Result<()> {
+    let deployments = dynamic_api(client, "apps/v1", "Deployment", "deployments", ns);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let list = deployments.list(&kube::api::ListParams::default()).await?;
+        let pending = list
+            .items
+            .iter()
+            .filter(|d| d.data["status"]["availableReplicas"].as_i64().unwrap_or(0) < d.data["spec"]["replicas"].as_i64().unwrap_or(1))
+            .count();
+        if pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{pending} Deployments in {ns} not rolled out after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -184,10 +205,19 @@ async fn main() -> Result<()> {
 
     // namespaces an interrupted earlier run left behind
     let nss = dynamic_api(&client, "v1", "Namespace", "namespaces", "");
-    for old in nss.list(&kube::api::ListParams::default().labels("driftless.dev/bench=true")).await?.items {
+    let leftovers = kube::api::ListParams::default().labels("driftless.dev/bench=true");
+    for old in nss.list(&leftovers).await?.items {
         if let Some(name) = old.metadata.name {
             let _ = nss.delete(&name, &DeleteParams::background()).await;
         }
+    }
+    // their deletion loads the cluster: wait for it before timing anything
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !nss.list(&leftovers).await?.items.is_empty() {
+        if Instant::now() > deadline {
+            bail!("earlier benchmark namespaces still terminating after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
     let repo = GitFixture::new();
@@ -213,6 +243,12 @@ async fn main() -> Result<()> {
         bail!("driftless sync failed: {}", String::from_utf8_lossy(&out.stdout));
     }
     println!("  cold apply (driftless sync): {:.2}s", cold.as_secs_f64());
+
+    // the baseline starts on a quiet cluster: the controllers first finish rolling out what
+    // Driftless created (otherwise kubectl would be timed under that load)
+    let settled = Instant::now();
+    wait_rolled_out(&client, &ns).await?;
+    println!("  (Driftless's Deployments rolled out {:.1}s after its sync returned)", settled.elapsed().as_secs_f64());
 
     // cold apply, kubectl baseline
     let kubectl = if args.skip_kubectl {
