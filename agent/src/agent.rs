@@ -22,7 +22,7 @@ use crate::live::health::{self, Health};
 use crate::live::watch::Watches;
 use crate::live::LiveState;
 use crate::manifest::ObjectRef;
-use crate::plan::Planned;
+use crate::plan::Plan;
 use crate::source::redact_url;
 use crate::status::metrics::{ActionLabels, FailureLabels, KindLabels, Metrics, ResultLabels};
 use crate::status::{self, reasons, Telemetry};
@@ -156,9 +156,7 @@ pub struct SourceLoop {
     drifted: mpsc::UnboundedReceiver<ObjectRef>,
     watches: Watches,
     /// What the source wants now, by identity (memory grows with what it manages).
-    desired: Vec<Planned>,
-    /// Where each desired object is in `desired`.
-    desired_index: HashMap<ObjectRef, usize>,
+    desired: Plan,
     applyset_id: String,
     applied_commit: Option<String>,
     /// A commit noticed and applied whose members are not all Healthy yet.
@@ -183,8 +181,7 @@ impl SourceLoop {
             live: Arc::new(live),
             drifted,
             watches: Watches::default(),
-            desired: Vec::new(),
-            desired_index: HashMap::new(),
+            desired: Plan::default(),
             applyset_id: String::new(),
             applied_commit: None,
             pending_lead: None,
@@ -296,8 +293,7 @@ impl SourceLoop {
             for c in report.changes.entries.iter().filter(|c| c.action == Action::Deleted) {
                 self.live.forget(&c.id);
             }
-            self.desired_index = outcome.plan.objects.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
-            self.desired = outcome.plan.objects;
+            self.desired = outcome.plan;
             self.watches.update(&self.ctx.cluster, &self.live, &outcome.applyset_id, &outcome.scopes);
         }
         if report.state != State::Failed {
@@ -338,7 +334,7 @@ impl SourceLoop {
         let Some(t) = self.live.dequeue(&id) else { return };
         let Some(expected) = t.expected.as_ref() else { return };
         let Some(found) = drift::detect(t.entry.as_ref(), expected) else { return };
-        let Some(planned) = self.desired_index.get(&id).and_then(|&i| self.desired.get(i)) else { return };
+        let Some(planned) = self.desired.get(&id) else { return };
         let kind = KindLabels { source: self.source.name.clone(), kind: id.group_kind().to_string() };
         self.metrics().drift_detected_total.get_or_create(&kind).inc();
         if !self.source.self_heal {
@@ -461,7 +457,7 @@ impl SourceLoop {
         let healths = self.live.health();
         let worst = health::worst(healths.iter().map(|(_, s)| &s.health));
         let drifted = self.live.drifted().len();
-        let lead = match (self.pending_lead, worst == Health::Healthy && healths.len() == self.desired.len()) {
+        let lead = match (self.pending_lead, worst == Health::Healthy && healths.len() == self.desired.objects().len()) {
             (Some(noticed), true) => {
                 self.pending_lead = None;
                 Some(noticed.elapsed().as_secs_f64())

@@ -191,7 +191,7 @@ async fn run_stages(
         Mode::Full => Keep::Body,
         Mode::Incremental => Keep::Checks,
     };
-    let versions = plan.objects.iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
+    let versions = plan.objects().iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
     let mut members =
         inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory), keep)
             .await
@@ -205,7 +205,7 @@ async fn run_stages(
     // Incrementally, an object whose recorded desired hash is unchanged needs no dry-run.
     let mut decisions: HashMap<&ObjectRef, Decision> = HashMap::new();
     if opts.mode == Mode::Incremental {
-        for p in &plan.objects {
+        for p in plan.objects() {
             let recorded_hash = live.get(&p.id).and_then(|o| o.desired_hash.as_deref());
             if recorded_hash == Some(p.hash.as_str()) {
                 decisions.insert(&p.id, Decision::Unchanged);
@@ -216,7 +216,7 @@ async fn run_stages(
     let deferred = |p: &Planned| {
         p.needs_crd || creates_namespace(&plan, &live, &p.id.namespace) || binds_new_role(&plan, &live, p)
     };
-    let ready: Vec<&Planned> = plan.objects.iter().filter(|p| !deferred(p) && !decisions.contains_key(&p.id)).collect();
+    let ready: Vec<&Planned> = plan.objects().iter().filter(|p| !deferred(p) && !decisions.contains_key(&p.id)).collect();
     match apply::dry_run(cluster, &ready, &live).await {
         Ok(d) => decisions.extend(ready.iter().map(|p| &p.id).zip(d)),
         Err(failures) => return Err(validation_failed(failures, changes)),
@@ -231,7 +231,7 @@ async fn run_stages(
     stages.apply(&plan, &mut decisions, changes).await?;
     if let Some(state) = opts.live {
         // from here on, what left git is no longer expected: its deletion is not drift
-        state.retain_desired(&plan.objects.iter().map(|p| p.id.clone()).collect());
+        state.retain_desired(&plan.objects().iter().map(|p| p.id.clone()).collect());
     }
 
     stage_done("apply");
@@ -262,7 +262,7 @@ fn failures(changes: &ChangeSet) -> String {
 
 /// Every kind and namespace the set's members may be in: what to watch.
 fn scopes(plan: &Plan, inventory: &Inventory, catalog: &crate::plan::Catalog) -> Vec<Scope> {
-    let versions: HashMap<_, _> = plan.objects.iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
+    let versions: HashMap<_, _> = plan.objects().iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
     let namespaces = &inventory.namespaces;
     let mut out = Vec::new();
     for gk in &inventory.group_kinds {
@@ -333,7 +333,7 @@ async fn live_objects(
     // the listed objects move here; members keep their plain data for the prune
     let mut live: HashMap<ObjectRef, Live> =
         members.iter_mut().map(|m| (m.live.id.clone(), std::mem::take(&mut m.current))).collect();
-    let missing: Vec<&Planned> = plan.objects.iter().filter(|p| !live.contains_key(&p.id) && !p.needs_crd).collect();
+    let missing: Vec<&Planned> = plan.objects().iter().filter(|p| !live.contains_key(&p.id) && !p.needs_crd).collect();
     let mut by_scope: HashMap<(String, String, String), Vec<&Planned>> = HashMap::new();
     for p in &missing {
         by_scope.entry((p.id.group.clone(), p.id.kind.clone(), p.id.namespace.clone())).or_default().push(p);
@@ -385,7 +385,7 @@ async fn live_objects(
 /// An object that already belongs to another ApplySet is a conflict, never adopted.
 fn check_ownership(plan: &Plan, live: &HashMap<ObjectRef, Live>, applyset_id: &str) -> Result<(), Error> {
     let conflicts: Vec<String> = plan
-        .objects
+        .objects()
         .iter()
         .filter_map(|p| {
             let other = live.get(&p.id)?.part_of.as_deref()?;
@@ -425,8 +425,8 @@ fn binds_new_role(plan: &Plan, live: &HashMap<ObjectRef, Live>, p: &Planned) -> 
 /// once it exists: CRDs and Namespaces, and the new roles that bindings of the revision name.
 /// All of it is additive and never pruned by a failed sync.
 fn definitions(plan: &Plan, live: &HashMap<ObjectRef, Live>) -> HashSet<ObjectRef> {
-    let mut out: HashSet<ObjectRef> = plan.objects.iter().filter(|p| p.stage == 0).map(|p| p.id.clone()).collect();
-    out.extend(plan.objects.iter().filter_map(|p| new_role_of(plan, live, p)).map(|r| r.id.clone()));
+    let mut out: HashSet<ObjectRef> = plan.objects().iter().filter(|p| p.stage == 0).map(|p| p.id.clone()).collect();
+    out.extend(plan.objects().iter().filter_map(|p| new_role_of(plan, live, p)).map(|r| r.id.clone()));
     out
 }
 
@@ -469,7 +469,7 @@ impl Stages<'_> {
         changes: &mut ChangeSet,
     ) -> Result<(), Error> {
         let (definitions, rest): (Vec<&Planned>, Vec<&Planned>) =
-            plan.objects.iter().partition(|p| self.definitions.contains(&p.id));
+            plan.objects().iter().partition(|p| self.definitions.contains(&p.id));
         let definitions = groups(definitions);
         let rest = groups(rest);
         for (i, group) in definitions.iter().enumerate() {
@@ -480,12 +480,12 @@ impl Stages<'_> {
             }
         }
         let crds: Vec<String> =
-            plan.objects.iter().filter(|p| p.stage == 0 && p.id.kind == "CustomResourceDefinition").map(|p| p.id.name.clone()).collect();
+            plan.objects().iter().filter(|p| p.stage == 0 && p.id.kind == "CustomResourceDefinition").map(|p| p.id.name.clone()).collect();
         if !crds.is_empty() {
             self.cluster.wait_crds_established(&crds, CRD_TIMEOUT).await.map_err(Error::Apply)?;
         }
 
-        let pending: Vec<&Planned> = plan.objects.iter().filter(|p| !decisions.contains_key(&p.id)).collect();
+        let pending: Vec<&Planned> = plan.objects().iter().filter(|p| !decisions.contains_key(&p.id)).collect();
         if !pending.is_empty() {
             match apply::dry_run(self.cluster, &pending, self.live).await {
                 Ok(d) => decisions.extend(pending.iter().map(|p| &p.id).zip(d)),
@@ -499,8 +499,8 @@ impl Stages<'_> {
 
         for (i, group) in rest.iter().enumerate() {
             let wave = group[0].wave;
-            if plan.objects.iter().any(|p| p.wave < wave) && (i == 0 || rest[i - 1][0].wave != wave) {
-                let earlier: Vec<&Planned> = plan.objects.iter().filter(|p| p.wave < wave).collect();
+            if plan.objects().iter().any(|p| p.wave < wave) && (i == 0 || rest[i - 1][0].wave != wave) {
+                let earlier: Vec<&Planned> = plan.objects().iter().filter(|p| p.wave < wave).collect();
                 if let Err(e) = wait_healthy(self.cluster, &earlier, self.health_timeout).await {
                     skip_rest(&rest[i..], changes);
                     return Err(e);
@@ -655,7 +655,7 @@ async fn prune(
         agent_namespace: ctx.agent_namespace.clone(),
         parent: parent.clone(),
     };
-    let desired: HashSet<&ObjectRef> = plan.objects.iter().map(|p| &p.id).collect();
+    let desired: HashSet<&ObjectRef> = plan.objects().iter().map(|p| &p.id).collect();
     let prune_plan = plan_prune(members.iter().map(|m| &m.live), &desired, &policy);
     for (id, reason) in &prune_plan.kept {
         if *reason != crate::plan::prune::KeepReason::NotAMember {
@@ -742,15 +742,15 @@ mod tests {
         let other = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "view"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}, "subjects": []});
         let plan = plan::build(vec![manifest("r.yaml", role), manifest("b.yaml", binding), manifest("o.yaml", other)], &cat, &opts()).unwrap();
-        let binding = plan.objects.iter().find(|p| p.id.kind == "ClusterRoleBinding").unwrap();
-        let other = plan.objects.iter().find(|p| p.id.kind == "RoleBinding").unwrap();
+        let binding = plan.objects().iter().find(|p| p.id.kind == "ClusterRoleBinding").unwrap();
+        let other = plan.objects().iter().find(|p| p.id.kind == "RoleBinding").unwrap();
         let mut live = HashMap::new();
         assert!(binds_new_role(&plan, &live, binding));
         assert!(!binds_new_role(&plan, &live, other), "a role outside the revision: dry-run at once");
         let defs = definitions(&plan, &live);
         assert_eq!(defs.iter().map(|id| id.kind.as_str()).collect::<Vec<_>>(), ["ClusterRole"]);
         // once the role exists, nothing waits
-        let role_id = plan.objects.iter().find(|p| p.id.kind == "ClusterRole").unwrap().id.clone();
+        let role_id = plan.objects().iter().find(|p| p.id.kind == "ClusterRole").unwrap().id.clone();
         live.insert(role_id, Live::default());
         assert!(!binds_new_role(&plan, &live, binding));
         assert!(definitions(&plan, &live).is_empty());

@@ -124,10 +124,20 @@ impl Planned {
 /// All objects of a revision in apply order: by wave, then stage, then kind, namespace and name.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
-    pub objects: Vec<Planned>,
+    objects: Vec<Planned>,
+    /// Where each object is in `objects` (a plan is never changed once built).
+    index: HashMap<ObjectRef, usize>,
 }
 
 impl Plan {
+    fn new(objects: Vec<Planned>) -> Self {
+        let index = objects.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
+        Plan { objects, index }
+    }
+    /// The objects in apply order.
+    pub fn objects(&self) -> &[Planned] {
+        &self.objects
+    }
     pub fn group_kinds(&self) -> BTreeSet<GroupKind> {
         self.objects.iter().map(|p| p.id.group_kind()).collect()
     }
@@ -136,7 +146,7 @@ impl Plan {
         self.objects.iter().filter(|p| !p.id.namespace.is_empty()).map(|p| p.id.namespace.clone()).collect()
     }
     pub fn get(&self, id: &ObjectRef) -> Option<&Planned> {
-        self.objects.iter().find(|p| &p.id == id)
+        self.index.get(id).map(|&i| &self.objects[i])
     }
 }
 
@@ -247,7 +257,7 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
             &b.id.name,
         ))
     });
-    Ok(Plan { objects })
+    Ok(Plan::new(objects))
 }
 
 /// Moves a Secret's `stringData` into `data` (base64), as the API server stores it. Applied as
@@ -366,7 +376,7 @@ mod tests {
             manifest("sa.yaml", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa"}})),
         ];
         let plan = build(ms, &catalog(), &opts()).unwrap();
-        let order: Vec<String> = plan.objects.iter().map(|p| format!("{}/{}", p.id.kind, p.id.name)).collect();
+        let order: Vec<String> = plan.objects().iter().map(|p| format!("{}/{}", p.id.kind, p.id.name)).collect();
         assert_eq!(
             order,
             ["Namespace/apps", "ServiceAccount/sa", "ConfigMap/a", "ConfigMap/b", "Deployment/web", "Service/web", "ValidatingWebhookConfiguration/h"]
@@ -379,8 +389,8 @@ mod tests {
         late_ns["metadata"]["annotations"] = json!({keys::WAVE: "1"});
         let ms = vec![manifest("a.yaml", late_ns), manifest("b.yaml", cm("early"))];
         let plan = build(ms, &catalog(), &opts()).unwrap();
-        assert_eq!(plan.objects[0].id.name, "early");
-        assert_eq!(plan.objects[1].wave, 1);
+        assert_eq!(plan.objects()[0].id.name, "early");
+        assert_eq!(plan.objects()[1].wave, 1);
     }
 
     #[test]
@@ -395,10 +405,10 @@ mod tests {
     fn namespaces_are_defaulted_for_namespaced_kinds_and_dropped_for_cluster_kinds() {
         let cr = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r", "namespace": "x"}});
         let plan = build(vec![manifest("a.yaml", cm("a")), manifest("r.yaml", cr)], &catalog(), &opts()).unwrap();
-        let cm = plan.objects.iter().find(|p| p.id.kind == "ConfigMap").unwrap();
+        let cm = plan.objects().iter().find(|p| p.id.kind == "ConfigMap").unwrap();
         assert_eq!(cm.id.namespace, "apps");
         assert_eq!(cm.value()["metadata"]["namespace"], "apps");
-        let role = plan.objects.iter().find(|p| p.id.kind == "ClusterRole").unwrap();
+        let role = plan.objects().iter().find(|p| p.id.kind == "ClusterRole").unwrap();
         assert_eq!(role.id.namespace, "");
         assert!(role.value()["metadata"].get("namespace").is_none());
     }
@@ -406,7 +416,7 @@ mod tests {
     #[test]
     fn members_carry_the_applyset_label_and_hash() {
         let plan = build(vec![manifest("a.yaml", cm("a"))], &catalog(), &opts()).unwrap();
-        let p = &plan.objects[0];
+        let p = &plan.objects()[0];
         assert_eq!(p.value()["metadata"]["labels"][keys::APPLYSET_PART_OF], "applyset-test-v1");
         assert_eq!(p.value()["metadata"]["annotations"][keys::DESIRED_HASH], p.hash.as_str());
         assert_eq!(hash::desired_hash(&p.value()), p.hash, "decorating must not change the hash");
@@ -426,7 +436,7 @@ mod tests {
         let mut other = cm("a");
         other["metadata"]["namespace"] = json!("other");
         let plan = build(vec![manifest("one.yaml", cm("a")), manifest("two.yaml", other)], &catalog(), &opts()).unwrap();
-        assert_eq!(plan.objects.len(), 2);
+        assert_eq!(plan.objects().len(), 2);
         assert_eq!(plan.namespaces().into_iter().collect::<Vec<_>>(), ["apps", "other"]);
     }
 
@@ -452,8 +462,8 @@ mod tests {
                      "versions": [{"name": "v1", "served": true, "storage": true}]}});
         let w = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
         let plan = build(vec![manifest("w.yaml", w), manifest("crd.yaml", crd)], &catalog(), &opts()).unwrap();
-        assert_eq!(plan.objects[0].id.kind, "CustomResourceDefinition");
-        let widget = &plan.objects[1];
+        assert_eq!(plan.objects()[0].id.kind, "CustomResourceDefinition");
+        let widget = &plan.objects()[1];
         assert!(widget.needs_crd);
         assert_eq!(widget.resource.plural, "widgets");
         assert_eq!(widget.id.namespace, "apps");
@@ -484,14 +494,14 @@ mod tests {
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
             "data": {"kept": "a2VwdA=="}, "stringData": {"password": "hunter2", "kept": "override"}});
         let plan = build(vec![manifest("s.yaml", secret)], &catalog(), &opts()).unwrap();
-        let o = plan.objects[0].value();
+        let o = plan.objects()[0].value();
         assert!(o.get("stringData").is_none());
         assert_eq!(o["data"]["password"], "aHVudGVyMg==");
         assert_eq!(o["data"]["kept"], "b3ZlcnJpZGU=", "stringData wins over data, as on the server");
         let same = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
             "data": {"kept": "b3ZlcnJpZGU=", "password": "aHVudGVyMg=="}});
         let plan2 = build(vec![manifest("s.yaml", same)], &catalog(), &opts()).unwrap();
-        assert_eq!(plan.objects[0].hash, plan2.objects[0].hash, "the same stored Secret has the same hash");
+        assert_eq!(plan.objects()[0].hash, plan2.objects()[0].hash, "the same stored Secret has the same hash");
     }
 
     #[test]
@@ -499,7 +509,7 @@ mod tests {
         let mut job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate"}});
         job["metadata"]["annotations"] = json!({keys::RECREATE: "true"});
         let plan = build(vec![manifest("j.yaml", job), manifest("c.yaml", cm("c"))], &catalog(), &opts()).unwrap();
-        assert!(plan.objects.iter().find(|p| p.id.kind == "Job").unwrap().recreate);
-        assert!(!plan.objects.iter().find(|p| p.id.kind == "ConfigMap").unwrap().recreate);
+        assert!(plan.objects().iter().find(|p| p.id.kind == "Job").unwrap().recreate);
+        assert!(!plan.objects().iter().find(|p| p.id.kind == "ConfigMap").unwrap().recreate);
     }
 }
