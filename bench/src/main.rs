@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Parser;
 use driftless_tests::agent::{configmaps, dynamic_api, get};
-use driftless_tests::{audit_log_path, client, cluster_bin, kubeconfig_path, unique_name, GitFixture};
+use driftless_tests::{audit_log_path, client, cluster_bin, kubeconfig_path, unique_name, wait_for_ok, GitFixture};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
@@ -171,24 +171,18 @@ async fn create_namespace(client: &kube::Client, name: &str) -> Result<()> {
 }
 
 /// Waits until every Deployment in the namespace has its replica available.
-async fn wait_rolled_out(client: &kube::Client, ns: &str) -> Result<()> {
+async fn wait_rolled_out(client: &kube::Client, ns: &str) {
     let deployments = dynamic_api(client, "apps/v1", "Deployment", "deployments", ns);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let list = deployments.list(&kube::api::ListParams::default()).await?;
+    wait_for_ok("Driftless's Deployments to roll out", Duration::from_secs(600), || async {
+        let list = deployments.list(&kube::api::ListParams::default()).await.map_err(|e| e.to_string())?;
         let pending = list
             .items
             .iter()
             .filter(|d| d.data["status"]["availableReplicas"].as_i64().unwrap_or(0) < d.data["spec"]["replicas"].as_i64().unwrap_or(1))
             .count();
-        if pending == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{pending} Deployments in {ns} not rolled out after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        if pending == 0 { Ok(()) } else { Err(format!("{pending} Deployments not rolled out")) }
+    })
+    .await
 }
 
 #[tokio::main]
@@ -212,13 +206,14 @@ async fn main() -> Result<()> {
         }
     }
     // their deletion loads the cluster: wait for it before timing anything
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !nss.list(&leftovers).await?.items.is_empty() {
-        if Instant::now() > deadline {
-            bail!("earlier benchmark namespaces still terminating after 10 minutes");
+    wait_for_ok("earlier benchmark namespaces to be deleted", Duration::from_secs(600), || async {
+        match nss.list(&leftovers).await {
+            Ok(list) if list.items.is_empty() => Ok(()),
+            Ok(list) => Err(format!("{} still terminating", list.items.len())),
+            Err(e) => Err(e.to_string()),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    })
+    .await;
 
     let repo = GitFixture::new();
     for i in 0..n {
@@ -247,7 +242,7 @@ async fn main() -> Result<()> {
     // the baseline starts on a quiet cluster: the controllers first finish rolling out what
     // Driftless created (otherwise kubectl would be timed under that load)
     let settled = Instant::now();
-    wait_rolled_out(&client, &ns).await?;
+    wait_rolled_out(&client, &ns).await;
     println!("  (Driftless's Deployments rolled out {:.1}s after its sync returned)", settled.elapsed().as_secs_f64());
 
     // cold apply, kubectl baseline
