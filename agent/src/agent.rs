@@ -147,6 +147,61 @@ fn release_free_memory() {
     }
 }
 
+/// The longest wait before a source loop that panicked starts again.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Runs a source's loop for as long as the task lives. A panic in it (a bug: no input should
+/// cause one) is caught and stays with that source: it reports `Failed` with the panic's message
+/// (status, `driftless_panics_total`, a `SyncFailed` Event through `publish`), and its loop starts
+/// again after a backoff (1 s, doubling up to 5 min; reset once a loop ran for that long), while
+/// the other sources carry on and `/healthz` stays healthy: a pod restart would only repeat a
+/// deterministic panic and stop the healthy sources too.
+pub async fn supervise<Run, RunFut, Publish, PublishFut>(source: &str, telemetry: &Telemetry, mut run: Run, mut publish: Publish)
+where
+    Run: FnMut() -> RunFut,
+    RunFut: std::future::Future<Output = ()>,
+    Publish: FnMut(String) -> PublishFut,
+    PublishFut: std::future::Future<Output = ()>,
+{
+    use futures::FutureExt;
+    let mut backoff = Duration::from_secs(1);
+    let mut last_panic: Option<String> = None;
+    loop {
+        let started = Instant::now();
+        let loop_future = run();
+        if let Some(message) = &last_panic {
+            // the new loop starts from a fresh status: keep the panic visible until it reconciles
+            set_panicked(telemetry, source, message);
+        }
+        let Err(panic) = std::panic::AssertUnwindSafe(loop_future).catch_unwind().await else { return };
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        tracing::error!(source, panic = %message, restart_in_s = backoff.as_secs(), "the source loop panicked; restarting it");
+        telemetry.metrics.panics_total.get_or_create(&Metrics::source(source)).inc();
+        set_panicked(telemetry, source, &message);
+        publish(format!("the reconcile panicked: {message}; restarting in {}s", backoff.as_secs())).await;
+        last_panic = Some(message);
+        if started.elapsed() >= MAX_RESTART_BACKOFF {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+    }
+}
+
+fn set_panicked(telemetry: &Telemetry, source: &str, message: &str) {
+    let mut all = telemetry.statuses.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = all.get_mut(source) {
+        s.state = SyncState::Failed;
+        s.reason = "Panicked".into();
+        s.message = format!("the reconcile panicked: {message}");
+        s.last_sync_time = Some(SystemTime::now());
+    }
+}
+
 /// The running loop of one source.
 pub struct SourceLoop {
     ctx: Context,
@@ -168,6 +223,9 @@ pub struct SourceLoop {
     annotated: Option<(SyncState, Health)>,
     /// Memory to hand back once the watches have listed their objects.
     release_pending: bool,
+    /// A reconcile compared every member with git since this loop started (a new loop starts
+    /// with each leadership term): until then drift made while no loop watched is unseen.
+    compared_all: bool,
 }
 
 impl SourceLoop {
@@ -189,6 +247,7 @@ impl SourceLoop {
             attempted: false,
             annotated: None,
             release_pending: false,
+            compared_all: false,
         }
     }
 
@@ -200,6 +259,7 @@ impl SourceLoop {
     fn zero_series(&self) {
         let m = self.metrics();
         let name = Metrics::source(&self.source.name);
+        let _ = m.panics_total.get_or_create(&name);
         for result in ["success", "failure", "prune_held"] {
             let _ = m.sync_total.get_or_create(&ResultLabels { source: self.source.name.clone(), result: result.into() });
         }
@@ -217,7 +277,8 @@ impl SourceLoop {
     }
 
     /// Runs until the task is aborted. `triggers` asks for an immediate remote check.
-    pub async fn run(mut self, mut triggers: mpsc::Receiver<()>) {
+    pub async fn run(mut self, triggers: Arc<tokio::sync::Mutex<mpsc::Receiver<()>>>) {
+        let mut triggers = triggers.lock().await;
         self.zero_series();
         let mut next_poll = tokio::time::Instant::now();
         let mut health_tick = tokio::time::interval(Duration::from_millis(500));
@@ -283,12 +344,18 @@ impl SourceLoop {
             debug!(source = %self.source.name, elapsed_us = noticed.elapsed().as_micros() as u64, "poll: nothing new");
             return;
         }
-        let opts = Options { mode: Mode::Incremental, commit: Some(&commit), live: Some(&self.live) };
+        // the first reconcile of a loop compares every member with git: drift made while the
+        // agent was down or another replica led is repaired (or reported) like any other
+        let mode = if self.compared_all { Mode::Incremental } else { Mode::Full };
+        let opts = Options { mode, commit: Some(&commit), live: Some(&self.live) };
         let mut report = sync::reconcile_with(&self.ctx, &self.source, opts).await;
+        let mut drifted = Vec::new();
         self.attempted = true;
         self.record_sync(&report);
         self.publish(&report).await;
         if let Some(outcome) = report.outcome.take() {
+            self.compared_all = true;
+            drifted = outcome.drifted;
             self.applyset_id = outcome.applyset_id.clone();
             for c in report.changes.entries.iter().filter(|c| c.action == Action::Deleted) {
                 self.live.forget(&c.id);
@@ -310,6 +377,11 @@ impl SourceLoop {
         release_free_memory();
         self.release_pending = true;
         let (state, reason, message) = match report.state {
+            State::Synced if !drifted.is_empty() => {
+                let names: Vec<String> = drifted.iter().take(5).map(ToString::to_string).collect();
+                let more = if drifted.len() > 5 { format!(" and {} more", drifted.len() - 5) } else { String::new() };
+                (SyncState::OutOfSync, "DriftDetected".to_string(), format!("{}{more}: drifted from git; selfHeal is off", names.join(", ")))
+            }
             State::Synced => (SyncState::Progressing, String::new(), String::new()),
             State::PruneHeld => (SyncState::PruneHeld, report.reason.clone(), report.message.clone()),
             State::Failed => (SyncState::Failed, report.reason.clone(), report.message.clone()),
@@ -536,6 +608,48 @@ impl SourceLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_loop_reports_failed_and_restarts_with_backoff() {
+        let telemetry = Telemetry::quiet();
+        let source: Source = crate::config::parse("sources:\n  - name: shop\n    repo: file:///nowhere\n").unwrap().remove(0);
+        telemetry.statuses.write().unwrap().insert("shop".into(), SourceStatus::new(&source));
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let published = std::sync::Mutex::new(Vec::new());
+        let started = tokio::time::Instant::now();
+        let supervised = supervise(
+            "shop",
+            &telemetry,
+            || {
+                let n = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        let empty: Vec<u8> = Vec::new();
+                        let _ = empty[n]; // the kind of bug issue 10 found: indexing on data
+                    }
+                    // the third loop runs on
+                    std::future::pending::<()>().await
+                }
+            },
+            |note| {
+                published.lock().unwrap().push(note);
+                async {}
+            },
+        );
+        // the third loop never ends: stop watching after it started
+        let _ = tokio::time::timeout(Duration::from_secs(60), supervised).await;
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3, "restarted after each panic");
+        let panics = telemetry.metrics.panics_total.get_or_create(&Metrics::source("shop")).get();
+        assert_eq!(panics, 2);
+        let notes = published.lock().unwrap().clone();
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].contains("index out of bounds") && notes[0].contains("restarting in 1s"), "{notes:?}");
+        assert!(notes[1].contains("restarting in 2s"), "backoff doubles: {notes:?}");
+        let status = telemetry.statuses.read().unwrap().get("shop").cloned().unwrap();
+        assert_eq!((status.state, status.reason.as_str()), (SyncState::Failed, "Panicked"));
+        assert!(status.message.contains("index out of bounds"), "{}", status.message);
+        assert!(started.elapsed() >= Duration::from_secs(3), "waited 1 s and 2 s between restarts");
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {

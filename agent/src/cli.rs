@@ -75,6 +75,10 @@ pub struct ClusterArgs {
     /// Directory of the bare git caches.
     #[arg(long, env = "DRIFTLESS_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Name of this install, recorded on its ApplySet parents: a source of another install with
+    /// the same name in the same inventory namespace is refused instead of sharing its set.
+    #[arg(long, env = "DRIFTLESS_INSTANCE", default_value = "driftless")]
+    pub instance: String,
 }
 
 /// One source given by flags.

@@ -25,7 +25,13 @@ pub const EXIT_USAGE: u8 = 2;
 async fn context(args: &ClusterArgs) -> Result<Context, crate::Error> {
     let cluster = Cluster::connect(args.kubeconfig.as_deref()).await?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("driftless"));
-    Ok(Context { cluster, agent_namespace: args.inventory_namespace.clone(), cache_dir, limits: Limits::default() })
+    Ok(Context {
+        cluster,
+        agent_namespace: args.inventory_namespace.clone(),
+        cache_dir,
+        instance: args.instance.clone(),
+        limits: Limits::default(),
+    })
 }
 
 /// Prints a usage or configuration error; exit code 2.
@@ -201,11 +207,22 @@ fn start_loops(ctx: &Context, sources: &[Source], telemetry: &Telemetry, shared:
     for source in sources {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         triggers.insert(source.name.clone(), tx);
-        let source_loop = SourceLoop::new(ctx.clone(), source.clone(), telemetry.clone());
         let guard = LoopGuard::new(&shared.running);
+        let (ctx, source, telemetry) = (ctx.clone(), source.clone(), telemetry.clone());
+        let triggers = Arc::new(tokio::sync::Mutex::new(rx));
         tasks.spawn(async move {
             let _guard = guard;
-            source_loop.run(rx).await
+            let parent = crate::prune::applyset::parent_ref(&source.name, &ctx.agent_namespace);
+            let run = || SourceLoop::new(ctx.clone(), source.clone(), telemetry.clone()).run(triggers.clone());
+            let publish = |note: String| {
+                let (cluster, events, parent) = (ctx.cluster.clone(), telemetry.events.clone(), parent.clone());
+                async move {
+                    if let Some(events) = events {
+                        events.publish(&cluster, &parent, true, status::reasons::SYNC_FAILED, &note).await;
+                    }
+                }
+            };
+            crate::agent::supervise(&source.name, &telemetry, run, publish).await
         });
     }
     *shared.triggers.write().unwrap_or_else(|p| p.into_inner()) = triggers;

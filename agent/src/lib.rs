@@ -51,6 +51,11 @@ pub mod keys {
     pub const WAVE: &str = "driftless.dev/wave";
     /// The source that applied an object.
     pub const SOURCE: &str = "driftless.dev/source";
+    /// On an ApplySet parent: objects of other sources' sets that this source's revision declares
+    /// (a JSON list of `[group, kind, namespace, name]`), to be handed over once theirs does not.
+    pub const CLAIMS: &str = "driftless.dev/claims";
+    /// On an ApplySet parent: the Driftless install that owns it (`--instance`).
+    pub const INSTANCE: &str = "driftless.dev/instance";
     /// ApplySet (KEP-3659) keys.
     pub const APPLYSET_ID: &str = "applyset.kubernetes.io/id";
     pub const APPLYSET_PART_OF: &str = "applyset.kubernetes.io/part-of";

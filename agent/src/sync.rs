@@ -26,12 +26,14 @@ use crate::live::watch::Scope;
 use crate::live::LiveState;
 use crate::manifest::ObjectRef;
 use crate::plan::prune::{plan_prune, Hold, PrunePolicy};
+use crate::plan::ownership;
+use crate::plan::schedule::{self, Schedule};
 use crate::plan::{self, Plan, PlanOptions, Planned};
 use crate::prune::applyset::{self, Inventory};
 use crate::prune::{self as inventory, Member};
 use crate::render::{self, Limits};
 use crate::source::Repo;
-use crate::Error;
+use crate::{keys, Error};
 
 /// How long to wait for new CRDs to be served.
 const CRD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,6 +48,9 @@ pub struct Context {
     pub agent_namespace: String,
     /// Where bare repository caches live.
     pub cache_dir: PathBuf,
+    /// This install's name (`--instance`), recorded on its parents: another install with a
+    /// source of the same name in the same inventory namespace is refused, never shares its set.
+    pub instance: String,
     pub limits: Limits,
 }
 
@@ -94,6 +99,8 @@ pub struct Outcome {
     pub applyset_id: String,
     /// Where the set's members live, to watch.
     pub scopes: Vec<Scope>,
+    /// Objects that drifted from git and were left so (`selfHeal: false`).
+    pub drifted: Vec<ObjectRef>,
 }
 
 /// The outcome of one reconcile.
@@ -179,7 +186,17 @@ async fn run_stages(
         source: source.name.clone(),
     };
     let plan = plan::build(manifests, &catalog, &plan_opts).map_err(|e| Error::Validation(e.to_string()))?;
-    let recorded = inventory::read_parent(cluster, &parent).await?.map(|(_, inv)| inv).unwrap_or_default();
+    let (recorded, holder) = match inventory::read_parent(cluster, &parent).await? {
+        Some((live, inv)) => (inv, live["metadata"]["annotations"][keys::INSTANCE].as_str().map(String::from)),
+        None => (Inventory::default(), None),
+    };
+    // two installs in one inventory namespace never share a source's ApplySet
+    if let Some(other) = holder.filter(|other| *other != ctx.instance) {
+        return Err(Error::Validation(format!(
+            "the ApplySet parent {parent} belongs to the Driftless install {other:?} (this is {:?}): name the source differently or give this install its own inventory namespace",
+            ctx.instance
+        )));
+    }
     let desired_inventory = inventory_of(&plan);
 
     // live state: the set's members, and any desired object that is not one yet.
@@ -197,38 +214,44 @@ async fn run_stages(
             .await
             .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Kube(e.source) })?;
     let live = live_objects(cluster, &plan, &mut members, keep).await?;
-    check_ownership(&plan, &live, &applyset_id)?;
+    if let Err(conflicts) = check_ownership(ctx, &plan, &live, &applyset_id) {
+        if !conflicts.claims.is_empty() {
+            // record the claim, so the other source hands those objects over once its revision
+            // no longer declares them
+            let claims = inventory::encode_claims(&conflicts.claims);
+            let extra = [(keys::INSTANCE, ctx.instance.clone()), (keys::CLAIMS, claims)];
+            inventory::write_parent(cluster, &parent, &recorded, &extra).await?;
+        }
+        return Err(Error::Validation(conflicts.problems.join("; ")));
+    }
     stage_done("plan and live state");
 
-    // validate: a server-side dry-run of every object that can be checked before any write;
-    // objects in namespaces or of kinds this revision creates are dry-run once those exist.
-    // Incrementally, an object whose recorded desired hash is unchanged needs no dry-run.
-    let mut decisions: HashMap<&ObjectRef, Decision> = HashMap::new();
-    if opts.mode == Mode::Incremental {
-        for p in plan.objects() {
-            let recorded_hash = live.get(&p.id).and_then(|o| o.desired_hash.as_deref());
-            if recorded_hash == Some(p.hash.as_str()) {
-                decisions.insert(&p.id, Decision::Unchanged);
-            }
-        }
-    }
-    let definitions = definitions(&plan, &live);
-    let deferred = |p: &Planned| {
-        p.needs_crd || creates_namespace(&plan, &live, &p.id.namespace) || binds_new_role(&plan, &live, p)
+    // validate: a server-side dry-run of every object that can be checked before any write
+    // (incrementally, an object whose recorded desired hash is unchanged needs none); objects
+    // that need a Namespace, CRD or Role of this revision are prechecked in an existing namespace
+    // where that can judge them, and dry-run in place once their definitions are applied.
+    let exists = |id: &ObjectRef| live.contains_key(id);
+    let unchanged = |p: &Planned| {
+        opts.mode == Mode::Incremental && live.get(&p.id).and_then(|o| o.desired_hash.as_deref()) == Some(p.hash.as_str())
     };
-    let ready: Vec<&Planned> = plan.objects().iter().filter(|p| !deferred(p) && !decisions.contains_key(&p.id)).collect();
-    match apply::dry_run(cluster, &ready, &live).await {
-        Ok(d) => decisions.extend(ready.iter().map(|p| &p.id).zip(d)),
-        Err(failures) => return Err(validation_failed(failures, changes)),
+    let schedule = schedule::build(&plan, &exists, &unchanged);
+    let mut decisions: Decisions =
+        pick(&plan, &schedule.unchanged).into_iter().map(|p| (&p.id, (Decision::Unchanged, None))).collect();
+    decide(cluster, &plan, &pick(&plan, &schedule.validate), &live, &mut decisions, changes).await?;
+    if let Err(failures) = apply::precheck(cluster, &pick(&plan, &schedule.precheck), &ctx.agent_namespace).await {
+        return Err(validation_failed(&plan, failures, changes));
     }
-
+    let drifted = hold_drift(&plan, &live, source.self_heal, &mut decisions, changes);
     stage_done("validate");
 
-    // apply: record the superset inventory first, then wave by wave and stage by stage; a wave
-    // starts only when every object of the waves before it is Healthy.
-    inventory::write_parent(cluster, &parent, &recorded.union(&desired_inventory), &[]).await?;
-    let stages = Stages { cluster, live: &live, state: opts.live, health_timeout: source.health_timeout, definitions: &definitions };
-    stages.apply(&plan, &mut decisions, changes).await?;
+    // apply: record the superset inventory first, then definitions, then wave by wave and
+    // stage by stage; a wave starts only when every object of the waves before it is Healthy.
+    inventory::write_parent(cluster, &parent, &recorded.union(&desired_inventory), &[(keys::INSTANCE, ctx.instance.clone())]).await?;
+    let stages = Stages { cluster, live: &live, state: opts.live, health_timeout: source.health_timeout };
+    if let Err(e) = stages.apply(&plan, &schedule, &mut decisions, changes).await {
+        skip_undone(&plan, changes);
+        return Err(e);
+    }
     if let Some(state) = opts.live {
         // from here on, what left git is no longer expected: its deletion is not drift
         state.retain_desired(&plan.objects().iter().map(|p| p.id.clone()).collect());
@@ -245,8 +268,9 @@ async fn run_stages(
 
     // record: what the set holds now, and the revision.
     let remaining = remaining_inventory(&plan, &members, changes);
-    inventory::write_parent(cluster, &parent, &remaining, &[(crate::status::annotations::REVISION, commit.clone())]).await?;
-    *outcome = Some(Outcome { scopes: scopes(&plan, &remaining, &catalog), plan, applyset_id });
+    let extra = [(crate::status::annotations::REVISION, commit.clone()), (keys::INSTANCE, ctx.instance.clone())];
+    inventory::write_parent(cluster, &parent, &remaining, &extra).await?;
+    *outcome = Some(Outcome { scopes: scopes(&plan, &remaining, &catalog), plan, applyset_id, drifted });
     if changes.failed() {
         return Err(Error::Prune(failures(changes)));
     }
@@ -382,69 +406,96 @@ async fn live_objects(
     Ok(live)
 }
 
-/// An object that already belongs to another ApplySet is a conflict, never adopted.
-fn check_ownership(plan: &Plan, live: &HashMap<ObjectRef, Live>, applyset_id: &str) -> Result<(), Error> {
-    let conflicts: Vec<String> = plan
-        .objects()
+/// An object that already belongs to another ApplySet is a conflict, never adopted; parents and
+/// the agent's bookkeeping are never a repository's (see [`ownership`]).
+fn check_ownership(ctx: &Context, plan: &Plan, live: &HashMap<ObjectRef, Live>, applyset_id: &str) -> Result<(), ownership::Conflicts> {
+    let holder = |id: &ObjectRef| {
+        live.get(id).map(|l| ownership::Holder { part_of: l.part_of.as_deref(), source: l.source.as_deref(), is_parent: l.is_parent })
+    };
+    let set_of = |source: &str| applyset::applyset_id(&applyset::parent_ref(source, &ctx.agent_namespace));
+    ownership::check(plan, &holder, &set_of, ownership::Scope { applyset_id, agent_namespace: &ctx.agent_namespace })
+}
+
+/// The planned objects at these indices of the plan.
+fn pick<'p>(plan: &'p Plan, indices: &[usize]) -> Vec<&'p Planned> {
+    indices.iter().filter_map(|&i| plan.objects().get(i)).collect()
+}
+
+/// What each object needs, as its dry-run decided (with, for an object it would change, what
+/// Driftless would own of it afterwards).
+type Decisions<'p> = HashMap<&'p ObjectRef, (Decision, Option<Expected>)>;
+
+/// Dry-runs objects and records what each needs; every failure fails the revision.
+async fn decide<'p>(
+    cluster: &Cluster,
+    plan: &Plan,
+    objects: &[&'p Planned],
+    live: &HashMap<ObjectRef, Live>,
+    decisions: &mut Decisions<'p>,
+    changes: &mut ChangeSet,
+) -> Result<(), Error> {
+    if objects.is_empty() {
+        return Ok(());
+    }
+    match apply::dry_run(cluster, objects, live).await {
+        Ok(d) => {
+            decisions.extend(objects.iter().map(|p| &p.id).zip(d));
+            Ok(())
+        }
+        Err(failures) => Err(validation_failed(plan, failures, changes)),
+    }
+}
+
+/// With `selfHeal: false`, drift is reported, not corrected: an object whose desired hash is
+/// the one recorded on it (git did not change it) but whose dry-run would change it is left as
+/// it is, and expected to look as the dry-run would leave it, so its watch keeps reporting the
+/// drift until it is mended. Returns those objects.
+fn hold_drift(
+    plan: &Plan,
+    live: &HashMap<ObjectRef, Live>,
+    self_heal: bool,
+    decisions: &mut Decisions<'_>,
+    changes: &mut ChangeSet,
+) -> Vec<ObjectRef> {
+    if self_heal {
+        return Vec::new();
+    }
+    let mut drifted = Vec::new();
+    for p in plan.objects() {
+        let recorded = live.get(&p.id).and_then(|o| o.desired_hash.as_deref());
+        let Some((decision, expected)) = decisions.get_mut(&p.id) else { continue };
+        if recorded == Some(p.hash.as_str()) && *decision == Decision::Configure {
+            *decision = Decision::Unchanged;
+            // what the object should own: never the drifted fields as they are now
+            expected.get_or_insert_with(Expected::default);
+            changes.push(p.id.clone(), Action::Skipped, "drifted from git; selfHeal is off, not corrected");
+            drifted.push(p.id.clone());
+        }
+    }
+    drifted
+}
+
+/// One line per object the server rejected: file and line, object, the server's message.
+fn validation_failed(plan: &Plan, failures: Vec<(ObjectRef, String)>, changes: &mut ChangeSet) -> Error {
+    let text: Vec<String> = failures
         .iter()
-        .filter_map(|p| {
-            let other = live.get(&p.id)?.part_of.as_deref()?;
-            (other != applyset_id).then(|| {
-                format!("{} ({}): already belongs to another ApplySet ({other}); not adopted", p.id, p.origin)
-            })
+        .map(|(id, m)| match plan.get(id) {
+            Some(p) => format!("{}: {id}: {m}", p.origin),
+            None => format!("{id}: {m}"),
         })
         .collect();
-    if conflicts.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Validation(conflicts.join("; ")))
-    }
-}
-
-/// The (Cluster)Role a (Cluster)RoleBinding refers to, when this revision creates it: the API
-/// server checks a binding against its role (unless the agent may `bind`), so the binding can only
-/// be dry-run once the role exists.
-fn new_role_of<'a>(plan: &'a Plan, live: &HashMap<ObjectRef, Live>, binding: &Planned) -> Option<&'a Planned> {
-    const RBAC: &str = "rbac.authorization.k8s.io";
-    if binding.id.group != RBAC || !matches!(binding.id.kind.as_str(), "RoleBinding" | "ClusterRoleBinding") {
-        return None;
-    }
-    let object = binding.value();
-    let role_ref = &object["roleRef"];
-    let kind = role_ref["kind"].as_str()?;
-    let namespace = if kind == "Role" { binding.id.namespace.clone() } else { String::new() };
-    let id = ObjectRef::new(RBAC, kind, namespace, role_ref["name"].as_str()?);
-    plan.get(&id).filter(|_| !live.contains_key(&id))
-}
-
-fn binds_new_role(plan: &Plan, live: &HashMap<ObjectRef, Live>, p: &Planned) -> bool {
-    new_role_of(plan, live, p).is_some()
-}
-
-/// What is applied before the revision is validated, because other objects can only be dry-run
-/// once it exists: CRDs and Namespaces, and the new roles that bindings of the revision name.
-/// All of it is additive and never pruned by a failed sync.
-fn definitions(plan: &Plan, live: &HashMap<ObjectRef, Live>) -> HashSet<ObjectRef> {
-    let mut out: HashSet<ObjectRef> = plan.objects().iter().filter(|p| p.stage == 0).map(|p| p.id.clone()).collect();
-    out.extend(plan.objects().iter().filter_map(|p| new_role_of(plan, live, p)).map(|r| r.id.clone()));
-    out
-}
-
-/// Whether this revision creates the namespace (so objects in it are dry-run after it exists).
-fn creates_namespace(plan: &Plan, live: &HashMap<ObjectRef, Live>, namespace: &str) -> bool {
-    if namespace.is_empty() {
-        return false;
-    }
-    let id = ObjectRef::new("", "Namespace", "", namespace);
-    plan.get(&id).is_some() && !live.contains_key(&id)
-}
-
-fn validation_failed(failures: Vec<(ObjectRef, String)>, changes: &mut ChangeSet) -> Error {
-    let text: Vec<String> = failures.iter().map(|(id, m)| format!("{id}: {m}")).collect();
     for (id, m) in failures {
         changes.push(id, Action::Failed, m);
     }
     Error::Validation(text.join("; "))
+}
+
+/// Marks every planned object that has no entry yet as skipped: an earlier stage failed.
+fn skip_undone(plan: &Plan, changes: &mut ChangeSet) {
+    let done: HashSet<ObjectRef> = changes.entries.iter().map(|c| c.id.clone()).collect();
+    for p in plan.objects().iter().filter(|p| !done.contains(&p.id)) {
+        changes.push(p.id.clone(), Action::Skipped, "not applied: an earlier stage failed");
+    }
 }
 
 /// Applies a plan group by group (wave, then stage), each group concurrently.
@@ -453,63 +504,41 @@ struct Stages<'a> {
     live: &'a HashMap<ObjectRef, Live>,
     state: Option<&'a LiveState>,
     health_timeout: Duration,
-    /// Applied before everything else: see [`definitions`].
-    definitions: &'a HashSet<ObjectRef>,
 }
 
 impl Stages<'_> {
-    /// Applies definitions (CRDs, Namespaces and roles new bindings need, whatever their wave) first; then dry-runs every
-    /// object that could not be dry-run before they existed, so the whole revision is validated
-    /// before any other object is written; then the rest, wave by wave and stage by stage.
-    /// Tells the live state what each object is expected to look like afterwards.
+    /// Applies the definitions first (see [`schedule`]), each group dry-running the members that
+    /// needed an earlier one; waits for new CRDs; dry-runs what waited for the definitions; then
+    /// applies the rest, wave by wave and stage by stage. Tells the live state what each object
+    /// is expected to look like afterwards.
     async fn apply<'p>(
         &self,
         plan: &'p Plan,
-        decisions: &mut HashMap<&'p ObjectRef, Decision>,
+        schedule: &Schedule,
+        decisions: &mut Decisions<'p>,
         changes: &mut ChangeSet,
     ) -> Result<(), Error> {
-        let (definitions, rest): (Vec<&Planned>, Vec<&Planned>) =
-            plan.objects().iter().partition(|p| self.definitions.contains(&p.id));
-        let definitions = groups(definitions);
-        let rest = groups(rest);
-        for (i, group) in definitions.iter().enumerate() {
-            if let Err(e) = self.apply_group(group, decisions, changes).await {
-                skip_rest(&definitions[i + 1..], changes);
-                skip_rest(&rest, changes);
-                return Err(e);
-            }
+        for group in &schedule.definitions {
+            decide(self.cluster, plan, &pick(plan, &group.check_first), self.live, decisions, changes).await?;
+            self.apply_group(&pick(plan, &group.objects), decisions, changes).await?;
         }
-        let crds: Vec<String> =
-            plan.objects().iter().filter(|p| p.stage == 0 && p.id.kind == "CustomResourceDefinition").map(|p| p.id.name.clone()).collect();
+        let crds: Vec<String> = pick(plan, &schedule.definitions.iter().flat_map(|g| g.objects.clone()).collect::<Vec<_>>())
+            .into_iter()
+            .filter(|p| p.id.kind == "CustomResourceDefinition")
+            .map(|p| p.id.name.clone())
+            .collect();
         if !crds.is_empty() {
             self.cluster.wait_crds_established(&crds, CRD_TIMEOUT).await.map_err(Error::Apply)?;
         }
+        decide(self.cluster, plan, &pick(plan, &schedule.deferred), self.live, decisions, changes).await?;
 
-        let pending: Vec<&Planned> = plan.objects().iter().filter(|p| !decisions.contains_key(&p.id)).collect();
-        if !pending.is_empty() {
-            match apply::dry_run(self.cluster, &pending, self.live).await {
-                Ok(d) => decisions.extend(pending.iter().map(|p| &p.id).zip(d)),
-                Err(failures) => {
-                    let err = validation_failed(failures, changes);
-                    skip_rest(&rest, changes);
-                    return Err(err);
-                }
+        for (i, group) in schedule.rest.iter().enumerate() {
+            let first_of_wave = i == 0 || schedule.rest.get(i - 1).is_some_and(|g| g.wave != group.wave);
+            if first_of_wave && plan.objects().iter().any(|p| p.wave < group.wave) {
+                let earlier: Vec<&Planned> = plan.objects().iter().filter(|p| p.wave < group.wave).collect();
+                wait_healthy(self.cluster, &earlier, self.health_timeout).await?;
             }
-        }
-
-        for (i, group) in rest.iter().enumerate() {
-            let wave = group[0].wave;
-            if plan.objects().iter().any(|p| p.wave < wave) && (i == 0 || rest[i - 1][0].wave != wave) {
-                let earlier: Vec<&Planned> = plan.objects().iter().filter(|p| p.wave < wave).collect();
-                if let Err(e) = wait_healthy(self.cluster, &earlier, self.health_timeout).await {
-                    skip_rest(&rest[i..], changes);
-                    return Err(e);
-                }
-            }
-            if let Err(e) = self.apply_group(group, decisions, changes).await {
-                skip_rest(&rest[i + 1..], changes);
-                return Err(e);
-            }
+            self.apply_group(&pick(plan, &group.objects), decisions, changes).await?;
         }
         Ok(())
     }
@@ -518,7 +547,7 @@ impl Stages<'_> {
     async fn apply_group(
         &self,
         group: &[&Planned],
-        decisions: &HashMap<&ObjectRef, Decision>,
+        decisions: &Decisions<'_>,
         changes: &mut ChangeSet,
     ) -> Result<(), Error> {
         let cluster = self.cluster;
@@ -528,17 +557,21 @@ impl Stages<'_> {
         let results: Vec<(ObjectRef, Action, String, Option<Expected>)> = stream::iter(0..group.len())
             .map(|j| async move {
                 let p = group[j];
-                let decision = decisions[&p.id];
-                if decision != Decision::Unchanged {
+                let Some((decision, dry_run)) = decisions.get(&p.id) else {
+                    // the schedule decides every object before its apply; never write undecided
+                    return (p.id.clone(), Action::Failed, "not validated before its apply".to_string(), None);
+                };
+                if *decision != Decision::Unchanged {
                     if let Some(state) = self.state {
                         state.begin_apply(&p.id);
                     }
                 }
-                let (id, action, message, result) = apply_one(cluster, p, decision).await;
+                let (id, action, message, result) = apply_one(cluster, p, *decision).await;
                 let expected = match result {
                     _ if action == Action::Failed => None,
                     Some(object) => Some(Expected::from_object(&object)),
-                    None => self.live.get(&id).map(|l| l.expected.clone()),
+                    // unchanged: as it is, unless drift was left in place (then as it should be)
+                    None => dry_run.clone().or_else(|| self.live.get(&id).map(|l| l.expected.clone())),
                 };
                 (id, action, message, expected)
             })
@@ -562,18 +595,6 @@ impl Stages<'_> {
         }
         Ok(())
     }
-}
-
-/// Consecutive objects of the same wave and stage.
-fn groups(objects: Vec<&Planned>) -> Vec<Vec<&Planned>> {
-    let mut out: Vec<Vec<&Planned>> = Vec::new();
-    for p in objects {
-        match out.last_mut() {
-            Some(g) if g[0].wave == p.wave && g[0].stage == p.stage => g.push(p),
-            _ => out.push(vec![p]),
-        }
-    }
-    out
 }
 
 /// Waits until every object is Healthy, polling those that are not yet.
@@ -630,14 +651,6 @@ async fn recreate(cluster: &Cluster, p: &Planned) -> Result<Value, String> {
     cluster.apply(p, false).await.map_err(|e| format!("create after delete: {}", api_message(&e)))
 }
 
-fn skip_rest(groups: &[Vec<&Planned>], changes: &mut ChangeSet) {
-    for p in groups.iter().flatten() {
-        if !changes.entries.iter().any(|c| c.id == p.id) {
-            changes.push(p.id.clone(), Action::Skipped, "not applied: an earlier stage failed");
-        }
-    }
-}
-
 async fn prune(
     ctx: &Context,
     source: &Source,
@@ -647,6 +660,18 @@ async fn prune(
     applyset_id: &str,
     changes: &mut ChangeSet,
 ) -> Option<Hold> {
+    let desired: HashSet<&ObjectRef> = plan.objects().iter().map(|p| &p.id).collect();
+    // what other sources claim is handed over, not deleted: read it when anything left git
+    let mut claims = HashMap::new();
+    if members.iter().any(|m| !desired.contains(&m.live.id)) {
+        match inventory::read_claims(&ctx.cluster, &ctx.agent_namespace, parent).await {
+            Ok(c) => claims = c,
+            Err(e) => {
+                changes.push(parent.clone(), Action::Failed, format!("not pruned: reading other sources' claims: {}", api_message(&e)));
+                return None;
+            }
+        }
+    }
     let policy = PrunePolicy {
         applyset_id: applyset_id.to_string(),
         allow_empty: source.allow_empty,
@@ -654,8 +679,8 @@ async fn prune(
         prunable: source.prunable.clone(),
         agent_namespace: ctx.agent_namespace.clone(),
         parent: parent.clone(),
+        claims,
     };
-    let desired: HashSet<&ObjectRef> = plan.objects().iter().map(|p| &p.id).collect();
     let prune_plan = plan_prune(members.iter().map(|m| &m.live), &desired, &policy);
     for (id, reason) in &prune_plan.kept {
         if *reason != crate::plan::prune::KeepReason::NotAMember {
@@ -693,7 +718,6 @@ pub fn short(commit: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::fixtures::{manifest, opts, rt};
     use serde_json::json;
 
     #[test]
@@ -727,32 +751,5 @@ mod tests {
         let mut changed = full.clone();
         changed["spec"]["replicas"] = json!(4);
         assert!(apply::diff::differs(&body, &changed));
-    }
-
-    #[test]
-    fn a_binding_to_a_role_of_the_same_revision_waits_for_it_and_the_role_goes_first() {
-        let cat = crate::plan::Catalog::new([
-            rt("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false),
-            rt("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false),
-            rt("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
-        ]);
-        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "reader"}});
-        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "reader"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "reader"}, "subjects": []});
-        let other = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "view"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}, "subjects": []});
-        let plan = plan::build(vec![manifest("r.yaml", role), manifest("b.yaml", binding), manifest("o.yaml", other)], &cat, &opts()).unwrap();
-        let binding = plan.objects().iter().find(|p| p.id.kind == "ClusterRoleBinding").unwrap();
-        let other = plan.objects().iter().find(|p| p.id.kind == "RoleBinding").unwrap();
-        let mut live = HashMap::new();
-        assert!(binds_new_role(&plan, &live, binding));
-        assert!(!binds_new_role(&plan, &live, other), "a role outside the revision: dry-run at once");
-        let defs = definitions(&plan, &live);
-        assert_eq!(defs.iter().map(|id| id.kind.as_str()).collect::<Vec<_>>(), ["ClusterRole"]);
-        // once the role exists, nothing waits
-        let role_id = plan.objects().iter().find(|p| p.id.kind == "ClusterRole").unwrap().id.clone();
-        live.insert(role_id, Live::default());
-        assert!(!binds_new_role(&plan, &live, binding));
-        assert!(definitions(&plan, &live).is_empty());
     }
 }

@@ -41,6 +41,7 @@ impl Agent {
             cluster: Cluster::connect(Some(&kubeconfig_path())).await.expect("connect as driftless"),
             agent_namespace: namespace.into(),
             cache_dir: cache.path().to_path_buf(),
+            instance: "driftless".into(),
             limits: Limits::default(),
         };
         Agent { ctx, client, _cache: cache }

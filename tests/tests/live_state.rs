@@ -178,7 +178,13 @@ async fn wave_one_waits_for_wave_zero_to_be_available() {
     let agent = Agent::new().await;
     let ns = TestNamespace::new(&agent.client, "live-waves").await;
     let repo = GitFixture::new();
-    repo.write("db.yaml", DEPLOYMENT.replace("name: api", "name: db").replace("app: api", "app: db"));
+    // db turns Available only once its pod has been ready for 2 s (maxUnavailable 0: one
+    // available replica is the minimum), well after the controller's first status writes
+    let db = DEPLOYMENT.replace("name: api", "name: db").replace("app: api", "app: db").replace(
+        "spec:\n  selector:",
+        "spec:\n  minReadySeconds: 2\n  strategy:\n    rollingUpdate: {maxUnavailable: 0}\n  selector:",
+    );
+    repo.write("db.yaml", db);
     repo.write(
         "app.yaml",
         configmap("app", "1").replace("metadata:\n", "metadata:\n  annotations: {driftless.dev/wave: \"1\"}\n"),
@@ -188,7 +194,7 @@ async fn wave_one_waits_for_wave_zero_to_be_available() {
     let report = agent.sync(&source).await;
     assert_eq!(report.state, State::Synced, "{}", report.message);
 
-    // from the audit log: the app ConfigMap was created after the db Deployment reported Available
+    // from the audit log: when db and the app ConfigMap were written
     let events = audit_events();
     let time_of = |pred: &dyn Fn(&serde_json::Value) -> bool| {
         events.iter().filter(|e| pred(e)).map(|e| e["stageTimestamp"].as_str().unwrap_or_default().to_string()).next()
@@ -202,19 +208,31 @@ async fn wave_one_waits_for_wave_zero_to_be_available() {
         is_write(e) && e["objectRef"]["namespace"] == ns_name.as_str() && e["objectRef"]["name"] == "app" && e["objectRef"]["resource"] == "configmaps"
     })
     .expect("app applied");
-    let db_available = time_of(&|e| {
-        e["objectRef"]["namespace"] == ns_name.as_str()
-            && e["objectRef"]["name"] == "db"
-            && e["objectRef"]["subresource"] == "status"
-            && e["user"]["username"].as_str().unwrap_or_default().contains("deployment-controller")
-    });
-    assert!(db_applied < app_applied);
-    let db_available = db_available.expect("the deployment controller updated db's status");
-    assert!(db_available <= app_applied, "app at {app_applied}, db available at {db_available}");
+    // and from db itself: when its Available condition turned True (whole seconds)
     let deployments = dynamic_api(&agent.client, "apps/v1", "Deployment", "deployments", ns.name());
     let db = get(&deployments, "db").await.unwrap();
     assert_eq!(db["status"]["availableReplicas"], 1);
+    let available = db["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Available" && c["status"] == "True"))
+        .unwrap_or_else(|| panic!("db is Available: {:#}", db["status"]));
+    let db_available = available["lastTransitionTime"].as_str().expect("lastTransitionTime").to_string();
+    // the transition came seconds after db was applied (so a second's precision tells them apart)...
+    assert!(micros(&db_available) > micros(&db_applied), "db applied at {db_applied}, Available at {db_available}");
+    // ...and the app ConfigMap of wave 1 was written only after it
+    assert!(
+        micros(&app_applied) >= micros(&db_available),
+        "app written at {app_applied}, before db turned Available at {db_available}"
+    );
     ns.cleanup().await;
+}
+
+/// An RFC 3339 UTC time (`...:05Z` or `...:05.123456Z`) as `...:05.123456`, which sorts as time.
+fn micros(t: &str) -> String {
+    let t = t.trim_end_matches('Z');
+    let (seconds, fraction) = t.split_once('.').unwrap_or((t, ""));
+    assert_eq!(seconds.len(), 19, "not an RFC 3339 UTC time: {t}");
+    format!("{seconds}.{fraction:0<6}")
 }
 
 #[tokio::test(flavor = "multi_thread")]

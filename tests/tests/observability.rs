@@ -1062,8 +1062,9 @@ async fn events_and_parent_annotations_report_syncs_drift_prunes_and_failures() 
     assert!(fight.note.contains("keeps changing") && fight.note.contains("intruder"), "{fight:?}");
 
     // a pruning commit: Pruned naming what was deleted; the parent carries the new revision
-    // (the Synced Event of this second sync and the health annotation after it: see the ignored
-    // tests below)
+    // (the Synced Event of this second sync and the health annotation after it: see the two tests
+    // below, the_synced_event_of_each_new_revision_names_that_revision and
+    // the_parent_keeps_its_health_annotation_after_another_sync)
     let c2 = s.commit_prune().await;
     let pruned = wait_event(&s.agent, &s.client, &good, "Pruned", |e| e.note.contains(short(&c2))).await;
     assert_eq!(pruned.type_, "Normal");

@@ -209,12 +209,14 @@ async fn a_symlink_escaping_the_source_path_fails_the_fetch_and_changes_nothing(
     given.repo.commit("a link out of apps");
     let report = given.agent.sync(&given.source).await;
 
-    // then the fetch refuses the link by name
+    // then the fetch refuses the link by name and target
     given.assert_failed_and_nothing_changed(&report, "FetchFailed").await;
     let m = &report.message;
-    assert!(m.contains("x.yaml"), "the link is named: {m}");
-    assert!(m.contains("outside the source path"), "{m}");
-    assert!(!given.before.contains_key("outside"));
+    assert!(m.contains("symlink x.yaml") || m.contains("symlink apps/x.yaml"), "the link is named: {m}");
+    assert!(m.contains("../secret.yaml") && m.contains("outside the source path"), "{m}");
+    // and nothing of the file it points to reached the cluster
+    assert!(get(&given.cm_api(), "outside").await.is_none(), "the linked file's ConfigMap was applied");
+    assert!(report.changes.entries.iter().all(|c| c.id.name != "outside"), "{:#?}", report.changes);
     given.cleanup().await;
 }
 
@@ -479,9 +481,9 @@ async fn a_crd_and_its_custom_resources_sync_in_one_revision() {
 
 /// The module documentation of `sync` promises that "a failed ... validation applies nothing and
 /// prunes nothing". A custom resource whose CRD is in the same revision can only be dry-run once
-/// the CRD exists, so the CRD itself has to be written first; but today every object of the
-/// stages before the custom resources is applied too (here `b` is configured and `d` created)
-/// before the custom resource's dry-run fails, and the sync still reports ValidationFailed.
+/// the CRD exists, so the CRD itself has to be written first; nothing else of the revision may be
+/// (the ordinary changes beside it: `b` configured, `c` pruned, `d` created) when the custom
+/// resource's dry-run then fails with ValidationFailed.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_custom_resource_of_a_new_crd_applies_no_ordinary_object() {
     let given = given_three_configmaps("err-deferred", "", |_, _| {}).await;

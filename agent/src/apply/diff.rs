@@ -1,6 +1,14 @@
 //! The differ: does a server-side dry-run result differ from the live object? Pure.
+//!
+//! Only what Driftless applies is compared: the fields its field manager owns in the dry-run
+//! result ([`owned_differs`]). A controller that writes status, its own annotations or fields
+//! Driftless never set between the listing and the dry-run (a Deployment being rolled out) is
+//! not a difference, so such an object is not written again.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use crate::live::drift::Expected;
+use crate::FIELD_MANAGER;
 
 /// Metadata the server changes on every write, or that a dry-run fills in differently; not a
 /// difference in desired state.
@@ -16,6 +24,57 @@ fn strip(object: &Value) -> Value {
     let mut o = object.clone();
     strip_in_place(&mut o);
     o
+}
+
+/// Whether applying would change what Driftless owns of the live object: the set of fields its
+/// field manager owns (`live_owned`, from the live object's managedFields) differs from the
+/// dry-run's, or a value at one of those fields differs. Without an entry of Driftless in the
+/// dry-run result, the whole objects are compared.
+pub fn owned_differs(live: &Value, live_owned: &Expected, dry_run: &Value) -> bool {
+    let Some(fields) = owned_fields(dry_run) else { return differs(live, dry_run) };
+    if Expected::from_object(dry_run) != *live_owned {
+        return true;
+    }
+    project(live, fields) != project(dry_run, fields)
+}
+
+/// The `fieldsV1` of Driftless's apply (not of a subresource), if the object has one.
+fn owned_fields(object: &Value) -> Option<&Value> {
+    object.get("metadata")?.get("managedFields")?.as_array()?.iter().find_map(|m| {
+        let ours = m.get("manager")?.as_str()? == FIELD_MANAGER
+            && m.get("operation")?.as_str()? == "Apply"
+            && m.get("subresource").and_then(Value::as_str).unwrap_or("").is_empty();
+        ours.then(|| m.get("fieldsV1")).flatten()
+    })
+}
+
+/// The part of `value` that a `fieldsV1` set names: `f:` fields, `k:` list items by key, `v:`
+/// set members, `i:` items by index; an empty set is a whole (leaf or atomic) value. A field the
+/// set names that `value` lacks projects to null.
+fn project(value: &Value, fields: &Value) -> Value {
+    let Some(fields) = fields.as_object().filter(|f| !f.is_empty()) else { return value.clone() };
+    let items = value.as_array();
+    let mut out = Map::new();
+    for (key, sub) in fields {
+        let projected = if let Some(name) = key.strip_prefix("f:") {
+            value.get(name).map(|v| project(v, sub))
+        } else if let Some(k) = key.strip_prefix("k:") {
+            let wanted: Option<Map<String, Value>> = serde_json::from_str(k).ok();
+            wanted
+                .and_then(|w| items?.iter().find(|item| w.iter().all(|(f, v)| item.get(f) == Some(v))))
+                .map(|item| project(item, sub))
+        } else if let Some(v) = key.strip_prefix("v:") {
+            let member: Option<Value> = serde_json::from_str(v).ok();
+            Some(Value::Bool(member.is_some_and(|m| items.is_some_and(|a| a.contains(&m)))))
+        } else if let Some(i) = key.strip_prefix("i:") {
+            i.parse::<usize>().ok().and_then(|i| items?.get(i)).map(|item| project(item, sub))
+        } else {
+            // "." marks the item itself as owned: its presence is what matters
+            continue;
+        };
+        out.insert(key.clone(), projected.unwrap_or(Value::Null));
+    }
+    Value::Object(out)
 }
 
 /// Removes from an object what [`differs`] ignores.
@@ -112,6 +171,62 @@ mod tests {
         assert!(paths.iter().all(|p| !p.contains("secret")));
         assert_eq!(changed_paths(&live, &dry, 1).len(), 1);
         assert!(changed_paths(&live, &live, 10).is_empty());
+    }
+
+    fn applied(fields: Value, body: Value) -> Value {
+        let mut o = body;
+        o["metadata"]["managedFields"] = json!([
+            {"manager": "driftless", "operation": "Apply", "apiVersion": "apps/v1", "fieldsV1": fields},
+            {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "apps/v1", "fieldsV1": {"f:metadata": {"f:annotations": {"f:deployment.kubernetes.io/revision": {}}}}},
+        ]);
+        o
+    }
+
+    fn deployment_fields() -> Value {
+        json!({"f:metadata": {"f:labels": {"f:app": {}}},
+            "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"web\"}": {".": {}, "f:image": {}, "f:name": {}}}}}}})
+    }
+
+    fn deployment(image: &str, replicas: u64, revision: &str) -> Value {
+        json!({"metadata": {"name": "web", "labels": {"app": "web"}, "annotations": {"deployment.kubernetes.io/revision": revision}},
+            "spec": {"replicas": replicas, "progressDeadlineSeconds": 600,
+                "template": {"spec": {"containers": [{"name": "web", "image": image, "imagePullPolicy": "Always"}]}}},
+            "status": {"replicas": 1}})
+    }
+
+    #[test]
+    fn what_a_controller_writes_between_listing_and_dry_run_is_no_difference() {
+        let dry = applied(deployment_fields(), deployment("nginx:1", 2, "2"));
+        let live_owned = Expected::from_object(&dry);
+        // listed before the controller set its revision annotation and status
+        let mut listed = deployment("nginx:1", 2, "1");
+        strip_in_place(&mut listed);
+        assert!(differs(&listed, &dry), "the whole objects differ");
+        assert!(!owned_differs(&listed, &live_owned, &dry), "what Driftless owns does not");
+    }
+
+    #[test]
+    fn an_owned_value_or_the_owned_set_changed_is_a_difference() {
+        let dry = applied(deployment_fields(), deployment("nginx:2", 2, "1"));
+        let owned = Expected::from_object(&dry);
+        assert!(owned_differs(&deployment("nginx:1", 2, "1"), &owned, &dry), "an owned list item's field");
+        assert!(owned_differs(&deployment("nginx:2", 3, "1"), &owned, &dry), "an owned scalar");
+        assert!(!owned_differs(&deployment("nginx:2", 2, "1"), &owned, &dry));
+        // another manager took a field: Driftless's set in the live object is smaller
+        let taken = Expected::from_object(&applied(json!({"f:spec": {"f:replicas": {}}}), deployment("nginx:2", 2, "1")));
+        assert!(owned_differs(&deployment("nginx:2", 2, "1"), &taken, &dry));
+        // a dry-run result without Driftless's entry: whole objects compared
+        let bare = deployment("nginx:2", 2, "1");
+        assert!(!owned_differs(&bare, &owned, &bare));
+    }
+
+    #[test]
+    fn projection_reads_set_members_and_indices() {
+        let fields = json!({"f:finalizers": {"v:\"a\"": {}}, "f:args": {"i:1": {}}});
+        let one = json!({"finalizers": ["a", "b"], "args": ["x", "y"]});
+        let other = json!({"finalizers": ["b"], "args": ["x", "z"]});
+        assert_eq!(project(&one, &fields), json!({"f:finalizers": {"v:\"a\"": true}, "f:args": {"i:1": "y"}}));
+        assert_eq!(project(&other, &fields), json!({"f:finalizers": {"v:\"a\"": false}, "f:args": {"i:1": "z"}}));
     }
 
     #[test]

@@ -117,10 +117,33 @@ impl Cluster {
 
     /// Server-side apply of one planned object (a dry-run when `dry_run`); returns the result.
     pub async fn apply(&self, p: &Planned, dry_run: bool) -> Result<Value, kube::Error> {
-        let mut params = PatchParams::apply(FIELD_MANAGER).force();
+        // strict: an unknown or duplicate field fails with its path instead of being dropped
+        let mut params = PatchParams::apply(FIELD_MANAGER).force().validation_strict();
         params.dry_run = dry_run;
         let applied = self.api(&p.resource, &p.id.namespace).patch(&p.id.name, &params, &Patch::Apply(&p.object)).await?;
         Ok(to_value(applied))
+    }
+
+    /// A dry-run create of an object in another namespace (one that exists), with strict field
+    /// validation: what the object itself gets wrong, judged before its own namespace exists.
+    pub async fn dry_run_create_in(&self, p: &Planned, namespace: &str) -> Result<(), kube::Error> {
+        let mut body = p.value();
+        if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("namespace".into(), Value::String(namespace.to_string()));
+        }
+        let rt = &p.resource;
+        let collection = if rt.group.is_empty() {
+            format!("/api/{}/namespaces/{namespace}/{}", rt.version, rt.plural)
+        } else {
+            format!("/apis/{}/{}/namespaces/{namespace}/{}", rt.group, rt.version, rt.plural)
+        };
+        let uri = format!("{collection}?dryRun=All&fieldManager={FIELD_MANAGER}&fieldValidation=Strict");
+        let body = serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?;
+        let request = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|e| kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e)))?;
+        self.client.request::<Value>(request).await.map(|_| ())
     }
 
     /// Deletes an object in the background, only if it is still the object that was listed
@@ -159,6 +182,10 @@ impl Cluster {
     }
 }
 
+/// A dry-run's verdict on one object: its decision and, when the dry-run would change it, what
+/// Driftless would own of it afterwards; or the server's refusal.
+pub type Verdict = Result<(Decision, Option<Expected>), (ObjectRef, String)>;
+
 /// What the dry-run decided for one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -170,34 +197,35 @@ pub enum Decision {
 }
 
 /// Dry-runs each object against the live state, with bounded concurrency. Returns a decision
-/// per object index, or every failure (object and server message).
+/// per object index (with, for an object the dry-run would change, what Driftless would own of
+/// it afterwards), or every failure (object and server message).
 pub async fn dry_run(
     cluster: &Cluster,
     objects: &[&Planned],
     live: &HashMap<ObjectRef, Live>,
-) -> Result<Vec<Decision>, Vec<(ObjectRef, String)>> {
+) -> Result<Vec<(Decision, Option<Expected>)>, Vec<(ObjectRef, String)>> {
     // Indices, not references, go through the stream: closures over `&Planned` arguments are
     // not general enough for futures spawned on the runtime.
-    let results: Vec<Result<Decision, (ObjectRef, String)>> = stream::iter(0..objects.len())
+    let results: Vec<Verdict> = stream::iter(0..objects.len())
         .map(|i| async move {
             let p = objects[i];
             let current = live.get(&p.id);
             match cluster.apply(p, true).await {
-                Ok(result) => Ok(match current.map(|c| c.body.as_ref()) {
-                    None => Decision::Create,
+                Ok(result) => Ok(match current.map(|c| (c.body.as_ref(), &c.expected)) {
+                    None => (Decision::Create, None),
                     // only the checks were kept: the object is dry-run because its desired
                     // hash changed, so it is written (a no-op on the server if nothing differs)
-                    Some(None) => Decision::Configure,
-                    Some(Some(body)) if diff::differs(body, &result) => {
+                    Some((None, _)) => (Decision::Configure, None),
+                    Some((Some(body), owned)) if diff::owned_differs(body, owned, &result) => {
                         tracing::debug!(object = %p.id, changed = ?diff::changed_paths(body, &result, 5), "dry-run differs");
-                        Decision::Configure
+                        (Decision::Configure, Some(Expected::from_object(&result)))
                     }
-                    Some(Some(_)) => Decision::Unchanged,
+                    Some((Some(_), _)) => (Decision::Unchanged, None),
                 }),
                 Err(e) => {
                     let message = api_message(&e);
                     if p.recreate && current.is_some() && diff::is_immutable_field_error(&message) {
-                        Ok(Decision::Recreate)
+                        Ok((Decision::Recreate, None))
                     } else {
                         Err((p.id.clone(), message))
                     }
@@ -210,6 +238,35 @@ pub async fn dry_run(
     let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
     if failures.is_empty() {
         Ok(results.into_iter().filter_map(Result::ok).collect())
+    } else {
+        Err(failures)
+    }
+}
+
+/// Prechecks objects whose namespace this revision creates, before anything is written: each is
+/// dry-run as a create in `namespace` (which exists). Only what the object itself gets wrong
+/// fails the revision: an unknown field (400) or an invalid value (422). Anything else (the name
+/// taken there, that namespace's quota or policies, RBAC) says nothing about the object in its
+/// own namespace, where the dry-run in place judges it once the namespace exists.
+pub async fn precheck(cluster: &Cluster, objects: &[&Planned], namespace: &str) -> Result<(), Vec<(ObjectRef, String)>> {
+    let results: Vec<Option<(ObjectRef, String)>> = stream::iter(0..objects.len())
+        .map(|i| async move {
+            let p = objects[i];
+            match cluster.dry_run_create_in(p, namespace).await {
+                Ok(()) => None,
+                Err(e) if matches!(status_code(&e), Some(400 | 422)) => Some((p.id.clone(), api_message(&e))),
+                Err(e) => {
+                    tracing::debug!(object = %p.id, error = %api_message(&e), "precheck inconclusive; dry-run in place later");
+                    None
+                }
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    let failures: Vec<_> = results.into_iter().flatten().collect();
+    if failures.is_empty() {
+        Ok(())
     } else {
         Err(failures)
     }
@@ -249,6 +306,13 @@ pub struct Live {
     pub desired_hash: Option<String>,
     /// Annotated `driftless.dev/prune: disabled`.
     pub prune_disabled: bool,
+    /// Its `driftless.dev/source` annotation: the source that applied it.
+    pub source: Option<String>,
+    /// Driftless's field manager applied it (an Apply entry in its managedFields): a member that
+    /// lacks one was not created by Driftless, whatever its labels say, and is never pruned.
+    pub owned: bool,
+    /// Labelled `applyset.kubernetes.io/id`: the parent of an ApplySet (anyone's).
+    pub is_parent: bool,
     /// What Driftless's field manager owns of it now.
     pub expected: Expected,
     /// With [`Keep::Body`]: the object as [`diff::differs`] compares it (no status, no volatile
@@ -261,6 +325,8 @@ impl Live {
     /// the expectation and the rest of them dropped.
     pub fn from_meta(meta: &mut ObjectMeta) -> Self {
         let ours: Vec<_> = meta.managed_fields.take().unwrap_or_default().into_iter().filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER)).collect();
+        let owned = ours.iter().any(|f| f.operation.as_deref() == Some("Apply") && f.subresource.as_deref().unwrap_or("").is_empty());
+        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).cloned();
         let expected = Expected::from_object(&serde_json::json!({"metadata": {"managedFields": ours}}));
         let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
@@ -269,9 +335,12 @@ impl Live {
             namespace: text(&meta.namespace),
             uid: text(&meta.uid),
             resource_version: text(&meta.resource_version),
-            part_of: meta.labels.as_ref().and_then(|l| l.get(crate::keys::APPLYSET_PART_OF)).cloned(),
+            part_of: label(crate::keys::APPLYSET_PART_OF),
             desired_hash: annotation(crate::keys::DESIRED_HASH),
             prune_disabled: annotation(crate::keys::PRUNE).as_deref() == Some("disabled"),
+            source: annotation(crate::keys::SOURCE),
+            owned,
+            is_parent: label(crate::keys::APPLYSET_ID).is_some(),
             expected,
             body: None,
         }

@@ -5,7 +5,9 @@
 
 pub mod hash;
 pub mod order;
+pub mod ownership;
 pub mod prune;
+pub mod schedule;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -173,18 +175,13 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
         let (group, version) = m.group_version();
         let (group, version, kind) = (group.to_string(), version.to_string(), m.kind().to_string());
         let name = m.name().to_string();
-        let label = format!("{} {}: {kind} {}", m.origin, m.api_version(), m.name());
+        let label = format!("{}: {kind} {}", m.origin, m.name());
         let (resource, needs_crd) = match catalog.resolve(&group, &version, &kind) {
             Some(t) => (t.clone(), false),
             None => match revision_crds.iter().find(|t| t.group == group && t.version == version && t.kind == kind) {
                 Some(t) => (t.clone(), true),
                 None => {
-                    let cause = if catalog.knows_kind(&group, &kind) {
-                        format!("version {version} of {kind} is not served by the API server")
-                    } else {
-                        "unknown kind: the API server does not serve it and no CustomResourceDefinition in this revision defines it".to_string()
-                    };
-                    problems.push(format!("{label}: {cause}"));
+                    problems.push(format!("{label}: {}", unserved(catalog, &revision_crds, m.api_version(), &group, &kind)));
                     continue;
                 }
             },
@@ -216,7 +213,7 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
         let id = ObjectRef::new(group.clone(), kind.clone(), namespace, name);
 
         if let Some(first) = seen.get(&id) {
-            problems.push(format!("{id} is defined twice: in {first} and in {origin}"));
+            problems.push(format!("{origin}: {id} is defined twice: in {first} and in {origin}"));
             continue;
         }
         seen.insert(id.clone(), origin.clone());
@@ -258,6 +255,38 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
         ))
     });
     Ok(Plan::new(objects))
+}
+
+/// Why an object's apiVersion and kind cannot be planned: the versions the cluster (or a CRD of
+/// the revision) serves for the kind in its group, or else in other groups (`extensions/v1beta1`
+/// Ingress is `networking.k8s.io/v1` now), or that the kind is unknown.
+fn unserved(catalog: &Catalog, revision_crds: &[Arc<ResourceType>], api_version: &str, group: &str, kind: &str) -> String {
+    let served = |same_group: bool| {
+        let mut types: Vec<&ResourceType> = catalog
+            .types
+            .values()
+            .map(|t| t.as_ref())
+            .chain(revision_crds.iter().map(|t| t.as_ref()))
+            .filter(|t| t.kind == kind && (t.group == group) == same_group)
+            .collect();
+        types.sort_by(|a, b| (&a.group, std::cmp::Reverse(version_priority(&a.version)), &a.version).cmp(&(
+            &b.group,
+            std::cmp::Reverse(version_priority(&b.version)),
+            &b.version,
+        )));
+        let mut versions: Vec<String> = types.iter().map(|t| t.api_version()).collect();
+        versions.dedup();
+        versions
+    };
+    let in_group = served(true);
+    if !in_group.is_empty() {
+        return format!("{api_version} is not served for {kind}; the cluster serves {}", in_group.join(", "));
+    }
+    let elsewhere = served(false);
+    if !elsewhere.is_empty() {
+        return format!("{api_version} is not served for {kind}; the cluster serves {kind} as {}", elsewhere.join(", "));
+    }
+    format!("unknown kind {api_version} {kind}: the API server does not serve it and no CustomResourceDefinition in this revision defines it")
 }
 
 /// Moves a Secret's `stringData` into `data` (base64), as the API server stores it. Applied as
@@ -379,7 +408,7 @@ mod tests {
         let order: Vec<String> = plan.objects().iter().map(|p| format!("{}/{}", p.id.kind, p.id.name)).collect();
         assert_eq!(
             order,
-            ["Namespace/apps", "ServiceAccount/sa", "ConfigMap/a", "ConfigMap/b", "Deployment/web", "Service/web", "ValidatingWebhookConfiguration/h"]
+            ["Namespace/apps", "ServiceAccount/sa", "ConfigMap/a", "ConfigMap/b", "Service/web", "Deployment/web", "ValidatingWebhookConfiguration/h"]
         );
     }
 
@@ -428,7 +457,7 @@ mod tests {
         explicit["metadata"]["namespace"] = json!("apps");
         let err = build(vec![manifest("one.yaml", cm("a")), manifest("two.yaml", explicit)], &catalog(), &opts()).unwrap_err();
         assert_eq!(err.problems.len(), 1);
-        assert!(err.problems[0].contains("one.yaml:1") && err.problems[0].contains("two.yaml:1"), "{err}");
+        assert_eq!(err.problems, ["two.yaml:1: ConfigMap apps/a is defined twice: in one.yaml:1 and in two.yaml:1"]);
     }
 
     #[test]
@@ -444,14 +473,98 @@ mod tests {
     fn an_unknown_kind_fails_naming_the_object() {
         let w = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
         let err = build(vec![manifest("w.yaml", w)], &catalog(), &opts()).unwrap_err();
-        assert!(err.problems[0].contains("Widget w") && err.problems[0].contains("unknown kind"), "{err}");
+        assert_eq!(
+            err.problems,
+            ["w.yaml:1: Widget w: unknown kind example.com/v1 Widget: the API server does not serve it and no \
+              CustomResourceDefinition in this revision defines it"]
+        );
     }
 
     #[test]
     fn an_unserved_version_is_reported_as_such() {
         let d = json!({"apiVersion": "apps/v1beta1", "kind": "Deployment", "metadata": {"name": "d"}});
         let err = build(vec![manifest("d.yaml", d)], &catalog(), &opts()).unwrap_err();
-        assert!(err.problems[0].contains("version v1beta1"), "{err}");
+        assert_eq!(err.problems, ["d.yaml:1: Deployment d: apps/v1beta1 is not served for Deployment; the cluster serves apps/v1"]);
+    }
+
+    /// Seed 004's rbac-config.yaml: Tiller's ServiceAccount and a ClusterRoleBinding of the
+    /// removed rbac.authorization.k8s.io/v1beta1.
+    const TILLER_RBAC: &str = "apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: tiller
+  namespace: kube-system
+---
+apiVersion: rbac.authorization.k8s.io/v1beta1
+kind: ClusterRoleBinding
+metadata:
+  name: tiller
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: cluster-admin
+subjects:
+  - kind: ServiceAccount
+    name: tiller
+    namespace: kube-system
+";
+
+    #[test]
+    fn a_removed_api_version_names_the_file_line_object_and_the_served_version() {
+        let files = [crate::manifest::SourceFile { path: "rbac-config.yaml".into(), content: TILLER_RBAC.into() }];
+        let manifests = crate::render::render(&files, &crate::render::Limits::default()).unwrap();
+        let cat = Catalog::new([
+            rt("", "v1", "ServiceAccount", "serviceaccounts", true),
+            rt("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false),
+            rt("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false),
+        ]);
+        let err = build(manifests, &cat, &opts()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rbac-config.yaml:7: ClusterRoleBinding tiller: rbac.authorization.k8s.io/v1beta1 is not served for \
+             ClusterRoleBinding; the cluster serves rbac.authorization.k8s.io/v1"
+        );
+        assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn every_served_version_is_listed_most_stable_first() {
+        let cat = Catalog::new([
+            rt("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true),
+            rt("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true),
+        ]);
+        let hpa = json!({"apiVersion": "autoscaling/v2beta2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web"}});
+        let err = build(vec![manifest("hpa.yaml", hpa)], &cat, &opts()).unwrap_err();
+        assert_eq!(
+            err.problems,
+            ["hpa.yaml:1: HorizontalPodAutoscaler web: autoscaling/v2beta2 is not served for HorizontalPodAutoscaler; \
+              the cluster serves autoscaling/v2, autoscaling/v1"]
+        );
+    }
+
+    #[test]
+    fn a_kind_that_moved_group_names_where_it_is_served_now() {
+        let cat = Catalog::new([
+            rt("networking.k8s.io", "v1", "Ingress", "ingresses", true),
+            rt("apps", "v1", "Deployment", "deployments", true),
+        ]);
+        let ingress = json!({"apiVersion": "extensions/v1beta1", "kind": "Ingress", "metadata": {"name": "web"}});
+        let err = build(vec![manifest("ingress.yaml", ingress)], &cat, &opts()).unwrap_err();
+        assert_eq!(
+            err.problems,
+            ["ingress.yaml:1: Ingress web: extensions/v1beta1 is not served for Ingress; the cluster serves Ingress as networking.k8s.io/v1"]
+        );
+    }
+
+    #[test]
+    fn a_version_a_crd_of_the_revision_does_not_serve_names_the_ones_it_does() {
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced", "names": {"kind": "Widget", "plural": "widgets"},
+                     "versions": [{"name": "v1", "served": true, "storage": true}, {"name": "v1alpha1", "served": false}]}});
+        let w = json!({"apiVersion": "example.com/v1alpha1", "kind": "Widget", "metadata": {"name": "w"}});
+        let err = build(vec![manifest("crd.yaml", crd), manifest("w.yaml", w)], &catalog(), &opts()).unwrap_err();
+        assert_eq!(err.problems, ["w.yaml:1: Widget w: example.com/v1alpha1 is not served for Widget; the cluster serves example.com/v1"]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Prune planning: which live members of an ApplySet may be deleted, and which safeguard holds
 //! the rest. Pure: the live objects come from the API layer as plain data.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -18,6 +18,8 @@ pub struct LiveObject {
     pub part_of: Option<String>,
     /// Annotated `driftless.dev/prune: disabled`.
     pub prune_disabled: bool,
+    /// Driftless's field manager applied it (see [`crate::apply::Live::owned`]).
+    pub owned: bool,
 }
 
 /// The safeguards' settings for one source.
@@ -36,6 +38,10 @@ pub struct PrunePolicy {
     pub agent_namespace: String,
     /// The ApplySet parent: never pruned.
     pub parent: ObjectRef,
+    /// Objects other sources' revisions declare (their parents' `driftless.dev/claims`), with the
+    /// claiming set's id: a member this revision no longer declares is handed over to that set,
+    /// keeping its UID, instead of being deleted.
+    pub claims: HashMap<ObjectRef, String>,
 }
 
 /// Kinds never pruned unless listed as prunable: deleting them loses data or whole trees.
@@ -60,6 +66,8 @@ pub enum KeepReason {
     Parent,
     /// No longer labelled as a member of this set.
     NotAMember,
+    /// Labelled as a member, but Driftless never applied it (a copied label): never deleted.
+    NotOwned,
 }
 
 /// Why a whole prune is held.
@@ -91,6 +99,8 @@ impl std::fmt::Display for Hold {
 pub struct PrunePlan {
     /// To delete, in deletion order (reverse of apply order).
     pub delete: Vec<LiveObject>,
+    /// To hand over to the set that claims them (its id), instead of deleting them.
+    pub handover: Vec<(LiveObject, String)>,
     /// Left in place, with the reason.
     pub kept: Vec<(ObjectRef, KeepReason)>,
     /// When set, nothing is deleted.
@@ -115,6 +125,11 @@ pub fn plan_prune<'a>(
             Some(KeepReason::Parent)
         } else if o.id.group.is_empty() && o.id.kind == "Namespace" && o.id.name == policy.agent_namespace {
             Some(KeepReason::AgentNamespace)
+        } else if !o.owned {
+            Some(KeepReason::NotOwned)
+        } else if let Some(claimant) = policy.claims.get(&o.id).filter(|c| **c != policy.applyset_id) {
+            plan.handover.push((o.clone(), claimant.clone()));
+            continue;
         } else if o.prune_disabled {
             Some(KeepReason::PruneDisabled)
         } else if protected_kinds().contains(&o.id.group_kind()) && !policy.prunable.contains(&o.id.group_kind()) {
@@ -161,7 +176,7 @@ mod tests {
     }
 
     fn member(id: ObjectRef) -> LiveObject {
-        LiveObject { id, uid: "u".into(), resource_version: "1".into(), part_of: Some("set-a".into()), prune_disabled: false }
+        LiveObject { id, uid: "u".into(), resource_version: "1".into(), part_of: Some("set-a".into()), prune_disabled: false, owned: true }
     }
 
     fn policy() -> PrunePolicy {
@@ -172,6 +187,7 @@ mod tests {
             prunable: BTreeSet::new(),
             agent_namespace: "driftless-system".into(),
             parent: id("", "ConfigMap", "driftless-system", "driftless-demo"),
+            claims: HashMap::new(),
         }
     }
 
@@ -281,6 +297,31 @@ mod tests {
         let p = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
         let plan = plan_prune(&live, &HashSet::new(), &p);
         let kinds: Vec<_> = plan.delete.iter().map(|o| o.id.kind.as_str()).collect();
-        assert_eq!(kinds, ["Widget", "Service", "Deployment", "ConfigMap", "ServiceAccount"]);
+        // Helm's order reversed: custom resources, workloads, then the Services before them
+        assert_eq!(kinds, ["Widget", "Deployment", "Service", "ConfigMap", "ServiceAccount"]);
+    }
+
+    #[test]
+    fn a_member_with_a_copied_label_that_driftless_never_applied_is_kept() {
+        let mut copied = member(id("", "ConfigMap", "apps", "copied"));
+        copied.owned = false;
+        let live = vec![copied, member(id("", "ConfigMap", "apps", "ours"))];
+        let p = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
+        let plan = plan_prune(&live, &HashSet::new(), &p);
+        assert_eq!(plan.delete.iter().map(|o| o.id.name.as_str()).collect::<Vec<_>>(), ["ours"]);
+        assert_eq!(plan.kept, [(id("", "ConfigMap", "apps", "copied"), KeepReason::NotOwned)]);
+    }
+
+    #[test]
+    fn a_member_another_set_claims_is_handed_over_not_deleted() {
+        let live = cms(4);
+        let mut p = policy();
+        p.claims.insert(live[3].id.clone(), "set-b".into());
+        // a claim by this very set changes nothing
+        p.claims.insert(live[2].id.clone(), "set-a".into());
+        let plan = plan_prune(&live, &desired(&live, 2), &p);
+        assert_eq!(plan.handover, [(live[3].clone(), "set-b".to_string())]);
+        assert_eq!(plan.delete.iter().map(|o| o.id.name.as_str()).collect::<Vec<_>>(), ["c2"], "a handover is not a deletion");
+        assert_eq!(plan.held, None);
     }
 }

@@ -158,14 +158,60 @@ pub fn live_object(gk: &GroupKind, live: &Live) -> LiveObject {
         resource_version: live.resource_version.clone(),
         part_of: live.part_of.clone(),
         prune_disabled: live.prune_disabled,
+        owned: live.owned,
     }
 }
 
-/// Carries out a prune plan: deletes in order, each only if the object is unchanged since it
+/// The claims of every other Driftless parent in the agent's namespace: object -> the claiming
+/// set's id (see [`keys::CLAIMS`]).
+pub async fn read_claims(cluster: &Cluster, agent_namespace: &str, own: &ObjectRef) -> Result<HashMap<ObjectRef, String>, kube::Error> {
+    let parents = cluster.list(&configmap_type(), agent_namespace, "app.kubernetes.io/managed-by=driftless").await?;
+    let mut claims = HashMap::new();
+    for parent in parents {
+        let meta = &parent["metadata"];
+        if meta["name"].as_str() == Some(own.name.as_str()) {
+            continue;
+        }
+        let (Some(set), Some(text)) = (meta["labels"][keys::APPLYSET_ID].as_str(), meta["annotations"][keys::CLAIMS].as_str()) else {
+            continue;
+        };
+        for [group, kind, namespace, name] in decode_claims(text) {
+            claims.insert(ObjectRef::new(group, kind, namespace, name), set.to_string());
+        }
+    }
+    Ok(claims)
+}
+
+/// The claims annotation's value for these objects.
+pub fn encode_claims(ids: &[ObjectRef]) -> String {
+    let list: Vec<[&str; 4]> = ids.iter().map(|id| [id.group.as_str(), id.kind.as_str(), id.namespace.as_str(), id.name.as_str()]).collect();
+    serde_json::to_string(&list).unwrap_or_default()
+}
+
+/// Reads a claims annotation; anything malformed claims nothing.
+pub fn decode_claims(text: &str) -> Vec<[String; 4]> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Carries out a prune plan: hands claimed members over to the claiming set (relabelled, only if
+/// unchanged since listed), then deletes in order, each only if the object is unchanged since it
 /// was listed. A failed delete is reported and its object stays a member, to be retried.
 pub async fn execute(cluster: &Cluster, plan: &PrunePlan, types: &HashMap<&ObjectRef, &ResourceType>, changes: &mut ChangeSet) {
     for (id, reason) in &plan.kept {
         debug!(object = %id, ?reason, "kept by a prune safeguard");
+    }
+    for (o, claimant) in &plan.handover {
+        let Some(rt) = types.get(&o.id) else { continue };
+        // the resourceVersion makes the patch a precondition: a changed object is left alone
+        let patch = json!({"metadata": {"resourceVersion": o.resource_version, "labels": {keys::APPLYSET_PART_OF: claimant}}});
+        let params = PatchParams { field_manager: Some(crate::FIELD_MANAGER.into()), ..PatchParams::default() };
+        match cluster.api(rt, &o.id.namespace).patch(&o.id.name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => changes.push(o.id.clone(), Action::Skipped, format!("handed over to ApplySet {claimant}, which declares it now")),
+            Err(e) if status_code(&e) == Some(409) => {
+                changes.push(o.id.clone(), Action::Skipped, "changed since it was listed; handed over at the next sync")
+            }
+            Err(e) => changes.push(o.id.clone(), Action::Failed, format!("handover failed: {}", api_message(&e))),
+        }
     }
     for o in &plan.delete {
         let Some(rt) = types.get(&o.id) else {

@@ -13,7 +13,7 @@ pub(crate) fn parse_document(text: &str, budget: &Budget) -> Parsed {
     };
     let line = 1 + text[..start].matches('\n').count();
     if let Err(message) = budget.start_document() {
-        parsed.failure = Some(Failure { line: Some(line), message });
+        parsed.failure = Some(Failure { line: Some(line), object: None, message });
         return parsed;
     }
     let mut deserializer = serde_json::Deserializer::from_str(text);
@@ -28,7 +28,8 @@ pub(crate) fn parse_document(text: &str, budget: &Budget) -> Parsed {
                 Some(limit) => limit,
                 None => format!("invalid JSON: {error}"),
             };
-            parsed.failure = Some(Failure { line: error_line.or(Some(line)), message });
+            parsed.failure =
+                Some(Failure { line: error_line.or(Some(line)), object: None, message });
         }
     }
     parsed

@@ -177,7 +177,12 @@ pub fn render(files: &[SourceFile], limits: &Limits) -> Result<Vec<Manifest>, Re
             collect(&file.path, doc, &budget, &mut manifests, &mut problems);
         }
         if let Some(failure) = parsed.failure {
-            problems.push(file_problem(file, failure.line, failure.message));
+            problems.push(Problem {
+                file: file.path.clone(),
+                line: failure.line,
+                object: failure.object,
+                cause: failure.message,
+            });
         }
         if budget.exhausted() {
             break;

@@ -260,7 +260,8 @@ fn yaml_error_in_third_document_reports_the_file_line() {
         err.problems[0].cause.starts_with("invalid YAML: mapping values are not allowed"),
         "{err}"
     );
-    assert!(err.to_string().starts_with("x.yaml:17: invalid YAML"), "{err}");
+    assert_eq!(err.problems[0].object.as_deref(), Some("ConfigMap three"), "{err}");
+    assert!(err.to_string().starts_with("x.yaml:17: ConfigMap three: invalid YAML"), "{err}");
 }
 
 #[test]
@@ -521,4 +522,59 @@ fn display_lists_problems_and_caps_them() {
     let text = many.to_string();
     assert_eq!(text.matches("metadata.name is required").count(), RenderError::SHOWN);
     assert!(text.ends_with("; and 5 more problems"), "{text}");
+}
+
+/// Seed 002's change to the postgres Deployment, as its write-up gives it: the three `---` lines,
+/// tabs in the indentation, and the typos `persistenctVolumeClaim` and `constainers`.
+const SEED_002_POSTGRES: &str = "---
+---
+---
+spec:
+ volumes:
+  - name: pg-storage
+    persistenctVolumeClaim:
+\t claimName: db-pvc
+ constainers:
+  - name: postgres
+    image: postgres
+\tports:
+\t - containerPort: 5432
+\tvolumeMounts:
+\t - name: pg-storage
+\t   mountPath: /var/lib/postgresql/data
+\t   subPath: postgres
+";
+
+#[test]
+fn seed_002_tab_indentation_names_the_file_line_and_cause() {
+    let files =
+        [file("k8s/postgres-deployment.yaml", SEED_002_POSTGRES), file("k8s/ok.yaml", &cm("ok"))];
+    let err = render_err(&files, &Limits::default());
+    assert_eq!(
+        err.to_string(),
+        "k8s/postgres-deployment.yaml:8: invalid YAML: tabs are not allowed for indentation (a tab \
+         at column 1); indent with spaces"
+    );
+
+    // the same lines as the spec of the Deployment they change: the object is named too
+    let deployment = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: postgres-deployment\n{}",
+        SEED_002_POSTGRES.trim_start_matches("---\n")
+    );
+    let err = render_err(&[file("k8s/postgres-deployment.yaml", &deployment)], &Limits::default());
+    assert_eq!(
+        err.to_string(),
+        "k8s/postgres-deployment.yaml:9: Deployment postgres-deployment: invalid YAML: tabs are not \
+         allowed for indentation (a tab at column 1); indent with spaces"
+    );
+    assert!(!err.to_string().contains('\n'));
+
+    // with the tabs made spaces, it renders: the typos are for the API server to name
+    let spaces = deployment.replace('\t', "    ");
+    let manifests =
+        render(&[file("k8s/postgres-deployment.yaml", &spaces)], &Limits::default()).unwrap();
+    assert_eq!(
+        manifests[0].value()["spec"]["volumes"][0]["persistenctVolumeClaim"]["claimName"],
+        "db-pvc"
+    );
 }

@@ -27,11 +27,12 @@ pub(crate) struct Doc {
     pub index: usize,
 }
 
-/// Why a file could not be parsed completely: the 1-based line in the file where known, and a
-/// message for the user.
+/// Why a file could not be parsed completely: the 1-based line in the file where known, the
+/// object of the document where its text names one, and a message for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Failure {
     pub line: Option<usize>,
+    pub object: Option<String>,
     pub message: String,
 }
 

@@ -56,6 +56,7 @@ pub(crate) fn parse_documents(text: &str, budget: &Budget) -> Parsed {
             Ok(Err(failure)) => {
                 parsed.failure = Some(Failure {
                     line: failure.line.or(Some(chunk.content_line)),
+                    object: object_in_text(chunk.text),
                     message: failure.message,
                 });
                 return parsed;
@@ -63,6 +64,7 @@ pub(crate) fn parse_documents(text: &str, budget: &Budget) -> Parsed {
             Err(_) => {
                 parsed.failure = Some(Failure {
                     line: Some(chunk.content_line),
+                    object: object_in_text(chunk.text),
                     message: "invalid YAML: the parser failed on this document".to_owned(),
                 });
                 return parsed;
@@ -81,7 +83,7 @@ pub(crate) fn parse_documents(text: &str, budget: &Budget) -> Parsed {
 fn parse_chunk(text: &str, offset: usize, budget: &Budget) -> Result<Vec<Value>, Failure> {
     let mut values = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
-        budget.start_document().map_err(|message| Failure { line: None, message })?;
+        budget.start_document().map_err(|message| Failure { line: None, object: None, message })?;
         match ValueSeed::yaml(budget).deserialize(document) {
             Ok(value) => values.push(value),
             Err(error) => return Err(describe_error(&error, text, offset, budget)),
@@ -103,14 +105,93 @@ fn describe_error(
     let position_line = position_of(&full).map(|pos| line_at(text, pos) + offset);
     let line = position_line.or_else(|| error.location().map(|l| l.line() + offset));
     if let Some(limit) = budget.take_exceeded() {
-        return Failure { line, message: limit };
+        return Failure { line, object: None, message: limit };
     }
+    let tab = error.location().and_then(|l| tab_in_indentation(text, l.line(), &full));
     let message = if full.starts_with("repetition limit exceeded") {
         "too many YAML alias expansions in this document (a YAML bomb?)".to_owned()
+    } else if let Some(column) = tab {
+        // libyaml's own words ("found character that cannot start any token") do not say why.
+        format!(
+            "invalid YAML: tabs are not allowed for indentation (a tab at column {column}); \
+             indent with spaces"
+        )
     } else {
         format!("invalid YAML: {}", relocate(&full, text, offset))
     };
-    Failure { line, message }
+    Failure { line, object: None, message }
+}
+
+/// The 1-based column of a tab in the indentation of line `line` of `text` (the spaces, tabs
+/// and `-` sequence indicators before its content), if the parser's `message` is one it gives
+/// for such a tab. Tabs elsewhere (in flow collections, in block scalars past their
+/// indentation, before comments) are not indentation and YAML allows them.
+fn tab_in_indentation(text: &str, line: usize, message: &str) -> Option<usize> {
+    if !(message.contains("tab character")
+        || message.starts_with("found character that cannot start any token"))
+    {
+        return None;
+    }
+    let text_line = text.lines().nth(line.checked_sub(1)?)?;
+    let indentation =
+        text_line.find(|c: char| !matches!(c, ' ' | '\t' | '-')).unwrap_or(text_line.len());
+    text_line[..indentation].find('\t').map(|at| at + 1)
+}
+
+/// Names the object of a document that could not be parsed, from its text: the top-level
+/// `kind:` and the `name:` directly under the top-level `metadata:`: `Deployment api`, or
+/// `kind Deployment` / `object api` when only one of them can be read. `None` when the text names
+/// neither, or names them with anything but a plain or quoted scalar.
+fn object_in_text(text: &str) -> Option<String> {
+    fn scalar(value: &str) -> Option<String> {
+        let value = match value.find(" #") {
+            Some(at) => &value[..at],
+            None => value,
+        };
+        let value = value.trim();
+        let unquoted = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        let plain = !unquoted.is_empty()
+            && !unquoted.starts_with(['{', '[', '&', '*', '|', '>', '!', '%', '@', '`'])
+            && !unquoted.contains(['"', '\'', '\t'])
+            && !unquoted.contains(": ");
+        plain.then(|| unquoted.to_owned())
+    }
+    let mut kind = None;
+    let mut name = None;
+    // The indentation of metadata's first key, once inside the top-level `metadata:`.
+    let mut in_metadata: Option<Option<usize>> = None;
+    for line in text.lines() {
+        let content = line.trim_start_matches([' ', '\t']);
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - content.len();
+        if indent == 0 {
+            in_metadata = None;
+            if let Some(value) = content.strip_prefix("kind:") {
+                kind = kind.or_else(|| scalar(value));
+            } else if content.trim_end() == "metadata:" {
+                in_metadata = Some(None);
+            }
+        } else if let Some(first) = in_metadata.as_mut() {
+            let first = *first.get_or_insert(indent);
+            if indent == first {
+                if let Some(value) = content.strip_prefix("name:") {
+                    name = name.or_else(|| scalar(value));
+                }
+            }
+        }
+    }
+    match (kind, name) {
+        (Some(kind), Some(name)) => Some(format!("{kind} {name}")),
+        (Some(kind), None) => Some(format!("kind {kind}")),
+        (None, Some(name)) => Some(format!("object {name}")),
+        (None, None) => None,
+    }
 }
 
 /// The byte position in `at position N` of a libyaml message.
@@ -353,6 +434,62 @@ mod tests {
         );
         let err = parse_config("a: 1\nb: [\n").unwrap_err();
         assert!(err.starts_with("line 3: invalid YAML: "), "{err}");
+    }
+
+    #[test]
+    fn tabs_in_indentation_are_named_with_their_line_and_column() {
+        let tab_message = |text: &str| {
+            let failure = parse(text).failure.expect("a tab error");
+            (failure.line, failure.message)
+        };
+        let cause = |column: usize| {
+            format!(
+                "invalid YAML: tabs are not allowed for indentation (a tab at column {column}); \
+                 indent with spaces"
+            )
+        };
+        // a tab alone, after spaces, after a sequence indicator, and as a key's indentation
+        assert_eq!(tab_message("a:\n  b: 1\n\tc: 2\n"), (Some(3), cause(1)));
+        assert_eq!(tab_message("a: 1\n---\nb:\n  c:\n  \td: 2\n"), (Some(5), cause(3)));
+        assert_eq!(tab_message("items:\n-\tname: x\n"), (Some(2), cause(2)));
+        assert_eq!(tab_message("metadata:\n\tname: x\n"), (Some(2), cause(1)));
+        // in a block scalar's indentation
+        assert_eq!(tab_message("a: |\n\tb\n"), (Some(2), cause(1)));
+        assert_eq!(parse_config("sources:\n\t- name: a\n"), Err(format!("line 2: {}", cause(1))));
+
+        // tabs YAML allows: in flow collections, before comments, inside a block scalar's text
+        for text in ["a: [\n\t1, 2]\n", "a: 1\t# c\n", "a: |\n  x\n  \ty\n", "a: \"x\ty\"\n"] {
+            let parsed = parse(text);
+            assert!(parsed.failure.is_none(), "{text:?}: {:?}", parsed.failure);
+        }
+        // other characters that cannot start a token keep the parser's words
+        let failure = parse("a: 1\nb: @x\n").failure.expect("reserved character");
+        assert_eq!(failure.line, Some(2));
+        assert!(failure.message.contains("cannot start any token"), "{}", failure.message);
+    }
+
+    #[test]
+    fn a_document_that_does_not_parse_is_named_from_its_text() {
+        let named = |text: &str| parse(text).failure.expect("a syntax error").object;
+        assert_eq!(
+            named("# c\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels:\n    a: b\n  name: \"cfg\" # x\ndata:\n\tk: v\n"),
+            Some("ConfigMap cfg".to_owned())
+        );
+        assert_eq!(
+            named("a: 1\n---\nkind: 'Deployment'\nmetadata:\n  name: api\nspec:\n  template:\n    metadata:\n      name: other\n  x: [\n"),
+            Some("Deployment api".to_owned())
+        );
+        assert_eq!(
+            named("kind: Service\nspec:\n  name: not-metadata\n\tx: 1\n"),
+            Some("kind Service".to_owned())
+        );
+        assert_eq!(named("metadata:\n  name: n\nspec: [\n"), Some("object n".to_owned()));
+        assert_eq!(named("kind: {a\nmetadata:\n  name: *x\n"), None);
+        assert_eq!(
+            named("kind: ConfigMap\nmetadata:\n  name: broken: really\n"),
+            Some("kind ConfigMap".to_owned())
+        );
+        assert_eq!(named("spec:\n\tx: 1\n"), None);
     }
 
     #[test]

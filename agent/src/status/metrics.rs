@@ -88,6 +88,7 @@ pub struct Metrics {
     pub drift_corrections_total: Family<KindLabels, Counter>,
     pub fights_total: Family<SourceLabels, Counter>,
     pub prune_held_total: Family<SourceLabels, Counter>,
+    pub panics_total: Family<SourceLabels, Counter>,
     pub git_fetch_duration: HistogramFamily<SourceLabels>,
     pub git_fetch_errors_total: Family<SourceLabels, Counter>,
     pub commit_to_healthy: HistogramFamily<SourceLabels>,
@@ -119,6 +120,7 @@ impl Metrics {
             drift_corrections_total: Family::default(),
             fights_total: Family::default(),
             prune_held_total: Family::default(),
+            panics_total: Family::default(),
             git_fetch_duration: Family::new_with_constructor(duration_buckets),
             git_fetch_errors_total: Family::default(),
             commit_to_healthy: Family::new_with_constructor(lead_time_buckets),
@@ -149,6 +151,7 @@ impl Metrics {
         registry.register("drift_corrections", "Drifted objects corrected", m.drift_corrections_total.clone());
         registry.register("fights", "Objects another writer kept changing (backed off)", m.fights_total.clone());
         registry.register("prune_held", "Prunes held by a safeguard", m.prune_held_total.clone());
+        registry.register("panics", "Source loops that panicked and were restarted", m.panics_total.clone());
         registry.register_with_unit(
             "git_fetch_duration",
             "Duration of the remote check and fetch of a new commit",
