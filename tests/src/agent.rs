@@ -163,7 +163,7 @@ impl RunningSource {
         let (trigger, rx) = tokio::sync::mpsc::channel(1);
         let name = source.name.clone();
         let lp = driftless::agent::SourceLoop::new(agent.ctx.clone(), source, telemetry);
-        let task = tokio::spawn(lp.run(rx));
+        let task = tokio::spawn(lp.run(std::sync::Arc::new(tokio::sync::Mutex::new(rx))));
         RunningSource { statuses, trigger, name, task }
     }
 

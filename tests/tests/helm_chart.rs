@@ -331,7 +331,11 @@ fn the_render_follows_the_values() {
     let pod = &deploy["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert_eq!(args, ["run", "--config", "/etc/driftless/config.yaml", "--listen", "0.0.0.0:8080", "--log-format", "json"]);
+    assert_eq!(
+        args,
+        ["run", "--config", "/etc/driftless/config.yaml", "--listen", "0.0.0.0:8080", "--log-format", "json", "--instance", "rel-driftless"],
+        "each release names its install, so two never share a source's ApplySet"
+    );
     assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
     let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(env, ["POD_NAME", "POD_NAMESPACE", "DRIFTLESS_CACHE_DIR", "RUST_LOG"]);

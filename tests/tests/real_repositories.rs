@@ -344,10 +344,8 @@ async fn drift_made_while_down_with_self_heal_off_is_reported_out_of_sync() {
     let since = audit_events().len();
     let agent = AgentProcess::start(given.inv.name(), &["--config", &given.config.path()]).await;
 
-    // then /status reports the source OutOfSync within 30 s, naming the drifted objects
-    let status = wait_status(&agent, &given.name, "OutOfSync", Duration::from_secs(30), |s| s["state"] == "OutOfSync").await;
-    let message = status["message"].as_str().unwrap_or_default();
-    assert!(message.contains("settings") && message.contains("api"), "the drifted objects are named: {status:#}");
+    // then /status reports the source OutOfSync within 30 s
+    wait_status(&agent, &given.name, "OutOfSync", Duration::from_secs(30), |s| s["state"] == "OutOfSync").await;
 
     // and the fields stay as patched: Driftless wrote nothing to the app's objects
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -355,7 +353,14 @@ async fn drift_made_while_down_with_self_heal_off_is_reported_out_of_sync() {
     assert_eq!(replicas(&ns), 5);
     let writes = writes_in(since, &ns, &given.name);
     assert!(writes.is_empty(), "selfHeal is off, yet Driftless wrote: {writes:#?}");
-    assert_eq!(status_of(&agent, &given.name).await["state"], "OutOfSync", "still OutOfSync");
+    let status = status_of(&agent, &given.name).await;
+    assert_eq!(status["state"], "OutOfSync", "still OutOfSync: {status:#}");
+
+    // and it tells what drifted: both objects named, each with one action
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(message.contains("settings") && message.contains("api"), "both drifted objects are named: {status:#}");
+    let actions: u64 = status["counts"].as_object().expect("counts").values().filter_map(Value::as_u64).sum();
+    assert_eq!(actions, 2, "one action per object (2 objects): {status:#}");
     drop(agent);
     given.cleanup().await;
 }

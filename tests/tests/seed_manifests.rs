@@ -8,7 +8,7 @@
 //!   version, and the one the cluster serves;
 //! - seed 002's postgres change with tabs in its indentation: the file, line and "tabs are not
 //!   allowed for indentation";
-//! - seed 002's `persistenctVolumeClaim` (and `constainers`): the field path, from the API
+//! - seed 002's `persistenctVolumeClaim` (and `constainers`): the field paths, from the API
 //!   server's strict field validation;
 //! - seed 000's Ingress still holding the placeholder `secretName: "[SECRET_NAME]"`: the field and
 //!   the server's message;
@@ -77,8 +77,8 @@ spec:
 
 /// The postgres Deployment the seed's change is made to, with the seed's pod spec as its
 /// template's spec: tabs made spaces (else YAML refuses it first), indented under the template.
-/// `constainers` is kept or corrected: the API server names only the first unknown field of an
-/// apply, and `constainers` comes before `volumes`.
+/// `constainers` is kept or corrected, to see one unknown field named and then both (the API
+/// server lists each on a line of its own).
 fn postgres_deployment(keep_containers_typo: bool) -> String {
     let pod_spec: String = SEED_002_POSTGRES
         .trim_start_matches("---\n")
@@ -337,13 +337,20 @@ async fn seed_002_an_unknown_field_names_its_path_and_writes_nothing() {
     )
     .await;
 
-    // and with both of the seed's typos, the first the server finds is named the same way
+    // and with both of the seed's typos, both paths are named, still in one line
     case.repo.write("k8s/postgres-deployment.yaml", postgres_deployment(true));
     let (run, since) = case.sync("and constainers");
     case.assert_failed_before_any_write(
         &run,
         since,
-        &["k8s/postgres-deployment.yaml", "Deployment", "postgres-deployment", "spec.template.spec.constainers"],
+        &[
+            "k8s/postgres-deployment.yaml",
+            "Deployment",
+            "postgres-deployment",
+            "spec.template.spec.volumes",
+            ".persistenctVolumeClaim",
+            "spec.template.spec.constainers",
+        ],
     )
     .await;
     let deployments = dynamic_api(&case.client, "apps/v1", "Deployment", "deployments", case.ns.name());

@@ -212,7 +212,7 @@ async fn a_symlink_escaping_the_source_path_fails_the_fetch_and_changes_nothing(
     // then the fetch refuses the link by name and target
     given.assert_failed_and_nothing_changed(&report, "FetchFailed").await;
     let m = &report.message;
-    assert!(m.contains("symlink x.yaml") || m.contains("symlink apps/x.yaml"), "the link is named: {m}");
+    assert!(m.contains("symlink apps/x.yaml"), "the link is named: {m}");
     assert!(m.contains("../secret.yaml") && m.contains("outside the source path"), "{m}");
     // and nothing of the file it points to reached the cluster
     assert!(get(&given.cm_api(), "outside").await.is_none(), "the linked file's ConfigMap was applied");

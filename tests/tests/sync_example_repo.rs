@@ -49,12 +49,14 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
         .collect();
     assert_eq!(writes.len(), 20, "one server-side apply per object: {writes:?}");
     // (wave, stage): the migration Job is wave 1, the app wave 2, the rest wave 0; definitions
-    // (CRDs and Namespaces) go first whatever their wave
+    // (CRDs and Namespaces, and the new ClusterRole its binding names) go first whatever their
+    // wave, in stage order
     let keys: Vec<(i64, usize)> = writes
         .iter()
         .map(|(gk, name)| {
             let stage = stage_of(&gk.group, &gk.kind);
-            (if stage == 0 { -1 } else { wave_of(&gk.kind, name) }, stage)
+            let definition = stage == 0 || (gk.kind == "ClusterRole" && name == "shop-prometheus");
+            (if definition { -1 } else { wave_of(&gk.kind, name) }, stage)
         })
         .collect();
     assert!(keys.windows(2).all(|w| w[0] <= w[1]), "writes out of order: {writes:?}");
@@ -106,7 +108,8 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
         .filter(|c| c.action == Action::Deleted)
         .map(|c| c.id.to_string())
         .collect();
-    assert_eq!(deleted, ["Service shop/web", "Deployment.apps shop/web"]);
+    // in reverse apply order: the workload before the Service in front of it
+    assert_eq!(deleted, ["Deployment.apps shop/web", "Service shop/web"]);
     assert_eq!(pruned.changes.count(Action::Unchanged), 18);
     let deployments = dynamic_api(&agent.client, "apps/v1", "Deployment", "deployments", "shop");
     wait_for("web to be deleted", Duration::from_secs(30), || async { get(&deployments, "web").await.is_none().then_some(()) }).await;

@@ -395,9 +395,38 @@ pub fn status_code(e: &kube::Error) -> Option<u16> {
 }
 
 /// The server's message for an API error (or the client error), for reports.
+/// On one line: the server lists several field errors on lines of their own.
 pub fn api_message(e: &kube::Error) -> String {
-    match e {
+    let text = match e {
         kube::Error::Api(s) if !s.message.is_empty() => format!("{} ({})", s.message, s.code),
         other => other.to_string(),
+    };
+    one_line(&text)
+}
+
+/// Joins the lines of a message with "; ", dropping blank ones and the colon that introduced them.
+fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut out = String::new();
+    for line in lines {
+        if !out.is_empty() {
+            out = out.trim_end_matches(':').to_string();
+            out.push_str("; ");
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_message_of_several_lines_becomes_one() {
+        let server = "failed to create typed patch object (apps/v1, Kind=Deployment): errors:\n  .spec.a: field not declared in schema\n  .spec.b: field not declared in schema";
+        assert_eq!(
+            super::one_line(server),
+            "failed to create typed patch object (apps/v1, Kind=Deployment): errors; .spec.a: field not declared in schema; .spec.b: field not declared in schema"
+        );
+        assert_eq!(super::one_line("plain (422)"), "plain (422)");
     }
 }
