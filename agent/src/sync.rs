@@ -364,15 +364,15 @@ async fn live_objects(
     }
     let mut singles: Vec<&Planned> = Vec::new();
     for ((_, _, namespace), objects) in by_scope {
-        if objects.len() <= LIST_INSTEAD_OF_GETS {
+        let Some(first) = objects.first().copied().filter(|_| objects.len() > LIST_INSTEAD_OF_GETS) else {
             singles.extend(objects);
             continue;
-        }
+        };
         let wanted: HashSet<&ObjectRef> = objects.iter().map(|p| &p.id).collect();
-        match cluster.list_live(&objects[0].resource, &namespace, "", keep).await {
+        match cluster.list_live(&first.resource, &namespace, "", keep).await {
             Ok(items) => {
                 for item in items {
-                    let id = ObjectRef::new(objects[0].id.group.clone(), objects[0].id.kind.clone(), item.namespace.clone(), item.name.clone());
+                    let id = ObjectRef::new(first.id.group.clone(), first.id.kind.clone(), item.namespace.clone(), item.name.clone());
                     if wanted.contains(&id) {
                         live.insert(id, item);
                     }
@@ -578,7 +578,9 @@ impl Stages<'_> {
             .buffered(apply::CONCURRENCY)
             .collect()
             .await;
-        debug!(kind = %group[0].id.kind, wave = group[0].wave, objects = group.len(), elapsed_ms = started.elapsed().as_millis() as u64, "group applied");
+        if let Some(first) = group.first() {
+            debug!(kind = %first.id.kind, wave = first.wave, objects = group.len(), elapsed_ms = started.elapsed().as_millis() as u64, "group applied");
+        }
         let failed = results.iter().any(|r| r.1 == Action::Failed);
         for (id, action, message, result) in results {
             if let Some(e) = result {
