@@ -49,6 +49,9 @@ pub struct StatusArgs {
     /// Kubeconfig file (when reading the cluster).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Run the kubeconfig's exec credential plugin, if its user has one (refused otherwise).
+    #[arg(long)]
+    pub allow_exec_plugins: bool,
     /// Namespace of the ApplySet parents (the agent's own; POD_NAMESPACE when set).
     #[arg(long, env = "POD_NAMESPACE", default_value = "driftless-system")]
     pub inventory_namespace: String,
@@ -66,9 +69,13 @@ pub enum Output {
 /// Where the agent keeps its state and talks to.
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
-    /// Kubeconfig file (default: in-cluster config, then KUBECONFIG / ~/.kube/config).
+    /// Kubeconfig file (default: KUBECONFIG / ~/.kube/config, then the in-cluster config).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Run the kubeconfig's exec credential plugin, if its user has one (refused otherwise: it
+    /// runs a program the kubeconfig names). The in-cluster configuration needs none.
+    #[arg(long)]
+    pub allow_exec_plugins: bool,
     /// Namespace of the ApplySet parents (the agent's own; POD_NAMESPACE when set).
     #[arg(long, env = "POD_NAMESPACE", default_value = "driftless-system")]
     pub inventory_namespace: String,

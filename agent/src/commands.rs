@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::agent::SourceLoop;
-use crate::apply::Cluster;
+use crate::apply::{Cluster, ConnectOptions};
 use crate::cli::{ClusterArgs, Output, RunArgs, StatusArgs, SyncArgs};
 use crate::config::{self, Source};
 use crate::leader::Elector;
@@ -23,7 +23,8 @@ use crate::sync::{self, Context, Report, State};
 pub const EXIT_USAGE: u8 = 2;
 
 async fn context(args: &ClusterArgs) -> Result<Context, crate::Error> {
-    let cluster = Cluster::connect(args.kubeconfig.as_deref()).await?;
+    let opts = ConnectOptions { allow_exec_plugins: args.allow_exec_plugins, ..ConnectOptions::default() };
+    let cluster = Cluster::connect_with(args.kubeconfig.as_deref(), &opts).await?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("driftless"));
     Ok(Context {
         cluster,
@@ -244,7 +245,12 @@ fn server_stopped(result: Result<std::io::Result<()>, tokio::task::JoinError>) -
 pub async fn status(args: StatusArgs) -> ExitCode {
     let rows = match &args.server {
         Some(url) => status::cli::from_server(url).await,
-        None => match Cluster::connect(args.kubeconfig.as_deref()).await {
+        None => match Cluster::connect_with(
+            args.kubeconfig.as_deref(),
+            &ConnectOptions { allow_exec_plugins: args.allow_exec_plugins, ..ConnectOptions::default() },
+        )
+        .await
+        {
             Ok(cluster) => status::cli::from_cluster(&cluster, &args.inventory_namespace).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
