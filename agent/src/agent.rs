@@ -202,6 +202,13 @@ fn set_panicked(telemetry: &Telemetry, source: &str, message: &str) {
     }
 }
 
+/// What drifted and stays so (selfHeal off), naming up to five objects.
+fn drift_message(drifted: &[ObjectRef]) -> String {
+    let names: Vec<String> = drifted.iter().take(5).map(ToString::to_string).collect();
+    let more = if drifted.len() > 5 { format!(" and {} more", drifted.len() - 5) } else { String::new() };
+    format!("{}{more}: drifted from git; selfHeal is off", names.join(", "))
+}
+
 /// The running loop of one source.
 pub struct SourceLoop {
     ctx: Context,
@@ -377,11 +384,7 @@ impl SourceLoop {
         release_free_memory();
         self.release_pending = true;
         let (state, reason, message) = match report.state {
-            State::Synced if !drifted.is_empty() => {
-                let names: Vec<String> = drifted.iter().take(5).map(ToString::to_string).collect();
-                let more = if drifted.len() > 5 { format!(" and {} more", drifted.len() - 5) } else { String::new() };
-                (SyncState::OutOfSync, "DriftDetected".to_string(), format!("{}{more}: drifted from git; selfHeal is off", names.join(", ")))
-            }
+            State::Synced if !drifted.is_empty() => (SyncState::OutOfSync, "DriftDetected".to_string(), drift_message(&drifted)),
             State::Synced => (SyncState::Progressing, String::new(), String::new()),
             State::PruneHeld => (SyncState::PruneHeld, report.reason.clone(), report.message.clone()),
             State::Failed => (SyncState::Failed, report.reason.clone(), report.message.clone()),
@@ -411,10 +414,16 @@ impl SourceLoop {
         self.metrics().drift_detected_total.get_or_create(&kind).inc();
         if !self.source.self_heal {
             warn!(source = %self.source.name, object = %id, drift = %found, "drift detected; selfHeal is off, not correcting");
+            // every object drifted now, not only this one
+            let mut all: Vec<ObjectRef> = self.live.drifted().into_iter().map(|(id, _)| id).collect();
+            if !all.contains(&id) {
+                all.push(id.clone());
+            }
+            all.sort();
             self.update_status(|s| {
                 s.state = SyncState::OutOfSync;
                 s.reason = "DriftDetected".into();
-                s.message = format!("{id}: {found}");
+                s.message = drift_message(&all);
             });
             return;
         }

@@ -13,7 +13,7 @@ use crate::agent::SourceLoop;
 use crate::apply::{Cluster, ConnectOptions};
 use crate::cli::{ClusterArgs, Output, RunArgs, StatusArgs, SyncArgs};
 use crate::config::{self, Source};
-use crate::leader::Elector;
+use crate::leader::{Elector, Fence};
 use crate::render::Limits;
 use crate::status::metrics::Metrics;
 use crate::status::{self, Events, LoopGuard, Shared, Telemetry};
@@ -22,8 +22,8 @@ use crate::sync::{self, Context, Report, State};
 /// Exit code of a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
 
-async fn context(args: &ClusterArgs) -> Result<Context, crate::Error> {
-    let opts = ConnectOptions { allow_exec_plugins: args.allow_exec_plugins, ..ConnectOptions::default() };
+async fn context(args: &ClusterArgs, fence: Fence) -> Result<Context, crate::Error> {
+    let opts = ConnectOptions { allow_exec_plugins: args.allow_exec_plugins, fence, ..ConnectOptions::default() };
     let cluster = Cluster::connect_with(args.kubeconfig.as_deref(), &opts).await?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("driftless"));
     Ok(Context {
@@ -45,7 +45,7 @@ fn usage_error(e: &str) -> ExitCode {
 pub async fn sync(args: SyncArgs) -> ExitCode {
     let setup = async {
         let source = args.source.to_config(Duration::from_secs(60)).and_then(|c| c.validate())?;
-        let ctx = context(&args.cluster).await.map_err(|e| e.to_string())?;
+        let ctx = context(&args.cluster, Fence::default()).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((source, ctx))
     };
     let (source, ctx) = match setup.await {
@@ -115,10 +115,12 @@ pub fn print_report(report: &Report, output: Output) {
 pub async fn run(args: RunArgs) -> ExitCode {
     let setup = async {
         let sources = load_sources(&args)?;
-        let ctx = context(&args.cluster).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((sources, ctx))
+        // with leader election, nothing is written until the lease is held
+        let fence = if args.leader_elect { Fence::elected() } else { Fence::default() };
+        let ctx = context(&args.cluster, fence.clone()).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((sources, ctx, fence))
     };
-    let (sources, ctx) = match setup.await {
+    let (sources, ctx, fence) = match setup.await {
         Ok(s) => s,
         Err(e) => return usage_error(&e),
     };
@@ -162,14 +164,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
             tokio::select! {
                 _ = &mut shutdown => break ExitCode::SUCCESS,
                 result = &mut server => break server_stopped(result),
-                _ = elector.acquire() => {}
+                _ = elector.acquire(&fence) => {}
             }
         }
         telemetry.metrics.leader.set(1);
         let mut tasks = start_loops(&ctx, &sources, &telemetry, &shared);
         let lost = async {
             match &elector {
-                Some(e) => e.hold().await,
+                Some(e) => e.hold(&fence).await,
                 None => std::future::pending().await,
             }
         };

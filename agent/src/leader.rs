@@ -31,18 +31,21 @@ pub enum Decision {
     Standby,
 }
 
-/// Decides from a lease's spec, who we are, and the time (milliseconds since the epoch).
-pub fn decide(spec: Option<&LeaseSpec>, me: &str, now_ms: i64) -> Decision {
+/// Decides from a lease's spec, who we are, and how long this replica has seen the lease's
+/// record unchanged (by its own clock). As client-go does, a standby judges another holder's
+/// lease by when it *observed* the last change, never by the holder's timestamps: a holder whose
+/// clock runs behind (or ahead) can neither lose a valid lease nor keep a dead one.
+pub fn decide(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = spec else { return Decision::Acquire };
     match spec.holder_identity.as_deref() {
         None | Some("") => Decision::Acquire,
         Some(h) if h == me => Decision::Renew,
         Some(_) => {
-            let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0.as_millisecond());
-            let duration_ms = i64::from(spec.lease_duration_seconds.unwrap_or(0)) * 1000;
-            match renewed {
-                Some(r) if r + duration_ms > now_ms => Decision::Standby,
-                _ => Decision::Acquire,
+            let duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
+            if unchanged_for < duration {
+                Decision::Standby
+            } else {
+                Decision::Acquire
             }
         }
     }
@@ -53,11 +56,13 @@ pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
+    /// The lease record last seen (holder, renewal, resourceVersion) and when it was first seen.
+    observed: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl Elector {
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
-        Elector { api: Api::namespaced(client, namespace), name: name.into(), identity: identity.into() }
+        Elector { api: Api::namespaced(client, namespace), name: name.into(), identity: identity.into(), observed: Default::default() }
     }
 
     pub fn identity(&self) -> &str {
@@ -68,7 +73,8 @@ impl Elector {
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
         let current = self.api.get_opt(&self.name).await?;
-        let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), &self.identity, now.as_millisecond());
+        let unchanged_for = self.observe(current.as_ref());
+        let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), &self.identity, unchanged_for);
         if decision == Decision::Standby {
             return Ok(false);
         }
@@ -108,11 +114,41 @@ impl Elector {
         }
     }
 
-    /// Waits until this replica holds the lease.
-    pub async fn acquire(&self) {
+    /// How long the lease's record has looked as it does now, by this replica's clock (zero when
+    /// it just changed or was never seen).
+    fn observe(&self, lease: Option<&Lease>) -> Duration {
+        let record = lease.map(|l| {
+            let spec = l.spec.as_ref();
+            format!(
+                "{:?}/{:?}/{:?}",
+                spec.and_then(|s| s.holder_identity.as_deref()),
+                spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0.as_millisecond()),
+                l.metadata.resource_version
+            )
+        });
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*observed, record) {
+            (Some((seen, at)), Some(now)) if *seen == now => at.elapsed(),
+            (_, Some(now)) => {
+                *observed = Some((now, Instant::now()));
+                Duration::ZERO
+            }
+            (_, None) => {
+                *observed = None;
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Waits until this replica holds the lease, then opens `fence` until the renew deadline.
+    pub async fn acquire(&self, fence: &Fence) {
         loop {
+            let started = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(true) => return,
+                Ok(true) => {
+                    fence.lead_until(started + RENEW_DEADLINE);
+                    return;
+                }
                 Ok(false) => debug!(identity = %self.identity, "standing by: another replica leads"),
                 Err(e) => warn!(error = %e, "cannot reach the lease; standing by"),
             }
@@ -122,19 +158,32 @@ impl Elector {
 
     /// Renews until the lease is lost: another holder took it, or no renewal succeeded within
     /// the renew deadline. Returns then, so the caller stops writing at once.
-    pub async fn hold(&self) {
+    /// Each renewal is cut off at the renew deadline, so a hung API server cannot keep a leader
+    /// leading past it. `fence` is told, after each renewal, until when this replica may write.
+    pub async fn hold(&self, fence: &Fence) {
+        // the fence was opened by the acquisition, at most a renew deadline from now
         let mut last_renewed = Instant::now();
         loop {
-            tokio::time::sleep(RETRY_PERIOD).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = Instant::now(),
-                Ok(false) => {
+            let left = RENEW_DEADLINE.saturating_sub(last_renewed.elapsed());
+            tokio::time::sleep(RETRY_PERIOD.min(left)).await;
+            let left = RENEW_DEADLINE.saturating_sub(last_renewed.elapsed());
+            let started = Instant::now();
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {
+                    // valid from when the renewal was sent, not from when its answer came
+                    last_renewed = started;
+                    fence.lead_until(started + RENEW_DEADLINE);
+                }
+                Ok(Ok(false)) => {
+                    fence.stop();
                     warn!(identity = %self.identity, "another replica holds the lease");
                     return;
                 }
-                Err(e) => warn!(error = %e, "lease renewal failed"),
+                Ok(Err(e)) => warn!(error = %e, "lease renewal failed"),
+                Err(_) => warn!(identity = %self.identity, "lease renewal timed out"),
             }
             if last_renewed.elapsed() >= RENEW_DEADLINE {
+                fence.stop();
                 warn!(identity = %self.identity, "no renewal within the deadline");
                 return;
             }
@@ -160,6 +209,44 @@ impl Elector {
     }
 }
 
+/// Until when this replica may write: every write checks it, so a leader that could not renew
+/// stops writing at the renew deadline even if a task of it runs on (after a pause, say) before
+/// the loops are stopped. Without leader election it never closes.
+#[derive(Clone, Debug, Default)]
+pub struct Fence {
+    /// `None`: no election, always open.
+    until: Option<std::sync::Arc<std::sync::Mutex<Option<Instant>>>>,
+}
+
+impl Fence {
+    /// A fence that opens only while a lease is held.
+    pub fn elected() -> Self {
+        Fence { until: Some(Default::default()) }
+    }
+
+    /// Writing is allowed until `deadline`.
+    pub fn lead_until(&self, deadline: Instant) {
+        if let Some(until) = &self.until {
+            *until.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        }
+    }
+
+    /// Writing stops now.
+    pub fn stop(&self) {
+        if let Some(until) = &self.until {
+            *until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// Whether a write may be sent now.
+    pub fn is_open(&self) -> bool {
+        match &self.until {
+            None => true,
+            Some(until) => until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|d| Instant::now() < d),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,30 +260,56 @@ mod tests {
         }
     }
 
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
     #[test]
     fn a_missing_or_released_lease_is_acquired() {
-        assert_eq!(decide(None, "a", 0), Decision::Acquire);
-        assert_eq!(decide(Some(&spec(None, 1_000, 15)), "a", 2_000), Decision::Acquire);
-        assert_eq!(decide(Some(&spec(Some(""), 1_000, 15)), "a", 2_000), Decision::Acquire);
+        assert_eq!(decide(None, "a", S(0)), Decision::Acquire);
+        assert_eq!(decide(Some(&spec(None, 1_000, 15)), "a", S(0)), Decision::Acquire);
+        assert_eq!(decide(Some(&spec(Some(""), 1_000, 15)), "a", S(0)), Decision::Acquire);
     }
 
     #[test]
     fn our_lease_is_renewed_even_when_late() {
-        assert_eq!(decide(Some(&spec(Some("a"), 1_000, 15)), "a", 2_000), Decision::Renew);
-        assert_eq!(decide(Some(&spec(Some("a"), 1_000, 15)), "a", 100_000), Decision::Renew);
+        assert_eq!(decide(Some(&spec(Some("a"), 1_000, 15)), "a", S(0)), Decision::Renew);
+        assert_eq!(decide(Some(&spec(Some("a"), 1_000, 15)), "a", S(100)), Decision::Renew);
     }
 
     #[test]
-    fn another_holder_is_respected_until_the_lease_expires() {
+    fn another_holder_is_respected_until_its_record_stood_still_for_the_lease_duration() {
         let held = spec(Some("b"), 1_000_000, 15);
-        assert_eq!(decide(Some(&held), "a", 1_014_999), Decision::Standby);
-        assert_eq!(decide(Some(&held), "a", 1_015_000), Decision::Acquire);
+        assert_eq!(decide(Some(&held), "a", S(14)), Decision::Standby);
+        assert_eq!(decide(Some(&held), "a", S(15)), Decision::Acquire);
+    }
+
+    #[test]
+    fn the_holders_clock_does_not_matter() {
+        // renewed "an hour ago" by a clock that runs behind, but just seen to change: still valid
+        let skewed = spec(Some("b"), 0, 15);
+        assert_eq!(decide(Some(&skewed), "a", S(0)), Decision::Standby);
+        // renewed "in the future" by a clock that runs ahead, and not renewed since: expired
+        let ahead = spec(Some("b"), 200_000_000_000_000, 15);
+        assert_eq!(decide(Some(&ahead), "a", S(16)), Decision::Acquire);
     }
 
     #[test]
     fn a_released_lease_expires_within_a_second() {
         let released = spec(Some("b"), 1_000_000, 1);
-        assert_eq!(decide(Some(&released), "a", 1_001_000), Decision::Acquire);
+        assert_eq!(decide(Some(&released), "a", S(1)), Decision::Acquire);
+    }
+
+    #[test]
+    fn a_fence_closes_at_its_deadline_and_on_stop() {
+        assert!(Fence::default().is_open(), "without election, always open");
+        let fence = Fence::elected();
+        assert!(!fence.is_open(), "closed until a lease is held");
+        fence.lead_until(Instant::now() + S(10));
+        assert!(fence.is_open());
+        fence.lead_until(Instant::now());
+        assert!(!fence.is_open(), "closed at the deadline");
+        fence.lead_until(Instant::now() + S(10));
+        fence.stop();
+        assert!(!fence.is_open());
     }
 
     #[test]

@@ -241,7 +241,7 @@ async fn run_stages(
     if let Err(failures) = apply::precheck(cluster, &pick(&plan, &schedule.precheck), &ctx.agent_namespace).await {
         return Err(validation_failed(&plan, failures, changes));
     }
-    let drifted = hold_drift(&plan, &live, source.self_heal, &mut decisions, changes);
+    let drifted = hold_drift(&plan, &live, source.self_heal, &mut decisions);
     stage_done("validate");
 
     // apply: record the superset inventory first, then definitions, then wave by wave and
@@ -450,13 +450,7 @@ async fn decide<'p>(
 /// the one recorded on it (git did not change it) but whose dry-run would change it is left as
 /// it is, and expected to look as the dry-run would leave it, so its watch keeps reporting the
 /// drift until it is mended. Returns those objects.
-fn hold_drift(
-    plan: &Plan,
-    live: &HashMap<ObjectRef, Live>,
-    self_heal: bool,
-    decisions: &mut Decisions<'_>,
-    changes: &mut ChangeSet,
-) -> Vec<ObjectRef> {
+fn hold_drift(plan: &Plan, live: &HashMap<ObjectRef, Live>, self_heal: bool, decisions: &mut Decisions<'_>) -> Vec<ObjectRef> {
     if self_heal {
         return Vec::new();
     }
@@ -466,9 +460,9 @@ fn hold_drift(
         let Some((decision, expected)) = decisions.get_mut(&p.id) else { continue };
         if recorded == Some(p.hash.as_str()) && *decision == Decision::Configure {
             *decision = Decision::Unchanged;
-            // what the object should own: never the drifted fields as they are now
+            // what the object should own: never the drifted fields as they are now (its apply
+            // step reports it skipped)
             expected.get_or_insert_with(Expected::default);
-            changes.push(p.id.clone(), Action::Skipped, "drifted from git; selfHeal is off, not corrected");
             drifted.push(p.id.clone());
         }
     }
@@ -566,7 +560,13 @@ impl Stages<'_> {
                         state.begin_apply(&p.id);
                     }
                 }
-                let (id, action, message, result) = apply_one(cluster, p, *decision).await;
+                let (id, action, message, result) = match apply_one(cluster, p, *decision).await {
+                    // an unchanged object expected otherwise: drift left in place (selfHeal off)
+                    (id, Action::Unchanged, _, None) if dry_run.is_some() => {
+                        (id, Action::Skipped, "drifted from git; selfHeal is off, not corrected".to_string(), None)
+                    }
+                    other => other,
+                };
                 let expected = match result {
                     _ if action == Action::Failed => None,
                     Some(object) => Some(Expected::from_object(&object)),

@@ -9,6 +9,7 @@
 pub mod changeset;
 pub mod diff;
 pub mod discovery;
+pub mod fence;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,6 +52,8 @@ pub struct ConnectOptions {
     pub request_timeout: Duration,
     /// Run a kubeconfig's `exec` credential plugin (runs a program named by the kubeconfig).
     pub allow_exec_plugins: bool,
+    /// Writes pass only while it is open (see [`fence`]); open by default.
+    pub fence: crate::leader::Fence,
 }
 
 impl Default for ConnectOptions {
@@ -59,6 +62,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             allow_exec_plugins: false,
+            fence: crate::leader::Fence::default(),
         }
     }
 }
@@ -107,6 +111,7 @@ impl Cluster {
         config.default_retry = true;
         let client = kube::client::ClientBuilder::try_from(config)?
             .with_layer(&tower::timeout::TimeoutLayer::new(opts.request_timeout))
+            .with_layer(&fence::FenceLayer(opts.fence.clone()))
             .build();
         Ok(Self { client })
     }
