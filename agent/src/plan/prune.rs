@@ -324,4 +324,63 @@ mod tests {
         assert_eq!(plan.delete.iter().map(|o| o.id.name.as_str()).collect::<Vec<_>>(), ["c2"], "a handover is not a deletion");
         assert_eq!(plan.held, None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Over random live sets (labels of this set, another or none; owned or not; pinned;
+        /// claimed) and random desired sets: each live object that left git gets exactly one fate,
+        /// and nothing is deleted that this set does not own, that is protected, or while held.
+        #[test]
+        fn every_member_that_left_git_gets_one_fate_and_only_owned_members_are_deleted(
+            objects in proptest::collection::vec((0u8..4, 0u8..3, proptest::bool::ANY, proptest::bool::ANY, 0u8..3, proptest::bool::ANY), 0..40),
+            allow_empty in proptest::bool::ANY,
+            max_percent in 0u32..=100,
+        ) {
+            let kinds = [("", "ConfigMap"), ("", "Namespace"), ("apps", "Deployment"), ("", "PersistentVolumeClaim")];
+            let mut live = Vec::new();
+            let mut p = PrunePolicy { allow_empty, max_prune_percent: max_percent, ..policy() };
+            let mut desired_ids = Vec::new();
+            for (i, (kind, label, owned, pinned, claim, desired)) in objects.iter().enumerate() {
+                let (group, kind) = kinds[*kind as usize];
+                let o = LiveObject {
+                    id: id(group, kind, if kind == "Namespace" { "" } else { "apps" }, &format!("o{i}")),
+                    uid: format!("u{i}"),
+                    resource_version: "1".into(),
+                    part_of: [Some("set-a"), Some("set-b"), None][*label as usize].map(String::from),
+                    prune_disabled: *pinned,
+                    owned: *owned,
+                };
+                match claim {
+                    1 => { p.claims.insert(o.id.clone(), "set-b".into()); }
+                    2 => { p.claims.insert(o.id.clone(), "set-a".into()); }
+                    _ => {}
+                }
+                if *desired {
+                    desired_ids.push(o.id.clone());
+                }
+                live.push(o);
+            }
+            let desired: HashSet<&ObjectRef> = desired_ids.iter().collect();
+            let plan = plan_prune(&live, &desired, &p);
+            for o in live.iter().filter(|o| !desired.contains(&o.id)) {
+                let fates = plan.delete.iter().filter(|d| d.id == o.id).count()
+                    + plan.handover.iter().filter(|(h, _)| h.id == o.id).count()
+                    + plan.kept.iter().filter(|(k, _)| *k == o.id).count();
+                // a held prune clears the deletions: those objects then have no fate at all
+                proptest::prop_assert!(fates == 1 || (plan.held.is_some() && fates == 0), "{} has {fates} fates", o.id);
+            }
+            for d in &plan.delete {
+                proptest::prop_assert!(!desired.contains(&d.id));
+                proptest::prop_assert_eq!(d.part_of.as_deref(), Some("set-a"));
+                proptest::prop_assert!(d.owned && !d.prune_disabled);
+                proptest::prop_assert!(d.id.kind != "Namespace" && d.id.kind != "PersistentVolumeClaim");
+                proptest::prop_assert!(!p.claims.get(&d.id).is_some_and(|c| c == "set-b"), "a claimed member is handed over, never deleted");
+            }
+            if plan.held.is_some() {
+                proptest::prop_assert!(plan.delete.is_empty());
+            }
+            let members = live.iter().filter(|o| o.part_of.as_deref() == Some("set-a")).count();
+            proptest::prop_assert!(plan.delete.len() * 100 <= max_percent as usize * members.max(1) || plan.delete.is_empty());
+        }
+    }
 }
