@@ -5,16 +5,64 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::manifest::GroupKind;
-use crate::source::{Auth, SourceSpec};
+use crate::source::{Auth, SourceSpec, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_FETCH_BYTES};
 
 /// The agent's config file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigFile {
-    pub sources: Vec<SourceConfig>,
+    pub sources: Vec<SourceEntry>,
+}
+
+/// One entry of `sources`: the source and how its remote is fetched, written side by side in
+/// one mapping. Two structs so that [`SourceConfig`] stays what the `sync`/`run` flags fill in
+/// (a source given by flags fetches with the [`FetchConfig`] defaults).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceEntry {
+    pub source: SourceConfig,
+    pub fetch: FetchConfig,
+}
+
+impl<'de> Deserialize<'de> for SourceEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::deserialize(d)?;
+        let fetch: serde_json::Map<String, serde_json::Value> =
+            FetchConfig::KEYS.iter().filter_map(|key| fields.remove_entry(*key)).collect();
+        let fetch = FetchConfig::deserialize(serde_json::Value::Object(fetch)).map_err(D::Error::custom)?;
+        let source = SourceConfig::deserialize(serde_json::Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(SourceEntry { source, fetch })
+    }
+}
+
+/// How a source's remote is fetched: bounds on time and size, plain http.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Longest one remote check or one fetch may take, e.g. `60s`, `2m`. Also bounds how long
+    /// libgit2 waits to connect and for each answer (process-wide: the smallest of all sources).
+    #[serde(default = "default_fetch_timeout", deserialize_with = "fetch_timeout")]
+    pub timeout: Duration,
+    /// Most bytes one fetch may download; a bigger pack fails the fetch.
+    #[serde(default = "default_max_fetch_bytes")]
+    pub max_fetch_bytes: u64,
+    /// Permit credentials over plain `http://` (they travel unencrypted).
+    #[serde(default)]
+    pub insecure_http: bool,
+}
+
+impl FetchConfig {
+    /// Its keys in a source's mapping.
+    const KEYS: [&'static str; 3] = ["timeout", "maxFetchBytes", "insecureHttp"];
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self { timeout: default_fetch_timeout(), max_fetch_bytes: default_max_fetch_bytes(), insecure_http: false }
+    }
 }
 
 /// One source as written in the config file.
@@ -85,6 +133,17 @@ fn default_health_timeout() -> Duration {
 fn default_max_prune_percent() -> u32 {
     50
 }
+fn default_fetch_timeout() -> Duration {
+    DEFAULT_FETCH_TIMEOUT
+}
+fn default_max_fetch_bytes() -> u64 {
+    DEFAULT_MAX_FETCH_BYTES
+}
+
+fn fetch_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("timeout {s:?}: {e}")))
+}
 
 mod humantime_serde_compat {
     use std::time::Duration;
@@ -127,8 +186,14 @@ impl AuthConfig {
 }
 
 impl SourceConfig {
-    /// Checks the settings and resolves them into what the stages take.
+    /// Checks the settings and resolves them into what the stages take, fetching with the
+    /// [`FetchConfig`] defaults.
     pub fn validate(&self) -> Result<Source, String> {
+        self.validate_with(&FetchConfig::default())
+    }
+
+    /// [`SourceConfig::validate`] with these fetch settings.
+    pub fn validate_with(&self, fetch: &FetchConfig) -> Result<Source, String> {
         let n = &self.name;
         let valid_name = !n.is_empty()
             && n.len() <= 53
@@ -149,10 +214,26 @@ impl SourceConfig {
         if self.interval < Duration::from_secs(1) {
             return Err(format!("source {n}: interval must be at least 1s"));
         }
+        if fetch.timeout < Duration::from_secs(1) || fetch.timeout > Duration::from_secs(24 * 3600) {
+            return Err(format!("source {n}: timeout must be between 1s and 24h"));
+        }
+        if fetch.max_fetch_bytes == 0 {
+            return Err(format!("source {n}: maxFetchBytes must be at least 1"));
+        }
         let auth = self.auth.to_auth().map_err(|e| format!("source {n}: auth: {e}"))?;
+        let spec = SourceSpec {
+            url: self.repo.clone(),
+            reference: self.reference.clone(),
+            path: self.path.clone(),
+            auth,
+            timeout: fetch.timeout,
+            max_fetch_bytes: fetch.max_fetch_bytes,
+            insecure_http: fetch.insecure_http,
+        };
+        spec.check_plain_http().map_err(|e| format!("source {n}: {e}"))?;
         Ok(Source {
             name: self.name.clone(),
-            spec: SourceSpec { url: self.repo.clone(), reference: self.reference.clone(), path: self.path.clone(), auth },
+            spec,
             namespace: self.namespace.clone(),
             interval: self.interval,
             prune: self.prune,
@@ -197,11 +278,11 @@ pub fn parse(text: &str) -> Result<Vec<Source>, String> {
     let file: ConfigFile = serde_json::from_value(value).map_err(|e| e.to_string())?;
     let mut names = BTreeSet::new();
     let mut out = Vec::new();
-    for s in &file.sources {
-        if !names.insert(s.name.clone()) {
-            return Err(format!("source {} is listed twice", s.name));
+    for SourceEntry { source, fetch } in &file.sources {
+        if !names.insert(source.name.clone()) {
+            return Err(format!("source {} is listed twice", source.name));
         }
-        out.push(s.validate()?);
+        out.push(source.validate_with(fetch)?);
     }
     Ok(out)
 }
@@ -227,6 +308,9 @@ mod tests {
         assert_eq!(s.spec.reference, None);
         assert!(s.self_heal);
         assert_eq!(s.health_timeout, Duration::from_secs(300));
+        assert_eq!(s.spec.timeout, Duration::from_secs(60));
+        assert_eq!(s.spec.max_fetch_bytes, 256 << 20);
+        assert!(!s.spec.insecure_http);
     }
 
     #[test]
@@ -246,6 +330,9 @@ sources:
   auth: {sshKeyFile: /k/id, knownHostsFile: /k/known_hosts}
   selfHeal: false
   healthTimeout: 90s
+  timeout: 2m
+  maxFetchBytes: 1048576
+  insecureHttp: true
 "#;
         let s = &parse(text).unwrap()[0];
         assert_eq!(s.interval, Duration::from_secs(30));
@@ -256,6 +343,25 @@ sources:
         assert!(matches!(&s.spec.auth, Auth::Ssh { known_hosts_file: Some(_), .. }));
         assert!(!s.self_heal);
         assert_eq!(s.health_timeout, Duration::from_secs(90));
+        assert_eq!(s.spec.timeout, Duration::from_secs(120));
+        assert_eq!(s.spec.max_fetch_bytes, 1 << 20);
+        assert!(s.spec.insecure_http);
+    }
+
+    #[test]
+    fn credentials_over_plain_http_need_insecure_http() {
+        for auth in ["{tokenFile: /t}", "{usernameFile: /u, passwordFile: /p}"] {
+            let text = format!("sources:\n- {{name: a, repo: 'http://git.example/a.git', auth: {auth}}}");
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains("source a: refusing to send") && err.contains("insecureHttp: true"), "{err}");
+            let text =
+                format!("sources:\n- {{name: a, repo: 'http://git.example/a.git', insecureHttp: true, auth: {auth}}}");
+            assert!(parse(&text).unwrap()[0].spec.insecure_http);
+        }
+        let err = parse("sources:\n- {name: a, repo: 'http://u:hunter2@git.example/a.git'}").unwrap_err();
+        assert!(err.contains("a password in the URL") && !err.contains("hunter2"), "{err}");
+        assert!(parse("sources:\n- {name: a, repo: 'https://git.example/a.git', auth: {tokenFile: /t}}").is_ok());
+        assert!(parse("sources:\n- {name: a, repo: 'http://git.example/a.git'}").is_ok());
     }
 
     #[test]
@@ -268,6 +374,12 @@ sources:
             ("sources:\n- {name: a, repo: x, typo: 1}", "typo"),
             ("sources:\n- {name: a, repo: x, auth: {tokenFile: /t, sshKeyFile: /k}}", "choose one"),
             ("sources:\n- {name: a, repo: x, auth: {usernameFile: /u}}", "both"),
+            ("sources:\n- {name: a, repo: x, timeout: soon}", "timeout \"soon\""),
+            ("sources:\n- {name: a, repo: x, timeout: 500ms}", "timeout must be between 1s and 24h"),
+            ("sources:\n- {name: a, repo: x, timeout: 2d}", "timeout must be between 1s and 24h"),
+            ("sources:\n- {name: a, repo: x, maxFetchBytes: 0}", "maxFetchBytes must be at least 1"),
+            ("sources:\n- {name: a, repo: x, maxFetchBytes: -1}", "invalid value"),
+            ("sources:\n- {name: a, repo: x, insecureHttp: 1}", "invalid type"),
         ];
         for (text, expect) in cases {
             let err = parse(text).unwrap_err();

@@ -639,7 +639,7 @@ async fn endpoints_answer_as_specified() {
     let burst = unique_name("obs-burst");
     let source = |name: &str, path: &str| {
         json!({"name": name, "repo": git.url_with_credentials("git"), "ref": "main", "path": path, "namespace": ns.name(),
-               "interval": "1h", "webhookSecretFile": secret_file})
+               "interval": "1h", "webhookSecretFile": secret_file, "insecureHttp": true})
     };
     let config = files.config(vec![source(&web, "web"), source(&burst, "burst")]);
     let agent = AgentProcess::start(inv.name(), &["--config", &config]).await;
@@ -1289,10 +1289,10 @@ async fn no_git_token_or_secret_value_leaks_into_logs_events_status_or_metrics()
     let denied = unique_name("obs-leak-denied");
     let config = files.config(vec![
         json!({"name": good, "repo": git.url(), "path": "app", "namespace": ns.name(), "interval": "1h",
-               "auth": {"tokenFile": token_file}, "webhookSecretFile": secret_file}),
+               "auth": {"tokenFile": token_file}, "webhookSecretFile": secret_file, "insecureHttp": true}),
         // the same remote with a wrong token: its failures are logged and reported too
         json!({"name": denied, "repo": git.url(), "path": "app", "namespace": ns.name(), "interval": "2s",
-               "auth": {"tokenFile": wrong_file}}),
+               "auth": {"tokenFile": wrong_file}, "insecureHttp": true}),
     ]);
     let agent = AgentProcess::start(inv.name(), &["--config", &config]).await;
     wait_ready(&agent).await;

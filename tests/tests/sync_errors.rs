@@ -176,11 +176,12 @@ async fn objects_the_server_rejects_fail_validation_with_the_servers_message_and
 async fn an_unknown_kind_fails_validation_naming_file_and_object_and_changes_nothing() {
     let given = given_three_configmaps("err-kind", "", |_, _| {}).await;
 
-    // when a commit adds a Widget of example.com/v1, which no CRD defines
+    // when a commit adds a Widget of example.com/v1, which no CRD defines (a kind no other test
+    // defines either: a served kind of the same name in another group is another message)
     ordinary_changes(&given.repo, "");
     given
         .repo
-        .write("widget.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  size: 1\n");
+        .write("widget.yaml", "apiVersion: example.com/v1\nkind: UndefinedWidget\nmetadata:\n  name: w\nspec:\n  size: 1\n");
     given.repo.commit("a widget");
     let report = given.agent.sync(&given.source).await;
 
@@ -188,7 +189,7 @@ async fn an_unknown_kind_fails_validation_naming_file_and_object_and_changes_not
     given.assert_failed_and_nothing_changed(&report, "ValidationFailed").await;
     let m = &report.message;
     assert!(m.contains("widget.yaml:1"), "the file is named: {m}");
-    assert!(m.contains("Widget w") && m.contains("example.com/v1"), "the object is named: {m}");
+    assert!(m.contains("UndefinedWidget w") && m.contains("example.com/v1"), "the object is named: {m}");
     assert!(m.contains("unknown kind"), "{m}");
     given.cleanup().await;
 }

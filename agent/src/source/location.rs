@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{redact_url, SourceError, SourceSpec};
+use super::{redact_url, userinfo_end, Auth, SourceError, SourceSpec};
 
 /// The default ssh port; known_hosts entries for other ports are written `[host]:port`.
 pub(crate) const SSH_DEFAULT_PORT: u16 = 22;
@@ -29,6 +29,9 @@ pub(crate) struct Location {
     fetch_url: String,
     /// For ssh: the host (without brackets) and port.
     ssh_host: Option<(String, u16)>,
+    /// For `http://` and `https://`: the host (lowercase, IPv6 in brackets), the only one
+    /// credentials are sent to.
+    http_host: Option<String>,
 }
 
 impl Location {
@@ -65,7 +68,13 @@ impl Location {
             } else {
                 None
             };
-            return Ok(Self { transport, fetch_url: url.to_string(), ssh_host });
+            let http_host = if matches!(scheme.as_str(), "http" | "https") {
+                let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+                Some(http_host_of(&parsed).ok_or_else(|| invalid("the URL has no host"))?)
+            } else {
+                None
+            };
+            return Ok(Self { transport, fetch_url: url.to_string(), ssh_host, http_host });
         }
         if let Some(host) = scp_like_host(url) {
             if host.is_empty() {
@@ -75,12 +84,13 @@ impl Location {
                 transport: Transport::Ssh,
                 fetch_url: url.to_string(),
                 ssh_host: Some((host.to_ascii_lowercase(), SSH_DEFAULT_PORT)),
+                http_host: None,
             });
         }
         // A local path.
         let absolute = std::path::absolute(Path::new(url)).map_err(|e| invalid(&e.to_string()))?;
         let file_url = url::Url::from_file_path(&absolute).map_err(|()| invalid("not an absolute local path"))?;
-        Ok(Self { transport: Transport::Local, fetch_url: file_url.to_string(), ssh_host: None })
+        Ok(Self { transport: Transport::Local, fetch_url: file_url.to_string(), ssh_host: None, http_host: None })
     }
 
     /// The URL given to libgit2.
@@ -98,13 +108,48 @@ impl Location {
         self.ssh_host.as_ref().map(|(h, p)| (h.as_str(), *p))
     }
 
-    /// Refuses what can be refused before connecting: an ssh URL without a known_hosts file.
+    /// Refuses what can be refused before connecting: an ssh URL without a known_hosts file,
+    /// credentials over plain `http://` without `insecure_http`.
     pub(crate) fn check_auth(&self, spec: &SourceSpec) -> Result<(), SourceError> {
         if self.transport == Transport::Ssh && spec.auth.known_hosts_file().is_none() {
             return Err(SourceError::KnownHostsRequired { url: redact_url(&spec.url) });
         }
-        Ok(())
+        spec.check_plain_http()
     }
+
+    /// For an http(s) source, the host of `url` (what libgit2 asks credentials for) when it is
+    /// not the configured host, as after a redirect: no credentials go there. `None` when they
+    /// may be sent (the same host, or a transport without redirects).
+    pub(crate) fn foreign_host(&self, url: &str) -> Option<String> {
+        let configured = self.http_host.as_deref()?;
+        match url::Url::parse(url).ok().as_ref().and_then(http_host_of) {
+            Some(host) if host == configured => None,
+            Some(host) => Some(host),
+            None => Some("a URL without a host".into()),
+        }
+    }
+}
+
+/// The host of an http(s) URL, lowercase (IPv6 addresses in brackets).
+fn http_host_of(url: &url::Url) -> Option<String> {
+    url.host_str().filter(|h| !h.is_empty()).map(str::to_ascii_lowercase)
+}
+
+/// What credentials `url` would send over plain `http://` with `auth`: the configured token or
+/// username/password, or a password in the URL's user info. `None` for other schemes, or
+/// without credentials.
+pub(crate) fn plain_http_credentials(url: &str, auth: &Auth) -> Option<&'static str> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") {
+        return None;
+    }
+    match auth {
+        Auth::Token { .. } => return Some("a token"),
+        Auth::Basic { .. } => return Some("a username and password"),
+        Auth::None | Auth::Ssh { .. } => {}
+    }
+    let at = userinfo_end(rest)?;
+    rest[..at].contains(':').then_some("a password in the URL")
 }
 
 /// `ssh`, `ssh+git`, `git+ssh` (case-insensitive).
@@ -142,7 +187,7 @@ pub(crate) fn is_full_sha(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Auth;
+    use crate::source::testutil::spec_for;
 
     #[test]
     fn parses_transports() {
@@ -200,7 +245,7 @@ mod tests {
 
     #[test]
     fn ssh_requires_known_hosts() {
-        let spec = |url: &str, auth: Auth| SourceSpec { url: url.into(), reference: None, path: String::new(), auth };
+        let spec = |url: &str, auth: Auth| SourceSpec { auth, ..spec_for(url) };
         let ssh_auth = Auth::Ssh { key_file: "/k".into(), known_hosts_file: None, passphrase_file: None };
         for url in ["ssh://git@127.0.0.1:1/x.git", "git@example.com:org/x.git"] {
             let l = Location::parse(url).unwrap();
@@ -213,6 +258,24 @@ mod tests {
         assert!(Location::parse(url).unwrap().check_auth(&spec(url, with_kh)).is_ok());
         let url = "https://example.com/x.git";
         assert!(Location::parse(url).unwrap().check_auth(&spec(url, Auth::None)).is_ok());
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_configured_http_host() {
+        let l = Location::parse("http://Git.Example:8080/org/repo.git").unwrap();
+        assert_eq!(l.foreign_host("http://git.example:8080/org/repo.git"), None);
+        // another port or path, or an upgrade to https, is the same host
+        assert_eq!(l.foreign_host("https://GIT.example/other/repo.git/info/refs"), None);
+        assert_eq!(l.foreign_host("http://evil.example:8080/org/repo.git").as_deref(), Some("evil.example"));
+        assert_eq!(l.foreign_host("http://git.example.evil/x").as_deref(), Some("git.example.evil"));
+        assert!(l.foreign_host("not a url").is_some());
+        let l = Location::parse("https://[::1]:8443/r.git").unwrap();
+        assert_eq!(l.foreign_host("https://[::1]/r.git"), None);
+        assert_eq!(l.foreign_host("https://127.0.0.1/r.git").as_deref(), Some("127.0.0.1"));
+        // transports without redirects are not checked
+        for url in ["ssh://git@host/x.git", "git@host:x.git", "file:///srv/x.git", "git://host/x.git"] {
+            assert_eq!(Location::parse(url).unwrap().foreign_host("http://elsewhere/x"), None, "{url}");
+        }
     }
 
     #[test]

@@ -17,7 +17,14 @@
 //!
 //! Credentials are read from files when connecting and are never put in URLs, logs or errors.
 //! SSH sources must have a known_hosts file; host keys are checked against it by
-//! [`KnownHosts`], and an unknown or changed key refuses the connection.
+//! [`KnownHosts`], and an unknown or changed key refuses the connection. Credentials go only to
+//! the host of the configured URL (a redirect to another host gets none), and not over plain
+//! `http://` unless the source sets [`SourceSpec::insecure_http`].
+//!
+//! Network I/O is bounded: each remote check and each fetch must finish within the source's
+//! [`SourceSpec::timeout`] (checked on every progress callback and between fetch attempts, and
+//! libgit2's connect and socket read/write waits, infinite by default, are bounded by it too), and
+//! a fetch stops once it has downloaded more than [`SourceSpec::max_fetch_bytes`].
 
 mod known_hosts;
 mod location;
@@ -28,6 +35,7 @@ mod tree;
 mod testutil;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use git2::{Oid, Repository};
 use sha2::{Digest, Sha256};
@@ -37,6 +45,12 @@ use crate::render::Limits;
 
 pub use known_hosts::{HostKeyStatus, KnownHosts};
 use location::Location;
+
+/// The default of [`SourceSpec::timeout`].
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default of [`SourceSpec::max_fetch_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_FETCH_BYTES: u64 = 256 << 20;
 
 /// How to authenticate to the remote. Secrets are always read from files, never from flags.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,6 +90,30 @@ pub struct SourceSpec {
     pub path: String,
     /// How to authenticate.
     pub auth: Auth,
+    /// Longest one remote check ([`Repo::remote_commit`]) or one fetch ([`Repo::fetch`]) may
+    /// take. libgit2's connect and socket read/write timeouts are process-wide: they are set to
+    /// the smallest `timeout` of the sources seen so far, so a remote that accepts the connection
+    /// and never answers fails within it.
+    pub timeout: Duration,
+    /// Most bytes one fetch may download (over all its attempts).
+    pub max_fetch_bytes: u64,
+    /// Permit credentials (a token, a username and password, a password in the URL) over plain
+    /// `http://`, where they travel unencrypted. Refused otherwise.
+    pub insecure_http: bool,
+}
+
+impl SourceSpec {
+    /// Refuses credentials over plain `http://` unless [`SourceSpec::insecure_http`] is set.
+    /// Looks only at the URL's scheme and user info, so it can run when the config is read
+    /// (a URL that does not parse is reported when the source is opened).
+    pub fn check_plain_http(&self) -> Result<(), SourceError> {
+        match location::plain_http_credentials(&self.url, &self.auth) {
+            Some(what) if !self.insecure_http => {
+                Err(SourceError::InsecureHttp { url: redact_url(&self.url), what: what.to_string() })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Why the source could not produce a revision. Messages never contain credentials: URLs are
@@ -118,6 +156,17 @@ pub enum SourceError {
     /// Fetching failed.
     #[error("fetching commit {commit} from {url} failed: {reason}")]
     Fetch { url: String, commit: String, reason: String },
+    /// The remote check or the fetch did not finish within [`SourceSpec::timeout`].
+    #[error("no complete answer from {url} within the fetch timeout of {timeout}{detail}")]
+    Timeout { url: String, timeout: String, detail: String },
+    /// The fetch downloaded more than [`SourceSpec::max_fetch_bytes`].
+    #[error(
+        "fetching from {url} was stopped after {received} bytes: over the fetch size limit of {limit} bytes (maxFetchBytes)"
+    )]
+    FetchTooLarge { url: String, received: u64, limit: u64 },
+    /// Credentials over plain `http://` without [`SourceSpec::insecure_http`].
+    #[error("refusing to send {what} over plain http to {url}: use https, or set insecureHttp: true on the source")]
+    InsecureHttp { url: String, what: String },
     /// The commit is not available (after fetching, or when reading).
     #[error("commit {commit} not found in {url}{detail}")]
     CommitNotFound { commit: String, url: String, detail: String },

@@ -8,10 +8,20 @@
 //!
 //! Fetches write into a private namespace (`refs/driftless/...`, mirroring the remote's names)
 //! so they never touch anything else and never download tags automatically.
+//!
+//! Every remote check and every fetch is one session with a deadline (the source's `timeout`
+//! from its start) and, for fetches, a byte budget (`max_fetch_bytes`, over all its attempts).
+//! Both are checked on each transfer-progress and sideband callback (libgit2 calls the first at
+//! least every 100 KiB received and for each object indexed), before each fetch attempt and in
+//! the credential and certificate callbacks; a callback that returns "stop" makes libgit2 abort
+//! the transfer. While the remote sends nothing no callback runs, so libgit2's connect and socket
+//! read/write timeouts, infinite by default, are set as well (see [`bound_socket_waits`]).
 
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorClass, ErrorCode, FetchOptions,
@@ -87,12 +97,21 @@ struct Session<'a> {
     known_hosts: Option<KnownHosts>,
     failure: RefCell<Option<SourceError>>,
     credential_attempts: Cell<u32>,
+    /// When the remote check or fetch must have finished.
+    deadline: Instant,
+    /// Bytes the session's earlier connections downloaded.
+    received_before: Cell<u64>,
+    /// Bytes the current connection downloaded so far.
+    received_now: Cell<u64>,
 }
 
 impl<'a> Session<'a> {
-    /// Loads everything from files; refuses an ssh URL without known_hosts before connecting.
+    /// Loads everything from files; refuses an ssh URL without known_hosts (and credentials over
+    /// plain http) before connecting. Starts the clock of the source's `timeout`.
     fn new(repo: &'a Repo) -> Result<Self, SourceError> {
+        let deadline = Instant::now() + repo.spec.timeout;
         repo.location.check_auth(&repo.spec)?;
+        bound_socket_waits(repo.spec.timeout);
         let known_hosts = match repo.location.transport() {
             Transport::Ssh => match repo.spec.auth.known_hosts_file() {
                 Some(path) => Some(KnownHosts::load(path)?),
@@ -106,7 +125,58 @@ impl<'a> Session<'a> {
             known_hosts,
             failure: RefCell::new(None),
             credential_attempts: Cell::new(0),
+            deadline,
+            received_before: Cell::new(0),
+            received_now: Cell::new(0),
         })
+    }
+
+    /// Bytes downloaded by the session so far.
+    fn received(&self) -> u64 {
+        self.received_before.get() + self.received_now.get()
+    }
+
+    /// The error for a session past its deadline.
+    fn timeout_error(&self) -> SourceError {
+        let received = self.received();
+        SourceError::Timeout {
+            url: self.repo.display_url(),
+            timeout: humantime::format_duration(self.repo.spec.timeout).to_string(),
+            detail: if received == 0 { String::new() } else { format!(" (stopped after {received} bytes)") },
+        }
+    }
+
+    /// Fails once the deadline has passed.
+    fn check_deadline(&self) -> Result<(), SourceError> {
+        if Instant::now() >= self.deadline {
+            return Err(self.timeout_error());
+        }
+        Ok(())
+    }
+
+    /// For callbacks that return "go on": false (and the failure recorded) past the deadline.
+    fn in_time(&self) -> bool {
+        match self.check_deadline() {
+            Ok(()) => true,
+            Err(e) => {
+                *self.failure.borrow_mut() = Some(e);
+                false
+            }
+        }
+    }
+
+    /// The transfer-progress callback: `received` bytes so far on this connection. False stops
+    /// the transfer, past the deadline or over the byte budget.
+    fn on_transfer(&self, received: u64) -> bool {
+        self.received_now.set(received);
+        let total = self.received();
+        let limit = self.repo.spec.max_fetch_bytes;
+        if total > limit {
+            *self.failure.borrow_mut() =
+                Some(SourceError::FetchTooLarge { url: self.repo.display_url(), received: total, limit });
+            return false;
+        }
+        self.in_time()
     }
 
     fn fail(&self, err: SourceError) -> git2::Error {
@@ -118,9 +188,13 @@ impl<'a> Session<'a> {
     /// Fresh callbacks for one connection.
     fn callbacks(&self) -> RemoteCallbacks<'_> {
         self.credential_attempts.set(0);
+        self.received_before.set(self.received_before.get() + self.received_now.replace(0));
         let mut cb = RemoteCallbacks::new();
-        cb.credentials(|_url, username_from_url, allowed| self.credentials(username_from_url, allowed));
+        cb.credentials(|url, username_from_url, allowed| self.credentials(url, username_from_url, allowed));
+        cb.transfer_progress(|progress| self.on_transfer(progress.received_bytes() as u64));
+        cb.sideband_progress(|_| self.in_time());
         cb.certificate_check(|cert, host| {
+            self.check_deadline().map_err(|e| self.fail(e))?;
             let Some(hostkey) = cert.as_hostkey() else {
                 // TLS: keep libgit2's own verification.
                 return Ok(CertificateCheckStatus::CertificatePassthrough);
@@ -149,7 +223,13 @@ impl<'a> Session<'a> {
         cb
     }
 
-    fn credentials(&self, username_from_url: Option<&str>, allowed: CredentialType) -> Result<Cred, git2::Error> {
+    fn credentials(
+        &self,
+        url: &str,
+        username_from_url: Option<&str>,
+        allowed: CredentialType,
+    ) -> Result<Cred, git2::Error> {
+        self.check_deadline().map_err(|e| self.fail(e))?;
         let ssh_user = || username_from_url.filter(|u| !u.is_empty()).unwrap_or("git").to_string();
         // libgit2's ssh transport first asks for just the user name when the URL has none.
         if allowed == CredentialType::USERNAME {
@@ -158,6 +238,14 @@ impl<'a> Session<'a> {
         let attempts = self.credential_attempts.get() + 1;
         self.credential_attempts.set(attempts);
         let auth_error = |reason: &str| SourceError::Auth { url: self.repo.display_url(), reason: reason.to_string() };
+        // A redirect took the connection to another host: it gets no credentials, whatever
+        // the source has.
+        if let Some(host) = self.repo.location.foreign_host(url) {
+            return Err(self.fail(auth_error(&format!(
+                "the remote redirected to another host ({host}) that asks for credentials; \
+                 they are only sent to the configured host"
+            ))));
+        }
         if attempts > 1 {
             return Err(self.fail(auth_error("the remote rejected the configured credentials")));
         }
@@ -183,18 +271,27 @@ impl<'a> Session<'a> {
             return failure;
         }
         let message = scrub(err.message());
+        if err.code() == ErrorCode::Timeout
+            || message.to_ascii_lowercase().contains("timed out")
+            || Instant::now() >= self.deadline
+        {
+            return self.timeout_error();
+        }
         if err.code() == ErrorCode::Auth || (err.class() == ErrorClass::Http && message.contains("authentication")) {
             return SourceError::Auth { url: self.repo.display_url(), reason: message };
         }
         wrap(message)
     }
 
-    /// Whether an error came from a callback decision (auth, host key) that retrying with other
-    /// fetch options cannot change.
+    /// Whether an error came from a callback decision (auth, host key, deadline, size) that
+    /// retrying with other fetch options cannot change.
     fn is_final(err: &SourceError) -> bool {
         matches!(
             err,
             SourceError::Auth { .. }
+                | SourceError::Timeout { .. }
+                | SourceError::FetchTooLarge { .. }
+                | SourceError::InsecureHttp { .. }
                 | SourceError::HostKeyUnknown { .. }
                 | SourceError::HostKeyMismatch { .. }
                 | SourceError::HostKeyRevoked { .. }
@@ -202,6 +299,27 @@ impl<'a> Session<'a> {
                 | SourceError::Credentials { .. }
         )
     }
+}
+
+/// Bounds libgit2's connect timeout and its socket read/write timeout (how long one wait for
+/// the server may last) by `timeout`. Both are process-wide settings read when a connection is
+/// made, so they are the smallest `timeout` of any source seen so far (sources with a longer
+/// `timeout` tolerate no longer silence than that), and only ever lowered.
+fn bound_socket_waits(timeout: Duration) {
+    static CURRENT: Mutex<Option<Duration>> = Mutex::new(None);
+    let mut current = CURRENT.lock().unwrap_or_else(PoisonError::into_inner);
+    if current.is_some_and(|c| c <= timeout) {
+        return;
+    }
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX).max(1);
+    // SAFETY: these set two C ints that libgit2 reads when it opens a socket (git2 warns that
+    // the write is unsynchronized). Writers are serialized by the lock above, and a connection
+    // made meanwhile reads the old or the new value: both bound the wait.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms);
+        let _ = git2::opts::set_server_timeout_in_milliseconds(ms);
+    }
+    *current = Some(timeout);
 }
 
 fn describe_allowed(allowed: CredentialType) -> String {
@@ -363,6 +481,7 @@ pub(crate) fn fetch(repo: &Repo, commit: &str) -> Result<(), SourceError> {
     let mut last_error: Option<SourceError> = None;
     for refspecs in &attempts {
         for depth in [1, 0] {
+            session.check_deadline()?;
             match fetch_once(&git, &session, refspecs, depth) {
                 Ok(()) => {
                     last_error = None;
@@ -751,6 +870,7 @@ mod tests {
         let (url, seen, server) = unauthorized_server(4);
         let spec = SourceSpec {
             auth: Auth::Basic { username_file: tmp.path().join("user"), password_file: tmp.path().join("pass") },
+            insecure_http: true,
             ..spec_for(&url)
         };
         let err = open(spec, tmp.path()).remote_commit().unwrap_err();
@@ -772,6 +892,7 @@ mod tests {
         let url_with_secret = url.replace("http://", "http://bob:hunter2@");
         let spec = SourceSpec {
             auth: Auth::Token { token_file: tmp.path().join("token"), username: None },
+            insecure_http: true,
             ..spec_for(&url_with_secret)
         };
         let err = open(spec, tmp.path()).remote_commit().unwrap_err();
@@ -791,5 +912,211 @@ mod tests {
         assert!(matches!(err, SourceError::Auth { .. }), "{err}");
         assert!(err.to_string().contains("has none"), "{err}");
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    /// A spec for `url` with a short fetch timeout.
+    fn with_timeout(url: &str, timeout: Duration) -> SourceSpec {
+        SourceSpec { timeout, ..spec_for(url) }
+    }
+
+    /// The error of `f` and how long it took.
+    fn timed<T: std::fmt::Debug>(f: impl FnOnce() -> Result<T, SourceError>) -> (SourceError, Duration) {
+        let started = Instant::now();
+        let err = f().unwrap_err();
+        (err, started.elapsed())
+    }
+
+    #[test]
+    fn a_remote_that_accepts_and_never_answers_fails_within_the_timeout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hung = TestServer::start("127.0.0.1", |_| Answer::Hang);
+        let timeout = Duration::from_secs(2);
+        let slack = Duration::from_secs(2);
+        let url = hung.url("/org/repo.git");
+        let repo = open(with_timeout(&url, timeout), tmp.path());
+        let (err, took) = timed(|| repo.remote_commit());
+        eprintln!("hung http remote check failed after {took:?}: {err}");
+        assert!(matches!(err, SourceError::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("within the fetch timeout of 2s"), "{err}");
+        assert!(took < timeout + slack, "took {took:?}");
+        // A fetch lists the refs first: the same bound.
+        let (err, took) = timed(|| repo.fetch(&"3".repeat(40)));
+        eprintln!("hung http fetch failed after {took:?}: {err}");
+        assert!(matches!(err, SourceError::Timeout { .. }), "{err}");
+        assert!(took < timeout + slack, "took {took:?}");
+
+        // ssh: the server never sends its banner.
+        let url = format!("ssh://git@127.0.0.1:{}/x.git", hung.addr.port());
+        let known_hosts = format!("[127.0.0.1]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB\n", hung.addr.port());
+        let spec = SourceSpec { auth: ssh_auth(tmp.path(), Some(&known_hosts)), ..with_timeout(&url, timeout) };
+        let repo = Repo::open(spec, &tmp.path().join("cache-ssh")).unwrap();
+        let (err, took) = timed(|| repo.remote_commit());
+        eprintln!("hung ssh remote check failed after {took:?}: {err}");
+        assert!(matches!(err, SourceError::Timeout { .. }), "{err}");
+        assert!(took < timeout + slack, "took {took:?}");
+        assert!(hung.received().len() >= 2, "{:?}", hung.received());
+    }
+
+    /// An origin with one file of `size` incompressible bytes, served over loopback HTTP
+    /// (`answer` turns the backend's answer into what the server does).
+    fn served_origin(
+        dir: &std::path::Path,
+        size: usize,
+        answer: impl Fn(&Received, Vec<u8>) -> Answer + Send + 'static,
+    ) -> (std::path::PathBuf, TestServer) {
+        let blob = noise(size, size as u64);
+        let origin = make_repo(dir, "origin", &[("big.bin", File(&blob)), ("a.yaml", File(b"a: 1\n"))]);
+        let served = origin.clone();
+        let server = TestServer::start("127.0.0.1", move |request| answer(request, git_backend(&served, request)));
+        (origin, server)
+    }
+
+    #[test]
+    fn a_transfer_still_running_at_the_deadline_is_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        // the pack comes at about 640 KiB/s: 4 MiB would take over 6 s
+        let (_origin, server) = served_origin(tmp.path(), 4 << 20, |request, bytes| {
+            if request.method == "POST" {
+                Answer::Trickle { bytes, chunk: 64 << 10, pause: Duration::from_millis(100) }
+            } else {
+                Answer::Send(bytes)
+            }
+        });
+        let timeout = Duration::from_secs(2);
+        let repo = open(with_timeout(&server.url(REPO_PATH), timeout), tmp.path());
+        let commit = repo.remote_commit().unwrap();
+        let (err, took) = timed(|| repo.fetch(&commit));
+        eprintln!("trickled fetch failed after {took:?}: {err}");
+        assert!(matches!(err, SourceError::Timeout { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("within the fetch timeout of 2s (stopped after "), "{msg}");
+        assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
+        assert!(repo.read(&commit, &Limits::default()).is_err(), "the commit must not be in the cache");
+    }
+
+    #[test]
+    fn a_fetch_over_the_byte_limit_fails_naming_the_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (origin, server) = served_origin(tmp.path(), 1 << 20, |_, bytes| Answer::Send(bytes));
+        let limit = 256 << 10;
+        let spec = SourceSpec { max_fetch_bytes: limit, ..spec_for(&server.url(REPO_PATH)) };
+        let repo = open(spec.clone(), tmp.path());
+        let commit = repo.remote_commit().unwrap();
+        let err = repo.fetch(&commit).unwrap_err();
+        assert!(matches!(err, SourceError::FetchTooLarge { limit: 262144, .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("over the fetch size limit of 262144 bytes (maxFetchBytes)"), "{msg}");
+        assert!(repo.read(&commit, &Limits::default()).is_err(), "the commit must not be in the cache");
+        // and the part that was downloaded is not kept
+        let pack_dir = repo.cache_path().join("objects/pack");
+        let kept: u64 = std::fs::read_dir(&pack_dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        assert_eq!(kept, 0, "{:?}", std::fs::read_dir(&pack_dir).unwrap().collect::<Vec<_>>());
+        // one try only: the limit is final, not a reason to try a full fetch after the shallow
+        // one (ref listings: the remote check, the fetch's own, its one attempt)
+        let listings = server.received().iter().filter(|r| r.method == "GET").count();
+        assert_eq!(listings, 3, "{:?}", server.received());
+        assert!(server.received().iter().all(|r| r.method == "GET" || r.body.windows(6).any(|w| w == b"deepen")));
+
+        // The same over the local transport.
+        let local_spec = SourceSpec { url: origin.display().to_string(), ..spec.clone() };
+        let local = Repo::open(local_spec, &tmp.path().join("c2")).unwrap();
+        let err = local.fetch(&commit).unwrap_err();
+        assert!(matches!(err, SourceError::FetchTooLarge { .. }), "{err}");
+
+        // Under the limit, it fetches.
+        let roomy = Repo::open(SourceSpec { max_fetch_bytes: 4 << 20, ..spec }, &tmp.path().join("c3")).unwrap();
+        roomy.fetch(&commit).unwrap();
+        assert_eq!(roomy.read(&commit, &Limits::default()).unwrap().len(), 1);
+    }
+
+    /// A server on `ip` that answers 401 (Basic) to everything.
+    fn asks_for_credentials(ip: &str) -> TestServer {
+        TestServer::start(ip, |_| {
+            Answer::Send(http_response("401 Unauthorized", &["WWW-Authenticate: Basic realm=\"test\""], b""))
+        })
+    }
+
+    /// A server on 127.0.0.1 that redirects (302) every request to the same path on `to`;
+    /// with `after_auth`, only once it was sent credentials (401 before).
+    fn redirects_to(to: &TestServer, after_auth: bool) -> TestServer {
+        let to = to.url("");
+        TestServer::start("127.0.0.1", move |request| {
+            if after_auth && request.header("authorization").is_none() {
+                return Answer::Send(http_response("401 Unauthorized", &["WWW-Authenticate: Basic realm=\"test\""], b""));
+            }
+            let location = format!("Location: {to}{}", request.target);
+            Answer::Send(http_response("302 Found", &[&location], b""))
+        })
+    }
+
+    #[test]
+    fn credentials_do_not_follow_a_redirect_to_another_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("token"), "tok-123\n").unwrap();
+        let auth = Auth::Token { token_file: tmp.path().join("token"), username: None };
+        let spec = |url: &str| SourceSpec { auth: auth.clone(), insecure_http: true, ..spec_for(url) };
+
+        let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("git:tok-123"));
+        for (i, after_auth) in [false, true].into_iter().enumerate() {
+            let elsewhere = asks_for_credentials("127.0.0.2");
+            let origin = redirects_to(&elsewhere, after_auth);
+            let dir = tmp.path().join(format!("r{i}"));
+            let err = open(spec(&origin.url("/org/repo.git")), &dir).remote_commit().unwrap_err();
+            assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("redirected to another host (127.0.0.2)") && !msg.contains("tok-123"), "{msg}");
+            let asked = elsewhere.received();
+            assert!(!asked.is_empty(), "the redirect was not followed");
+            // not even the credentials the configured host was already given
+            assert!(asked.iter().all(|r| r.header("authorization").is_none()), "{asked:?}");
+            let sent_to_origin = origin.received().iter().any(|r| r.header("authorization") == Some(want.as_str()));
+            assert_eq!(sent_to_origin, after_auth);
+        }
+
+        // Another port of the same host is the same host: it gets them.
+        let same_host = asks_for_credentials("127.0.0.1");
+        let origin = redirects_to(&same_host, false);
+        let err = open(spec(&origin.url("/org/repo.git")), tmp.path().join("2").as_path()).remote_commit().unwrap_err();
+        assert!(err.to_string().contains("rejected the configured credentials"), "{err}");
+        assert!(same_host.received().iter().any(|r| r.header("authorization") == Some(want.as_str())));
+    }
+
+    #[test]
+    fn credentials_over_plain_http_are_refused_unless_insecure_http() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("token"), "tok\n").unwrap();
+        let token = Auth::Token { token_file: tmp.path().join("token"), username: None };
+        let basic = Auth::Basic { username_file: tmp.path().join("u"), password_file: tmp.path().join("p") };
+        let cases = [
+            ("http://127.0.0.1:1/x.git", token.clone(), Some("a token")),
+            ("HTTP://127.0.0.1:1/x.git", basic.clone(), Some("a username and password")),
+            ("http://bob:hunter2@127.0.0.1:1/x.git", Auth::None, Some("a password in the URL")),
+            ("http://bob@127.0.0.1:1/x.git", Auth::None, None),
+            ("http://127.0.0.1:1/x.git", Auth::None, None),
+            ("https://127.0.0.1:1/x.git", token.clone(), None),
+            ("https://bob:hunter2@127.0.0.1:1/x.git", basic, None),
+            ("git://127.0.0.1:1/x.git", token, None),
+        ];
+        for (i, (url, auth, refused)) in cases.into_iter().enumerate() {
+            let spec = SourceSpec { auth, ..spec_for(url) };
+            let cache = tmp.path().join(format!("c{i}"));
+            match refused {
+                Some(what) => {
+                    let err = Repo::open(spec.clone(), &cache).unwrap_err();
+                    assert!(matches!(err, SourceError::InsecureHttp { .. }), "{url}: {err}");
+                    let msg = err.to_string();
+                    assert!(msg.contains(what) && msg.contains("insecureHttp: true"), "{msg}");
+                    assert!(!msg.contains("hunter2"), "{msg}");
+                    assert!(spec.check_plain_http().is_err());
+                    let allowed = SourceSpec { insecure_http: true, ..spec };
+                    assert!(allowed.check_plain_http().is_ok());
+                    Repo::open(allowed, &cache).unwrap();
+                }
+                None => {
+                    assert!(spec.check_plain_http().is_ok(), "{url}");
+                    Repo::open(spec, &cache).unwrap();
+                }
+            }
+        }
     }
 }
