@@ -125,6 +125,15 @@ pub struct SourceArgs {
     /// How long each wave may take to become Healthy.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub health_timeout: Duration,
+    /// Longest one remote check or one fetch may take.
+    #[arg(long = "fetch-timeout", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub fetch_timeout: Duration,
+    /// Most bytes one fetch may download.
+    #[arg(long, default_value_t = crate::source::DEFAULT_MAX_FETCH_BYTES)]
+    pub max_fetch_bytes: u64,
+    /// Permit credentials over plain http:// (they travel unencrypted).
+    #[arg(long)]
+    pub insecure_http: bool,
     /// File holding an HTTPS token (sent as the password of --username, default `git`).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -173,6 +182,11 @@ impl SourceArgs {
             health_timeout: self.health_timeout,
             webhook_secret_file: None,
         })
+    }
+
+    /// How the source's remote is fetched.
+    pub fn fetch(&self) -> crate::config::FetchConfig {
+        crate::config::FetchConfig { timeout: self.fetch_timeout, max_fetch_bytes: self.max_fetch_bytes, insecure_http: self.insecure_http }
     }
 }
 

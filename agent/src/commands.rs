@@ -44,7 +44,7 @@ fn usage_error(e: &str) -> ExitCode {
 /// `driftless sync`: one reconcile, printed; 0 when synced, 1 otherwise, 2 for usage errors.
 pub async fn sync(args: SyncArgs) -> ExitCode {
     let setup = async {
-        let source = args.source.to_config(Duration::from_secs(60)).and_then(|c| c.validate())?;
+        let source = args.source.to_config(Duration::from_secs(60)).and_then(|c| c.validate_with(&args.source.fetch()))?;
         let ctx = context(&args.cluster, Fence::default()).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((source, ctx))
     };
@@ -281,7 +281,7 @@ fn load_sources(args: &RunArgs) -> Result<Vec<Source>, String> {
         None => {
             let mut config = args.source.to_config(args.interval)?;
             config.webhook_secret_file = args.webhook_secret_file.clone();
-            Ok(vec![config.validate()?])
+            Ok(vec![config.validate_with(&args.source.fetch())?])
         }
     }
 }
