@@ -222,7 +222,7 @@ async fn run_stages(
             let extra = [(keys::INSTANCE, ctx.instance.clone()), (keys::CLAIMS, claims)];
             inventory::write_parent(cluster, &parent, &recorded, &extra).await?;
         }
-        return Err(Error::Validation(conflicts.problems.join("; ")));
+        return Err(Error::Validation(plan::first_problems(&conflicts.problems)));
     }
     stage_done("plan and live state");
 
@@ -481,7 +481,7 @@ fn validation_failed(plan: &Plan, failures: Vec<(ObjectRef, String)>, changes: &
     for (id, m) in failures {
         changes.push(id, Action::Failed, m);
     }
-    Error::Validation(text.join("; "))
+    Error::Validation(plan::first_problems(&text))
 }
 
 /// Marks every planned object that has no entry yet as skipped: an earlier stage failed.

@@ -160,8 +160,21 @@ pub struct PlanError {
 
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.problems.join("; "))
+        f.write_str(&first_problems(&self.problems))
     }
+}
+
+/// How many problems one message names (the rest are counted): a message stays one readable
+/// line, and fits an annotation, however broken a revision is.
+pub const MESSAGE_PROBLEMS: usize = 10;
+
+/// The first [`MESSAGE_PROBLEMS`] problems, and how many more there are.
+pub fn first_problems(problems: &[String]) -> String {
+    let mut text = problems.iter().take(MESSAGE_PROBLEMS).cloned().collect::<Vec<_>>().join("; ");
+    if problems.len() > MESSAGE_PROBLEMS {
+        text.push_str(&format!("; and {} more", problems.len() - MESSAGE_PROBLEMS));
+    }
+    text
 }
 
 /// Builds the plan of one revision.
@@ -624,5 +637,13 @@ subjects:
         let plan = build(vec![manifest("j.yaml", job), manifest("c.yaml", cm("c"))], &catalog(), &opts()).unwrap();
         assert!(plan.objects().iter().find(|p| p.id.kind == "Job").unwrap().recreate);
         assert!(!plan.objects().iter().find(|p| p.id.kind == "ConfigMap").unwrap().recreate);
+    }
+
+    #[test]
+    fn a_message_names_the_first_problems_and_counts_the_rest() {
+        let many: Vec<String> = (0..25).map(|i| format!("p{i}")).collect();
+        let text = first_problems(&many);
+        assert!(text.starts_with("p0; p1") && text.contains("p9; and 15 more") && !text.contains("p10"), "{text}");
+        assert_eq!(first_problems(&many[..2]), "p0; p1");
     }
 }
