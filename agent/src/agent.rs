@@ -26,7 +26,7 @@ use crate::plan::Plan;
 use crate::source::redact_url;
 use crate::status::metrics::{ActionLabels, FailureLabels, KindLabels, Metrics, ResultLabels};
 use crate::status::{self, reasons, Telemetry};
-use crate::sync::{self, Context, Mode, Options, State};
+use crate::sync::{self, Context, Fetched, Mode, Options, State};
 
 /// A source's sync state as users read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -84,6 +84,13 @@ pub struct SourceStatus {
     pub commit_to_healthy_seconds: Option<f64>,
     /// Reconciled once and every watch synced (readiness).
     pub ready: bool,
+    /// When the remote check (and fetch) in progress started; none when idle.
+    #[serde(with = "unix_seconds")]
+    pub fetch_started: Option<SystemTime>,
+    /// A fetch in progress longer than this (three intervals, and at least twice the fetch
+    /// timeout and a minute more) is stuck: `/healthz` fails for it.
+    #[serde(skip)]
+    pub stuck_after: Duration,
 }
 
 mod unix_seconds {
@@ -120,7 +127,15 @@ impl SourceStatus {
             fights: 0,
             commit_to_healthy_seconds: None,
             ready: false,
+            fetch_started: None,
+            stuck_after: (source.interval * 3).max(source.spec.timeout * 2 + Duration::from_secs(60)),
         }
+    }
+
+    /// The stuck fetch this status shows, if any: how long it has run.
+    pub fn stuck(&self, now: SystemTime) -> Option<Duration> {
+        let running = now.duration_since(self.fetch_started?).ok()?;
+        (running > self.stuck_after).then_some(running)
     }
 }
 
@@ -230,6 +245,8 @@ pub struct SourceLoop {
     annotated: Option<(SyncState, Health)>,
     /// Memory to hand back once the watches have listed their objects.
     release_pending: bool,
+    /// When the remote check in progress started.
+    fetch_started: Option<Instant>,
     /// A reconcile compared every member with git since this loop started (a new loop starts
     /// with each leadership term): until then drift made while no loop watched is unseen.
     compared_all: bool,
@@ -255,6 +272,7 @@ impl SourceLoop {
             annotated: None,
             release_pending: false,
             compared_all: false,
+            fetch_started: None,
         }
     }
 
@@ -289,27 +307,49 @@ impl SourceLoop {
         self.zero_series();
         let mut next_poll = tokio::time::Instant::now();
         let mut health_tick = tokio::time::interval(Duration::from_millis(500));
+        // the remote check and fetch run beside the loop, so drift is corrected meanwhile; the
+        // set aborts them when the loop ends
+        let mut fetching: tokio::task::JoinSet<Result<Fetched, crate::Error>> = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(next_poll) => {
-                    self.poll().await;
+                _ = tokio::time::sleep_until(next_poll), if fetching.is_empty() => self.start_fetch(&mut fetching),
+                Some(()) = triggers.recv(), if fetching.is_empty() => self.start_fetch(&mut fetching),
+                Some(joined) = fetching.join_next() => {
+                    let result = joined.unwrap_or_else(|e| Err(crate::Error::Validation(format!("the git worker stopped: {e}"))));
+                    self.on_fetched(result).await;
                     next_poll = tokio::time::Instant::now() + jittered(self.source.interval);
                 }
-                Some(()) = triggers.recv() => self.poll().await,
                 Some(id) = self.drifted.recv() => self.heal(id).await,
                 _ = health_tick.tick() => self.refresh_health(),
             }
         }
     }
 
-    /// Checks the remote; reconciles when the commit is new or the last attempt failed.
+    /// Starts a remote check (and fetch, when the commit is new) beside the loop.
+    fn start_fetch(&mut self, fetching: &mut tokio::task::JoinSet<Result<Fetched, crate::Error>>) {
+        let (ctx, source, applied) = (self.ctx.clone(), self.source.clone(), self.applied_commit.clone());
+        self.fetch_started = Some(Instant::now());
+        self.update_status(|s| s.fetch_started = Some(SystemTime::now()));
+        fetching.spawn(async move { sync::check_and_fetch(&ctx, &source, applied.as_deref()).await });
+    }
+
+    /// Checks the remote and reconciles when the commit is new or the last attempt failed, in
+    /// place (tests and one-off callers; the loop runs the check beside itself).
     pub async fn poll(&mut self) {
-        let noticed = Instant::now();
+        self.fetch_started = Some(Instant::now());
+        let result = sync::check_and_fetch(&self.ctx, &self.source, self.applied_commit.as_deref()).await;
+        self.on_fetched(result).await;
+    }
+
+    /// Handles a finished remote check: reports a failure, or reconciles a new commit.
+    async fn on_fetched(&mut self, checked: Result<Fetched, crate::Error>) {
+        let noticed = self.fetch_started.take().unwrap_or_else(Instant::now);
+        self.update_status(|s| s.fetch_started = None);
         let name = Metrics::source(&self.source.name);
-        let checked = sync::remote_commit(&self.ctx, &self.source).await;
         self.metrics().git_fetch_duration.get_or_create(&name).observe(noticed.elapsed().as_secs_f64());
-        let commit = match checked {
-            Ok(c) => c,
+        let (commit, files) = match checked {
+            Ok(Fetched::Unchanged(commit)) => (commit, None),
+            Ok(Fetched::New { commit, files }) => (commit, Some(files)),
             Err(e) => {
                 // a sync that failed at its first stage: counted, shown and reported like any other
                 self.attempted = true;
@@ -346,16 +386,16 @@ impl SourceLoop {
             }
         };
         self.update_status(|s| s.last_fetched_commit = Some(commit.clone()));
-        if self.applied_commit.as_deref() == Some(commit.as_str()) {
+        let Some(files) = files else {
             // nothing new in git; drift is the watches' business
             debug!(source = %self.source.name, elapsed_us = noticed.elapsed().as_micros() as u64, "poll: nothing new");
             return;
-        }
+        };
         // the first reconcile of a loop compares every member with git: drift made while the
         // agent was down or another replica led is repaired (or reported) like any other
         let mode = if self.compared_all { Mode::Incremental } else { Mode::Full };
         let opts = Options { mode, commit: Some(&commit), live: Some(&self.live) };
-        let mut report = sync::reconcile_with(&self.ctx, &self.source, opts).await;
+        let mut report = sync::reconcile_fetched(&self.ctx, &self.source, opts, Some((commit.clone(), files))).await;
         let mut drifted = Vec::new();
         self.attempted = true;
         self.record_sync(&report);
@@ -617,6 +657,21 @@ impl SourceLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fetch_is_stuck_only_past_three_intervals_and_twice_its_deadline() {
+        let source: Source = crate::config::parse("sources:\n  - name: shop\n    repo: file:///nowhere\n    interval: 10s\n    timeout: 30s\n")
+            .unwrap()
+            .remove(0);
+        let mut status = SourceStatus::new(&source);
+        assert_eq!(status.stuck_after, Duration::from_secs(120), "2 x 30 s + 60 s is more than 3 x 10 s");
+        let now = SystemTime::now();
+        assert_eq!(status.stuck(now), None, "idle");
+        status.fetch_started = Some(now - Duration::from_secs(100));
+        assert_eq!(status.stuck(now), None, "slow, within its deadlines");
+        status.fetch_started = Some(now - Duration::from_secs(121));
+        assert_eq!(status.stuck(now), Some(Duration::from_secs(121)));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_panicking_loop_reports_failed_and_restarts_with_backoff() {

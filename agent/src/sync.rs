@@ -130,11 +130,22 @@ pub async fn reconcile(ctx: &Context, source: &Source) -> Report {
 
 /// Reconciles one source once.
 pub async fn reconcile_with(ctx: &Context, source: &Source, opts: Options<'_>) -> Report {
+    reconcile_fetched(ctx, source, opts, None).await
+}
+
+/// Reconciles one source once; `fetched` is a commit and its files already fetched (then the
+/// fetch stage is skipped).
+pub async fn reconcile_fetched(
+    ctx: &Context,
+    source: &Source,
+    opts: Options<'_>,
+    fetched: Option<(String, Vec<crate::manifest::SourceFile>)>,
+) -> Report {
     let started = Instant::now();
     let mut changes = ChangeSet::default();
     let mut commit = None;
     let mut outcome = None;
-    let result = run_stages(ctx, source, opts, &mut commit, &mut changes, &mut outcome).await;
+    let result = run_stages(ctx, source, opts, fetched, &mut commit, &mut changes, &mut outcome).await;
     let (state, reason, message, error) = match result {
         Ok(None) => (State::Synced, String::new(), String::new(), None),
         Ok(Some(hold)) => (State::PruneHeld, "PruneHeld".to_string(), hold.to_string(), None),
@@ -157,6 +168,7 @@ async fn run_stages(
     ctx: &Context,
     source: &Source,
     opts: Options<'_>,
+    fetched: Option<(String, Vec<crate::manifest::SourceFile>)>,
     commit_out: &mut Option<String>,
     changes: &mut ChangeSet,
     outcome: &mut Option<Outcome>,
@@ -165,7 +177,10 @@ async fn run_stages(
     // read its tree.
     let started = Instant::now();
     let stage_done = |stage: &str| debug!(source = %source.name, stage, elapsed_ms = started.elapsed().as_millis() as u64, "stage done");
-    let (commit, files) = fetch(ctx, source, opts.commit).await?;
+    let (commit, files) = match fetched {
+        Some(f) => f,
+        None => fetch(ctx, source, opts.commit).await?,
+    };
     *commit_out = Some(commit.clone());
     stage_done("fetch");
 
@@ -300,11 +315,35 @@ fn scopes(plan: &Plan, inventory: &Inventory, catalog: &crate::plan::Catalog) ->
     out
 }
 
-/// Asks the remote which commit the source's ref names (blocking git work off the runtime).
-pub async fn remote_commit(ctx: &Context, source: &Source) -> Result<String, Error> {
+/// What a remote check found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The ref still names the commit already applied.
+    Unchanged(String),
+    /// A new commit, fetched, with the files of the source's path.
+    New { commit: String, files: Vec<crate::manifest::SourceFile> },
+}
+
+/// Asks the remote which commit the source's ref names and, unless it is `applied`, fetches it
+/// and reads its files (blocking git work off the runtime). Needs no `&mut` of anything, so the
+/// agent runs it beside its loop: a slow remote never holds up drift correction.
+pub async fn check_and_fetch(ctx: &Context, source: &Source, applied: Option<&str>) -> Result<Fetched, Error> {
+    let applied = applied.map(String::from);
     let spec = source.spec.clone();
     let cache = ctx.cache_dir.join(&source.name);
-    match tokio::task::spawn_blocking(move || Repo::open(spec, &cache)?.remote_commit()).await {
+    let limits = ctx.limits.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let repo = Repo::open(spec, &cache)?;
+        let commit = repo.remote_commit()?;
+        if applied.as_deref() == Some(commit.as_str()) {
+            return Ok(Fetched::Unchanged(commit));
+        }
+        repo.fetch(&commit)?;
+        let files = repo.read(&commit, &limits)?;
+        Ok::<_, crate::source::SourceError>(Fetched::New { commit, files })
+    })
+    .await;
+    match joined {
         Ok(r) => Ok(r?),
         Err(e) => Err(Error::Validation(format!("the git worker stopped: {e}"))),
     }

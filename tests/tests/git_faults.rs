@@ -370,3 +370,58 @@ async fn a_git_server_down_for_several_polls_changes_nothing_and_the_agent_conve
     eprintln!("converged {:?} after git came back", back_at.elapsed());
     assert_eq!(values(&check, ns.name()).await, converged());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_is_corrected_while_a_fetch_hangs_and_a_stuck_fetch_shows_in_status() {
+    let client = driftless_tests::client().await;
+    let inv = TestNamespace::new(&client, "faults-hang-inv").await;
+    let ns = TestNamespace::new(&client, "faults-hang").await;
+    let served = Served::new().await;
+    let name = unique_name("faults-hang");
+    let config = served.files.path().join("driftless.yaml");
+    // a long fetch timeout: the hung check below stays in progress for the whole test
+    let entry = json!({"name": name, "repo": served.gate.url(), "namespace": ns.name(), "interval": "1s",
+                       "timeout": "60s", "insecureHttp": true, "auth": {"tokenFile": served.token_file()}});
+    std::fs::write(&config, serde_json::to_string_pretty(&json!({ "sources": [entry] })).unwrap()).unwrap();
+    let first = served.repo.head();
+    let agent = AgentProcess::start(inv.name(), &["--config", config.to_str().unwrap()]).await;
+    wait_status(&agent, &name, "the first revision Synced", Duration::from_secs(60), |s| {
+        s["state"] == "Synced" && s["lastAppliedCommit"] == first.as_str()
+    })
+    .await;
+
+    // the git server now takes connections and never answers: the next check hangs
+    served.gate.set_mode(Mode::Hang);
+    let hung_from = served.gate.accepted();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served.gate.accepted() == hung_from {
+        assert!(Instant::now() < deadline, "no remote check reached the hung server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hanging = wait_status(&agent, &name, "the fetch in progress shows", Duration::from_secs(5), |s| s["fetchStarted"].is_number()).await;
+
+    // when an owned ConfigMap is edited while that check hangs
+    let cms = agent::dynamic_api(&client, "v1", "ConfigMap", "configmaps", ns.name());
+    let edited = Instant::now();
+    cms.patch("a", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"data": {"value": "by-hand"}}))).await.unwrap();
+
+    // then it is reverted at once, the check still hanging
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = agent::get(&cms, "a").await.expect("ConfigMap a");
+        if a["data"]["value"] == "v1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reverted within 10 s while a fetch hung: {a}\n{}", agent.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reverted = edited.elapsed();
+    let still = status(&agent, &name).await;
+    assert_eq!(still["fetchStarted"], hanging["fetchStarted"], "the same check is still in progress: {still}");
+    assert!(served.gate.accepted() - hung_from <= 2, "no new check started meanwhile");
+    eprintln!("reverted in {reverted:?} while the remote check hung");
+    // a fetch within its deadlines is slow, not stuck: the agent stays healthy
+    assert_eq!(agent.get("/healthz").await.status, 200);
+    ns.cleanup().await;
+    inv.cleanup().await;
+}

@@ -55,10 +55,19 @@ pub async fn serve(
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.alive() {
+    if !shared.alive() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "a source loop stopped\n").into_response();
+    }
+    // git and the API server being down is no reason to restart; a fetch that outlived every
+    // deadline it has is
+    let now = std::time::SystemTime::now();
+    let statuses = shared.statuses.read().unwrap_or_else(|p| p.into_inner());
+    let stuck: Vec<String> =
+        statuses.values().filter_map(|s| s.stuck(now).map(|d| format!("{} (fetching for {}s)", s.name, d.as_secs()))).collect();
+    if stuck.is_empty() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "a source loop stopped\n").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, format!("stuck: {}\n", stuck.join(", "))).into_response()
     }
 }
 
