@@ -350,6 +350,9 @@ mod tests {
         assert_eq!(normalize_source_path("./apps/prod/").unwrap(), vec!["apps", "prod"]);
         assert_eq!(normalize_source_path("apps//prod").unwrap(), vec!["apps", "prod"]);
         assert!(matches!(normalize_source_path("apps/../etc"), Err(SourceError::InvalidPath { .. })));
+        assert!(matches!(normalize_source_path("../etc"), Err(SourceError::InvalidPath { .. })));
+        // an absolute path names a directory of the repository's own tree, never the filesystem
+        assert_eq!(normalize_source_path("/etc/").unwrap(), vec!["etc"]);
     }
 
     #[test]
