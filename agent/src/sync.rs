@@ -780,7 +780,7 @@ mod tests {
         assert!(checks.prune_disabled);
         assert_eq!(checks.expected, Expected::from_object(&full), "the drift expectation of the full object");
         assert!(checks.body.is_none());
-        let member = inventory::live_object(&crate::manifest::GroupKind::new("apps", "Deployment"), &checks);
+        let member = inventory::live_object(&crate::manifest::GroupKind::new("apps", "Deployment"), "deployments", &checks);
         assert_eq!((member.id.to_string(), member.uid, member.part_of), ("Deployment.apps n/a".to_string(), "u".to_string(), Some("set".to_string())));
 
         let body = Live::read(object());

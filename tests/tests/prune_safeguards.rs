@@ -3,12 +3,16 @@
 //! 1. a failed fetch prunes nothing (render and validation failures: sync_errors.rs)
 //! 2. an empty render of a source that had objects is refused unless allowEmpty
 //! 3. a prune of more than maxPrunePercent of the set is held
-//! 4. Namespaces and PersistentVolumeClaims are kept unless prunable; `driftless.dev/prune:
-//!    disabled` is never pruned
+//! 4. Namespaces, PersistentVolumeClaims and CRDs are kept unless prunable (a kept CRD's custom
+//!    resources that left git are pruned like any member); `driftless.dev/prune: disabled` is
+//!    never pruned
 //! 5. objects created by hand or by another set are never touched
 //! 6. (conflicts with another set and adoption: sync_errors.rs)
 //! 7. a delete that fails stays in the inventory and is retried; the agent's namespace and the
 //!    parent are never pruned
+//!
+//! And a revision one object of which an admission policy rejects at dry-run applies nothing and
+//! prunes nothing.
 
 use std::time::Duration;
 
@@ -16,8 +20,8 @@ use driftless::apply::changeset::Action;
 use driftless::config::Source;
 use driftless::manifest::GroupKind;
 use driftless::sync::{Report, State};
-use driftless_tests::agent::{audit_events, configmap, configmaps, dynamic_api, get, Agent, AGENT_NAMESPACE};
-use driftless_tests::{wait_for, GitFixture, TestNamespace};
+use driftless_tests::agent::{audit_events, configmap, configmaps, dynamic_api, get, is_dry_run, is_write, Agent, AGENT_NAMESPACE};
+use driftless_tests::{cluster_bin, kubeconfig_path, unique_name, wait_for, GitFixture, TestNamespace};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -28,6 +32,32 @@ fn deletes_since(since: usize, namespace: &str) -> usize {
         .filter(|e| e["userAgent"].as_str().is_some_and(|u| u.starts_with("driftless/")))
         .filter(|e| e["verb"] == "delete" && e["objectRef"]["namespace"].as_str() == Some(namespace))
         .count()
+}
+
+/// Deletes Driftless sent for one cluster-scoped object (by resource and name) since the audit
+/// log had `since` events.
+fn cluster_deletes_since(since: usize, resource: &str, name: &str) -> usize {
+    audit_events()[since..]
+        .iter()
+        .filter(|e| e["userAgent"].as_str().is_some_and(|u| u.starts_with("driftless/")))
+        .filter(|e| e["verb"] == "delete" && e["objectRef"]["resource"] == resource && e["objectRef"]["name"] == name)
+        .count()
+}
+
+/// Cluster-scoped objects of one test (resource, name), deleted when dropped (also when the test
+/// panics), last first.
+struct DeleteOnDrop(Vec<(&'static str, String)>);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        for (resource, name) in self.0.iter().rev() {
+            let _ = std::process::Command::new(cluster_bin("kubectl"))
+                .arg("--kubeconfig")
+                .arg(kubeconfig_path())
+                .args(["delete", resource, name, "--ignore-not-found", "--wait=false", "--request-timeout=10s"])
+                .output();
+        }
+    }
 }
 
 /// A repo with ConfigMaps `c0..cN`, synced once.
@@ -331,4 +361,208 @@ async fn the_agent_namespace_and_the_parent_are_never_pruned() {
     let parent = dynamic_api(&agent.client, "v1", "ConfigMap", "configmaps", &agent_ns);
     assert!(get(&parent, &format!("driftless-{}", source.name)).await.is_some(), "the parent stays");
     let _ = nss.delete(&agent_ns, &DeleteParams::background()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crd_removed_from_git_is_kept_with_its_custom_resources_unless_prunable() {
+    let agent = Agent::new().await;
+    let ns = TestNamespace::new(&agent.client, "guard-crd").await;
+    let group = format!("{}.test.driftless.dev", unique_name("g").replace('-', ""));
+    let plural = unique_name("gadgets").replace('-', "");
+    let crd_name = format!("{plural}.{group}");
+    let _crd = DeleteOnDrop(vec![("customresourcedefinitions", crd_name.clone())]);
+
+    // given a synced revision with a CRD, two custom resources of it and a ConfigMap
+    let repo = GitFixture::new();
+    repo.write("crd.yaml", format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {crd_name}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: {plural}, singular: gadget, kind: Gadget, listKind: GadgetList}}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            properties:\n              size: {{type: integer}}\n"
+    ));
+    repo.write("gadgets.yaml", format!(
+        "apiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: small\nspec:\n  size: 1\n---\napiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: large\nspec:\n  size: 9\n"
+    ));
+    repo.write("cm.yaml", configmap("settings", "1"));
+    repo.commit("a CRD, two gadgets and a configmap");
+    let mut source = driftless_tests::agent::source("crd", &repo.url(), ns.name());
+    source.max_prune_percent = 100;
+    let first = agent.sync(&source).await;
+    assert_eq!(first.state, State::Synced, "{}: {}", first.reason, first.message);
+    assert_eq!(first.changes.count(Action::Created), 4, "{:#?}", first.changes);
+    let crds = dynamic_api(&agent.client, "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", "");
+    let gadgets = dynamic_api(&agent.client, &format!("{group}/v1"), "Gadget", &plural, ns.name());
+    let crd_uid = get(&crds, &crd_name).await.expect("the CRD exists")["metadata"]["uid"].clone();
+    let cms_before = configmaps(&agent.client, ns.name()).await;
+
+    // when a commit removes the CRD and both custom resources from git (the ConfigMap stays;
+    // maxPrunePercent 100, so the percent safeguard holds nothing)
+    repo.remove("crd.yaml");
+    repo.remove("gadgets.yaml");
+    repo.commit("drop the CRD and its gadgets");
+    let audit = audit_events().len();
+    let kept = agent.sync(&source).await;
+
+    // then the sync is Synced; the CRD is kept as a protected kind, and its custom resources stay
+    // with it (the definition's data): nothing deleted
+    assert_eq!(kept.state, State::Synced, "{}: {}", kept.reason, kept.message);
+    let mut skipped: Vec<(String, String)> = kept
+        .changes
+        .entries
+        .iter()
+        .filter(|c| c.action == Action::Skipped)
+        .map(|c| (c.id.to_string(), c.message.clone()))
+        .collect();
+    skipped.sort();
+    let gk = format!("Gadget.{group}");
+    assert_eq!(
+        skipped,
+        [
+            (format!("CustomResourceDefinition.apiextensions.k8s.io {crd_name}"), "not pruned: ProtectedKind".to_string()),
+            (format!("{gk} {}/large", ns.name()), "not pruned: DefinitionKept".to_string()),
+            (format!("{gk} {}/small", ns.name()), "not pruned: DefinitionKept".to_string()),
+        ],
+        "{:#?}",
+        kept.changes
+    );
+    assert_eq!(kept.changes.count(Action::Deleted), 0, "{:#?}", kept.changes);
+    assert_eq!(cluster_deletes_since(audit, "customresourcedefinitions", &crd_name), 0);
+    assert_eq!(deletes_since(audit, ns.name()), 0, "no custom resource deleted");
+    let crd = get(&crds, &crd_name).await.expect("the CRD is kept");
+    assert_eq!(crd["metadata"]["uid"], crd_uid, "the same CRD");
+    assert!(crd["metadata"]["deletionTimestamp"].is_null(), "the CRD is not being deleted");
+    assert!(get(&gadgets, "small").await.is_some() && get(&gadgets, "large").await.is_some(), "the custom resources are kept");
+    assert_eq!(configmaps(&agent.client, ns.name()).await, cms_before, "the ConfigMap is untouched");
+
+    // when CustomResourceDefinition.apiextensions.k8s.io is listed as prunable, then the next
+    // sync deletes the custom resources and then the CRD, and nothing else
+    source.prunable.insert(GroupKind::parse("CustomResourceDefinition.apiextensions.k8s.io"));
+    let audit = audit_events().len();
+    let pruned = agent.sync(&source).await;
+    assert_eq!(pruned.state, State::Synced, "{}: {}", pruned.reason, pruned.message);
+    let gone: Vec<String> =
+        pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
+    assert_eq!(
+        gone,
+        [
+            format!("{gk} {}/large", ns.name()),
+            format!("{gk} {}/small", ns.name()),
+            format!("CustomResourceDefinition.apiextensions.k8s.io {crd_name}")
+        ],
+        "custom resources first, the CRD last: {:#?}",
+        pruned.changes
+    );
+    assert_eq!(pruned.changes.count(Action::Skipped), 0, "{:#?}", pruned.changes);
+    assert_eq!(cluster_deletes_since(audit, "customresourcedefinitions", &crd_name), 1);
+    assert_eq!(deletes_since(audit, ns.name()), 2, "the two custom resources");
+    driftless_tests::agent::eventually("the CRD to be gone", || async { get(&crds, &crd_name).await.is_none() }).await;
+    assert_eq!(configmaps(&agent.client, ns.name()).await, cms_before, "the ConfigMap is untouched");
+    ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admission_policy_rejecting_one_of_n_objects_at_dry_run_applies_nothing_and_prunes_nothing() {
+    let agent = Agent::new().await;
+    let ns = TestNamespace::new(&agent.client, "guard-vap").await;
+
+    // given a synced set of ConfigMaps a, b, c
+    let repo = GitFixture::new();
+    for name in ["a", "b", "c"] {
+        repo.write(format!("{name}.yaml"), configmap(name, "v1"));
+    }
+    repo.commit("three configmaps");
+    let source = driftless_tests::agent::source("vap", &repo.url(), ns.name());
+    let first = agent.sync(&source).await;
+    assert_eq!(first.state, State::Synced, "{}: {}", first.reason, first.message);
+    assert_eq!(first.changes.count(Action::Created), 3);
+    let before = configmaps(&agent.client, ns.name()).await;
+    assert_eq!(before.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+
+    // and an admission policy, bound to this namespace only, that rejects ConfigMaps named
+    // rejected* on create and update
+    let policy_name = unique_name("reject-configmaps");
+    let _policy = DeleteOnDrop(vec![
+        ("validatingadmissionpolicies", policy_name.clone()),
+        ("validatingadmissionpolicybindings", policy_name.clone()),
+    ]);
+    let message = "configmaps named rejected* are refused by policy";
+    let vap = dynamic_api(&agent.client, "admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", "");
+    let vapb = dynamic_api(
+        &agent.client,
+        "admissionregistration.k8s.io/v1",
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+        "",
+    );
+    let params = PatchParams::apply("test");
+    vap.patch(&policy_name, &params, &Patch::Apply(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {"failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]},
+            "validations": [{"expression": "!object.metadata.name.startsWith('rejected')", "message": message}]}
+    }))).await.unwrap();
+    vapb.patch(&policy_name, &params, &Patch::Apply(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy_name},
+        "spec": {"policyName": policy_name, "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name()}}}}
+    }))).await.unwrap();
+    let cms = dynamic_api(&agent.client, "v1", "ConfigMap", "configmaps", ns.name());
+    wait_for("the policy to refuse a dry-run create of rejected-probe", Duration::from_secs(30), || async {
+        let probe = serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rejected-probe"}})).unwrap();
+        match cms.create(&PostParams { dry_run: true, ..PostParams::default() }, &probe).await {
+            Err(kube::Error::Api(e)) if e.message.contains(message) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+
+    // when a commit changes b, removes c, adds d and adds rejected-1 (one of the revision's
+    // objects is rejected)
+    repo.write("b.yaml", configmap("b", "v2"));
+    repo.remove("c.yaml");
+    repo.write("d.yaml", configmap("d", "v1"));
+    repo.write("rejected-1.yaml", configmap("rejected-1", "v1"));
+    repo.commit("edit b, drop c, add d and rejected-1");
+    let audit = audit_events().len();
+    let report = agent.sync(&source).await;
+
+    // then the sync fails validation naming the object, its file and the policy's message
+    assert_eq!(report.state, State::Failed, "{:#?}", report);
+    assert_eq!(report.reason, "ValidationFailed", "{}", report.message);
+    let m = &report.message;
+    assert!(m.contains(&format!("rejected-1.yaml:1: ConfigMap {}/rejected-1: ", ns.name())), "file and object: {m}");
+    assert!(m.contains(message), "the policy's message: {m}");
+    for other in ["a", "b", "d"] {
+        assert!(!m.contains(&format!("ConfigMap {}/{other}:", ns.name())), "only rejected-1 is named: {m}");
+    }
+    let failed: Vec<String> =
+        report.changes.entries.iter().filter(|c| c.action == Action::Failed).map(|c| c.id.name.clone()).collect();
+    assert_eq!(failed, ["rejected-1"], "{:#?}", report.changes);
+    let writes: Vec<String> =
+        report.changes.entries.iter().filter(|c| c.action.is_write()).map(|c| format!("{} {}", c.action, c.id)).collect();
+    assert!(writes.is_empty(), "a failed revision wrote: {writes:?}");
+    assert_eq!(deleted(&report), 0);
+
+    // and the audit log shows no write of Driftless to the namespace (only dry-runs) and no delete
+    let events = audit_events();
+    let in_ns: Vec<&serde_json::Value> = events[audit..]
+        .iter()
+        .filter(|e| e["userAgent"].as_str().is_some_and(|u| u.starts_with("driftless/")))
+        .filter(|e| e["objectRef"]["namespace"].as_str() == Some(ns.name()))
+        .collect();
+    assert!(in_ns.iter().any(|e| is_dry_run(e)), "the revision was dry-run in the namespace (the log is read)");
+    let writes: Vec<String> =
+        in_ns.iter().filter(|e| is_write(e)).map(|e| format!("{} {}", e["verb"], e["requestURI"])).collect();
+    assert!(writes.is_empty(), "writes to the namespace: {writes:#?}");
+    assert_eq!(deletes_since(audit, ns.name()), 0);
+
+    // and the cluster is as the last good revision left it: c still there, b unchanged, no d
+    let after = configmaps(&agent.client, ns.name()).await;
+    assert_eq!(after, before, "b keeps its resourceVersion, c is not pruned, d and rejected-1 are not created");
+    assert_eq!(get(&cms, "b").await.expect("b exists")["data"]["value"], "v1");
+    assert!(get(&cms, "c").await.expect("c still exists")["metadata"]["deletionTimestamp"].is_null());
+    assert!(get(&cms, "d").await.is_none());
+
+    vapb.delete(&policy_name, &DeleteParams::default()).await.unwrap();
+    vap.delete(&policy_name, &DeleteParams::default()).await.unwrap();
+    ns.cleanup().await;
 }

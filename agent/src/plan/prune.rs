@@ -20,6 +20,8 @@ pub struct LiveObject {
     pub prune_disabled: bool,
     /// Driftless's field manager applied it (see [`crate::apply::Live::owned`]).
     pub owned: bool,
+    /// Its resource's plural name (`widgets`): with the group, the name of the CRD defining it.
+    pub plural: String,
 }
 
 /// The safeguards' settings for one source.
@@ -68,6 +70,9 @@ pub enum KeepReason {
     NotAMember,
     /// Labelled as a member, but Driftless never applied it (a copied label): never deleted.
     NotOwned,
+    /// A custom resource whose CustomResourceDefinition left git too and is kept: the
+    /// definition's data stays with it.
+    DefinitionKept,
 }
 
 /// Why a whole prune is held.
@@ -142,6 +147,20 @@ pub fn plan_prune<'a>(
             None => plan.delete.push(o.clone()),
         }
     }
+    // the custom resources of a kept CRD stay with it
+    let kept_crds: HashSet<&str> = plan
+        .kept
+        .iter()
+        .filter(|(id, r)| *r == KeepReason::ProtectedKind && id.kind == "CustomResourceDefinition" && id.group == "apiextensions.k8s.io")
+        .map(|(id, _)| id.name.as_str())
+        .collect();
+    if !kept_crds.is_empty() {
+        let (defined, rest): (Vec<LiveObject>, Vec<LiveObject>) =
+            std::mem::take(&mut plan.delete).into_iter().partition(|o| kept_crds.contains(format!("{}.{}", o.plural, o.id.group).as_str()));
+        plan.delete = rest;
+        let defined: Vec<(ObjectRef, KeepReason)> = defined.into_iter().map(|o| (o.id, KeepReason::DefinitionKept)).collect();
+        plan.kept.extend(defined);
+    }
 
     if plan.delete.is_empty() {
         return plan;
@@ -176,7 +195,7 @@ mod tests {
     }
 
     fn member(id: ObjectRef) -> LiveObject {
-        LiveObject { id, uid: "u".into(), resource_version: "1".into(), part_of: Some("set-a".into()), prune_disabled: false, owned: true }
+        LiveObject { id, uid: "u".into(), resource_version: "1".into(), part_of: Some("set-a".into()), prune_disabled: false, owned: true, plural: String::new() }
     }
 
     fn policy() -> PrunePolicy {
@@ -349,6 +368,7 @@ mod tests {
                     part_of: [Some("set-a"), Some("set-b"), None][*label as usize].map(String::from),
                     prune_disabled: *pinned,
                     owned: *owned,
+                    plural: kind.to_lowercase(),
                 };
                 match claim {
                     1 => { p.claims.insert(o.id.clone(), "set-b".into()); }
@@ -382,5 +402,26 @@ mod tests {
             let members = live.iter().filter(|o| o.part_of.as_deref() == Some("set-a")).count();
             proptest::prop_assert!(plan.delete.len() * 100 <= max_percent as usize * members.max(1) || plan.delete.is_empty());
         }
+    }
+
+    #[test]
+    fn the_custom_resources_of_a_kept_crd_stay_with_it() {
+        let crd = member(id("apiextensions.k8s.io", "CustomResourceDefinition", "", "gadgets.example.com"));
+        let gadget = LiveObject { plural: "gadgets".into(), ..member(id("example.com", "Gadget", "apps", "g")) };
+        let other = LiveObject { plural: "widgets".into(), ..member(id("example.com", "Widget", "apps", "w")) };
+        let live = vec![crd.clone(), gadget.clone(), other];
+        let lenient = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
+        let plan = plan_prune(&live, &HashSet::new(), &lenient);
+        assert_eq!(plan.delete.iter().map(|o| o.id.name.as_str()).collect::<Vec<_>>(), ["w"], "a CR of a CRD not in the set is pruned");
+        assert!(plan.kept.contains(&(gadget.id.clone(), KeepReason::DefinitionKept)));
+        assert!(plan.kept.contains(&(crd.id.clone(), KeepReason::ProtectedKind)));
+
+        // prunable: the CRD goes, and its custom resources before it
+        let mut prunable = lenient.clone();
+        prunable.prunable.insert(GroupKind::new("apiextensions.k8s.io", "CustomResourceDefinition"));
+        let plan = plan_prune(&live, &HashSet::new(), &prunable);
+        let names: Vec<&str> = plan.delete.iter().map(|o| o.id.name.as_str()).collect();
+        assert_eq!(names.len(), 3);
+        assert_eq!(names.last(), Some(&"gadgets.example.com"), "the CRD last: {names:?}");
     }
 }

@@ -142,7 +142,7 @@ pub async fn list_members(
                 }
             };
             for current in items {
-                members.push(Member { live: live_object(gk, &current), current, resource: rt.clone() });
+                members.push(Member { live: live_object(gk, &rt.plural, &current), current, resource: rt.clone() });
             }
         }
     }
@@ -151,7 +151,7 @@ pub async fn list_members(
 }
 
 /// Plain data of a live object for the planner.
-pub fn live_object(gk: &GroupKind, live: &Live) -> LiveObject {
+pub fn live_object(gk: &GroupKind, plural: &str, live: &Live) -> LiveObject {
     LiveObject {
         id: ObjectRef::new(gk.group.clone(), gk.kind.clone(), live.namespace.clone(), live.name.clone()),
         uid: live.uid.clone(),
@@ -159,6 +159,7 @@ pub fn live_object(gk: &GroupKind, live: &Live) -> LiveObject {
         part_of: live.part_of.clone(),
         prune_disabled: live.prune_disabled,
         owned: live.owned,
+        plural: plural.to_string(),
     }
 }
 
