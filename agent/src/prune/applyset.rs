@@ -47,7 +47,14 @@ impl Inventory {
                 .collect()
         };
         Self {
-            group_kinds: list(keys::APPLYSET_GROUP_KINDS).iter().map(|s| GroupKind::parse(s)).collect(),
+            // an entry without a kind (`.`, `.apps`) names nothing: dropped, so a written and
+            // re-read inventory is the same
+            group_kinds: list(keys::APPLYSET_GROUP_KINDS)
+                .iter()
+                .map(|s| GroupKind::parse(s))
+                .map(|gk| GroupKind::new(gk.group.trim(), gk.kind.trim()))
+                .filter(|gk| !gk.kind.is_empty())
+                .collect(),
             namespaces: list(keys::APPLYSET_NAMESPACES).into_iter().collect(),
         }
     }
@@ -117,5 +124,13 @@ mod tests {
         let u = old.union(&new);
         assert_eq!(u.group_kinds.len(), 2);
         assert_eq!(u.namespaces.len(), 2);
+    }
+
+    #[test]
+    fn entries_without_a_kind_name_nothing_and_blanks_are_trimmed() {
+        let inv = Inventory::from_annotations(&serde_json::json!({keys::APPLYSET_GROUP_KINDS: "., .apps,Kind ., Deployment.apps"}));
+        let names: Vec<String> = inv.group_kinds.iter().map(|gk| gk.to_string()).collect();
+        assert_eq!(names, ["Deployment.apps", "Kind"]);
+        assert_eq!(Inventory::from_annotations(&inv.annotations()), inv, "stable once written");
     }
 }
