@@ -130,7 +130,7 @@ mod tests {
     fn entries_without_a_kind_name_nothing_and_blanks_are_trimmed() {
         let inv = Inventory::from_annotations(&serde_json::json!({keys::APPLYSET_GROUP_KINDS: "., .apps,Kind ., Deployment.apps"}));
         let names: Vec<String> = inv.group_kinds.iter().map(|gk| gk.to_string()).collect();
-        assert_eq!(names, ["Deployment.apps", "Kind"]);
+        assert_eq!(names, ["Kind", "Deployment.apps"], "sorted by group, then kind");
         assert_eq!(Inventory::from_annotations(&inv.annotations()), inv, "stable once written");
     }
 }
