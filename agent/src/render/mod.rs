@@ -19,6 +19,7 @@
 
 mod json;
 mod select;
+mod tabs;
 mod value;
 pub mod yaml;
 

@@ -389,8 +389,8 @@ fn billion_laughs_fails_fast() {
 
 #[test]
 fn wide_alias_bomb_hits_the_node_limit() {
-    // Few aliases, each expanding a large node: the node limit, not serde_yaml's alias counter,
-    // stops this one.
+    // Few aliases, each expanding a large node: the node limit, not the alias repetition limit
+    // (serde_yaml's, which the renderer keeps), stops this one.
     let wide = ["x"; 1000].join(",");
     let text = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: wide}}\na: &a [{wide}]\nb: &b [{b}]\nc: &c [{c}]\nd: [{d}]\n",
@@ -576,5 +576,26 @@ fn seed_002_tab_indentation_names_the_file_line_and_cause() {
     assert_eq!(
         manifests[0].value()["spec"]["volumes"][0]["persistenctVolumeClaim"]["claimName"],
         "db-pvc"
+    );
+}
+
+#[test]
+fn file_modes_and_booleans_in_manifests() {
+    // kubectl reads `0644` as the octal 420 (serde_yaml read the string "0644", which the API
+    // server rejects for an integer field); `yes` stays a string, as before.
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    enabled: yes\nspec:\n  volumes:\n  - name: c\n    configMap:\n      name: c\n      defaultMode: 0644\n";
+    let manifests = render(&[file("pod.yaml", text)], &Limits::default()).unwrap();
+    assert_eq!(manifests[0].value()["spec"]["volumes"][0]["configMap"]["defaultMode"], 420);
+    assert_eq!(manifests[0].annotation("enabled"), Some("yes"));
+}
+
+#[test]
+fn tab_after_a_sequence_dash_names_the_file_line_and_object() {
+    let text = format!("{}spec:\n  args:\n  - a\n  -\tb\n", cm("args"));
+    let err = render_err(&[file("a.yaml", &text)], &Limits::default());
+    assert_eq!(
+        err.to_string(),
+        "a.yaml:8: ConfigMap args: invalid YAML: tabs are not allowed for indentation (a tab at \
+         column 4); indent with spaces"
     );
 }

@@ -2,18 +2,20 @@
 //!
 //! Parsers (YAML in [`super::yaml`], JSON in [`super::json`]) feed their documents through
 //! [`ValueSeed`], a [`DeserializeSeed`] that counts every node it builds and the nesting depth,
-//! and fails as soon as a limit is passed. serde_yaml expands aliases while it feeds the visitor,
-//! so counting here bounds alias expansion: a YAML bomb fails after at most `max_nodes` nodes
-//! instead of being expanded into memory.
+//! and fails as soon as a limit is passed. serde-saphyr replays an alias's events while it feeds
+//! the visitor (and copies merged entries in the same way), so counting here bounds alias
+//! expansion: a YAML bomb fails after at most `max_nodes` nodes instead of being expanded into
+//! memory.
 //!
-//! The seed also rejects what JSON cannot represent (YAML tags, `.nan`/`.inf`, integers wider
-//! than 64 bits, binary values, non-scalar mapping keys) and duplicate keys, and applies YAML
-//! merge keys (`<<`).
+//! The seed also rejects what JSON cannot represent (`.nan`/`.inf`, binary values, non-scalar
+//! mapping keys) and duplicate keys. For YAML, serde-saphyr itself applies merge keys (`<<`),
+//! rejects tags and reports duplicates first (see [`super::yaml`]); it hands integers wider than
+//! 64 bits over as floats, which the seed notes for [`super::yaml`] to check against the text.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use super::Limits;
@@ -60,6 +62,9 @@ pub(crate) struct Budget {
     exceeded: RefCell<Option<String>>,
     /// Set once a revision-wide limit is passed: nothing more should be parsed.
     exhausted: Cell<bool>,
+    /// Set when a YAML document gave a float that may have been written as an integer wider
+    /// than 64 bits (see [`Budget::take_wide_number`]).
+    wide_number: Cell<bool>,
 }
 
 impl Budget {
@@ -76,7 +81,18 @@ impl Budget {
             revision_nodes_used: Cell::new(0),
             exceeded: RefCell::new(None),
             exhausted: Cell::new(false),
+            wide_number: Cell::new(false),
         }
+    }
+
+    /// The deepest nesting allowed (limit `max_depth`).
+    pub fn max_depth(&self) -> usize {
+        self.max_depth
+    }
+
+    /// The most nodes allowed in one document (limit `max_nodes`).
+    pub fn max_nodes(&self) -> usize {
+        self.max_nodes
     }
 
     /// Counts the start of a new document and resets the per-document node count.
@@ -107,6 +123,13 @@ impl Budget {
     /// The message of the limit passed during the last parse, if one was.
     pub fn take_exceeded(&self) -> Option<String> {
         self.exceeded.borrow_mut().take()
+    }
+
+    /// Whether a YAML document parsed since the last call held a float with an integral value
+    /// beyond the 64-bit integers: serde-saphyr turns an integer literal too wide for 64 bits
+    /// into such a float, so the caller checks the text for one.
+    pub fn take_wide_number(&self) -> bool {
+        self.wide_number.replace(false)
     }
 
     /// Counts one node.
@@ -157,19 +180,20 @@ pub(crate) struct ValueSeed<'b> {
     budget: &'b Budget,
     /// Nesting depth of the value: the document's root is at depth 0.
     depth: usize,
-    /// Whether `<<` keys are YAML merge keys (true for YAML, false for JSON).
-    merge_keys: bool,
+    /// Whether the document is YAML, whose wide integers arrive as floats (see
+    /// [`Budget::take_wide_number`]). JSON documents keep such numbers as floats, as before.
+    yaml: bool,
 }
 
 impl<'b> ValueSeed<'b> {
-    /// A seed for the root of a YAML document.
+    /// A seed for the root of a YAML document (merge keys are applied by the parser).
     pub fn yaml(budget: &'b Budget) -> Self {
-        Self { budget, depth: 0, merge_keys: true }
+        Self { budget, depth: 0, yaml: true }
     }
 
-    /// A seed for the root of a JSON document.
+    /// A seed for the root of a JSON document (`<<` is an ordinary key).
     pub fn json(budget: &'b Budget) -> Self {
-        Self { budget, depth: 0, merge_keys: false }
+        Self { budget, depth: 0, yaml: false }
     }
 
     fn child(self) -> Self {
@@ -227,6 +251,13 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         self.budget.node()?;
+        // 2^64 and -2^63: integer literals past them reach us as floats from serde-saphyr.
+        if self.yaml
+            && v.fract() == 0.0
+            && (v >= 18_446_744_073_709_551_616.0 || v <= -9_223_372_036_854_775_808.0)
+        {
+            self.budget.wide_number.set(true);
+        }
         match Number::from_f64(v) {
             Some(n) => Ok(Value::Number(n)),
             None => Err(E::custom(format!(
@@ -285,52 +316,20 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         let child = self.child();
         self.budget.enter(child.depth)?;
         let mut object = Map::new();
-        let mut merged = Vec::new();
         while let Some(key) = map.next_key_seed(KeySeed { budget: self.budget })? {
             let value = map.next_value_seed(child)?;
-            if self.merge_keys && key == "<<" {
-                match value {
-                    Value::Object(source) => merged.push(source),
-                    Value::Array(sources) => {
-                        for source in sources {
-                            match source {
-                                Value::Object(source) => merged.push(source),
-                                _ => return Err(de::Error::custom(MERGE_ERROR)),
-                            }
-                        }
-                    }
-                    _ => return Err(de::Error::custom(MERGE_ERROR)),
-                }
-                continue;
-            }
             if object.contains_key(&key) {
                 return Err(de::Error::custom(format!("duplicate key `{key}`")));
             }
             object.insert(key, value);
         }
-        // Keys written in the mapping win over merged ones; earlier merge sources win over later.
-        for source in merged {
-            for (key, value) in source {
-                object.entry(key).or_insert(value);
-            }
-        }
         Ok(Value::Object(object))
-    }
-
-    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
-        // serde_yaml presents a node with a local tag (`!Thing value`) as an enum variant.
-        let (tag, _rest): (String, A::Variant) = data.variant()?;
-        Err(de::Error::custom(format!(
-            "YAML tag `!{}` is not supported",
-            tag.trim_start_matches('!')
-        )))
     }
 }
 
-const MERGE_ERROR: &str = "a merge key `<<` needs a mapping or a list of mappings";
-
 /// Deserializes a mapping key. Scalar keys become strings as written (`1: x` has the key `"1"`,
-/// `true: x` the key `"true"`); mappings and sequences as keys are an error.
+/// `true: x` the key `"true"`, `0x1F: x` the key `"0x1F"`); mappings and sequences as keys are
+/// an error, and so (from serde-saphyr) is a null YAML key (`~: x`).
 struct KeySeed<'b> {
     budget: &'b Budget,
 }
