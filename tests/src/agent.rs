@@ -268,9 +268,16 @@ impl AgentProcess {
 
     /// [`AgentProcess::start`] with extra environment variables (e.g. `POD_NAME`).
     pub async fn start_with_env(inventory_namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_on(&kubeconfig_path(), inventory_namespace, args, env).await
+    }
+
+    /// [`AgentProcess::start_with_env`] on another cluster or as another user: `--kubeconfig
+    /// <kubeconfig>` (e.g. a [`crate::cluster::PrivateCluster`]'s, or one holding a
+    /// ServiceAccount token).
+    pub async fn start_on(kubeconfig: &std::path::Path, inventory_namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut last = String::new();
         for _ in 0..3 {
-            let mut agent = Self::spawn(inventory_namespace, args, env);
+            let mut agent = Self::spawn(kubeconfig, inventory_namespace, args, env);
             match agent.wait_listening(Duration::from_secs(30)).await {
                 Ok(()) => return agent,
                 Err(e) => {
@@ -284,14 +291,14 @@ impl AgentProcess {
         panic!("driftless run did not start serving: {last}");
     }
 
-    fn spawn(inventory_namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+    fn spawn(kubeconfig: &std::path::Path, inventory_namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new().expect("a temporary directory");
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
         let child = Command::new(driftless_bin())
             .arg("run")
             .args(["--listen", &addr.to_string()])
             .arg("--kubeconfig")
-            .arg(kubeconfig_path())
+            .arg(kubeconfig)
             .args(["--inventory-namespace", inventory_namespace])
             .arg("--cache-dir")
             .arg(dir.path().join("cache"))
@@ -349,6 +356,20 @@ impl AgentProcess {
     /// Its exit status, if it exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("try_wait")
+    }
+
+    /// Its process id (e.g. to pause it with `kill -STOP`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills it with SIGKILL (no cleanup of any kind, as the OOM killer or a node failure does)
+    /// and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.child.kill().expect("kill -KILL");
+        }
+        self.child.wait().expect("wait for the killed agent");
     }
 
     /// Asks it to stop with SIGTERM, as Kubernetes does.

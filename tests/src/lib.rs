@@ -10,9 +10,12 @@
 //! - [`GitFixture`]: a throwaway git repository to serve manifests from;
 //! - [`wait_for`] / [`wait_for_ok`]: polling with a deadline and a readable failure;
 //! - paths: [`repo_root`], [`kubeconfig_path`], [`cluster_bin`], [`audit_log_path`];
-//! - [`agent`]: Driftless itself on that cluster: a reconcile context, sources, the binary, counts.
+//! - [`agent`]: Driftless itself on that cluster: a reconcile context, sources, the binary, counts;
+//! - [`cluster`]: a [`cluster::PrivateCluster`] of a test's own (to stop its kube-apiserver
+//!   without disturbing the other tests) and [`cluster::AuditTail`] to read an audit log as it grows.
 
 pub mod agent;
+pub mod cluster;
 pub mod git_http;
 
 use std::fmt::Debug;
