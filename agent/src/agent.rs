@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::apply::api_message;
 use crate::apply::changeset::{Action, ChangeSet};
 use crate::config::Source;
-use crate::live::drift::{self, Expected, Verdict};
+use crate::live::drift::{self, Drift, Expected, Verdict};
 use crate::live::health::{self, Health};
 use crate::live::watch::Watches;
 use crate::live::LiveState;
@@ -217,9 +217,17 @@ fn set_panicked(telemetry: &Telemetry, source: &str, message: &str) {
     }
 }
 
-/// What drifted and stays so (selfHeal off), naming up to five objects.
-fn drift_message(drifted: &[ObjectRef]) -> String {
-    let names: Vec<String> = drifted.iter().take(5).map(ToString::to_string).collect();
+/// What drifted and stays so (selfHeal off), naming up to five objects, each with how it
+/// drifted when the watch saw it (`fields changed by kubectl-edit`).
+fn drift_message(drifted: &[(ObjectRef, Option<Drift>)]) -> String {
+    let names: Vec<String> = drifted
+        .iter()
+        .take(5)
+        .map(|(id, how)| match how {
+            Some(how) => format!("{id} ({how})"),
+            None => id.to_string(),
+        })
+        .collect();
     let more = if drifted.len() > 5 { format!(" and {} more", drifted.len() - 5) } else { String::new() };
     format!("{}{more}: drifted from git; selfHeal is off", names.join(", "))
 }
@@ -424,7 +432,10 @@ impl SourceLoop {
         release_free_memory();
         self.release_pending = true;
         let (state, reason, message) = match report.state {
-            State::Synced if !drifted.is_empty() => (SyncState::OutOfSync, "DriftDetected".to_string(), drift_message(&drifted)),
+            State::Synced if !drifted.is_empty() => {
+                let drifted: Vec<(ObjectRef, Option<Drift>)> = drifted.into_iter().map(|id| (id, None)).collect();
+                (SyncState::OutOfSync, "DriftDetected".to_string(), drift_message(&drifted))
+            }
             State::Synced => (SyncState::Progressing, String::new(), String::new()),
             State::PruneHeld => (SyncState::PruneHeld, report.reason.clone(), report.message.clone()),
             State::Failed => (SyncState::Failed, report.reason.clone(), report.message.clone()),
@@ -455,11 +466,11 @@ impl SourceLoop {
         if !self.source.self_heal {
             warn!(source = %self.source.name, object = %id, drift = %found, "drift detected; selfHeal is off, not correcting");
             // every object drifted now, not only this one
-            let mut all: Vec<ObjectRef> = self.live.drifted().into_iter().map(|(id, _)| id).collect();
-            if !all.contains(&id) {
-                all.push(id.clone());
+            let mut all: Vec<(ObjectRef, Option<Drift>)> = self.live.drifted().into_iter().map(|(id, how)| (id, Some(how))).collect();
+            if !all.iter().any(|(other, _)| *other == id) {
+                all.push((id.clone(), Some(found.clone())));
             }
-            all.sort();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
             self.update_status(|s| {
                 s.state = SyncState::OutOfSync;
                 s.reason = "DriftDetected".into();

@@ -548,3 +548,29 @@ pub async fn remove_example(client: &Client) {
     })
     .await;
 }
+
+/// The last `n` lines of a log, for failure messages.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `f` every 100 ms until it returns `Ok`; on timeout panics with the last error and the
+/// end of the agent's log.
+pub async fn eventually_ok<T, F, Fut>(agent: &AgentProcess, what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = match f().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if std::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last: {last}\nagent log (end):\n{}", tail(&agent.stderr(), 40));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -13,13 +13,12 @@
 //! Every wait is bounded; everything listens on loopback only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use driftless::apply::changeset::Action;
 use driftless::sync::State;
-use driftless_tests::agent::{configmap, configmaps, is_write, Agent, AgentProcess};
+use driftless_tests::agent::{configmap, configmaps, eventually_ok as eventually, is_write, tail, Agent, AgentProcess};
 use driftless_tests::cluster::{by_driftless, code, AuditTail, PrivateCluster};
 use driftless_tests::{audit_log_path, client, unique_name, GitFixture, TestNamespace};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -90,31 +89,6 @@ fn successful_writes<'a>(events: &'a [Value], namespace: &'a str) -> impl Iterat
         .filter(|e| (200..300).contains(&code(e)))
 }
 
-/// The last `n` lines of a log, for failure messages.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Polls `f` every 200 ms until it returns `Ok`; on timeout panics with the last error and the
-/// end of the agent's log.
-async fn eventually<T, F, Fut>(agent: &AgentProcess, what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match f().await {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last: {last}\nagent log (end):\n{}", tail(&agent.stderr(), 40));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// `GET /status/{source}` of a running agent.
 async fn status(agent: &AgentProcess, source: &str) -> Value {

@@ -10,14 +10,13 @@
 //! repositories and agent process (killed on drop), so they run in parallel.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use driftless_tests::agent::{configmap, dynamic_api, run_status, AgentProcess, HttpResponse};
+use driftless_tests::agent::{configmap, dynamic_api, eventually_ok as eventually, run_status, tail, AgentProcess, HttpResponse};
 use driftless_tests::git_http::GitHttpServer;
 use driftless_tests::{client, cluster_bin, kubeconfig_path, repo_root, unique_name, GitFixture, TestNamespace};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -50,31 +49,6 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The last `n` lines of a log, for failure messages.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Polls `f` every 100 ms until it returns `Ok`; on timeout panics with the last error and the
-/// end of the agent's log.
-async fn eventually<T, F, Fut>(agent: &AgentProcess, what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match f().await {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last: {last}\nagent log (end):\n{}", tail(&agent.stderr(), 30));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Files of a test (config, token, webhook secret), removed on drop.
 struct Files(TempDir);
