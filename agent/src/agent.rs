@@ -402,7 +402,7 @@ impl SourceLoop {
         // the first reconcile of a loop compares every member with git: drift made while the
         // agent was down or another replica led is repaired (or reported) like any other
         let mode = if self.compared_all { Mode::Incremental } else { Mode::Full };
-        let opts = Options { mode, commit: Some(&commit), live: Some(&self.live) };
+        let opts = Options { mode, live: Some(&self.live) };
         let mut report = sync::reconcile_fetched(&self.ctx, &self.source, opts, Some((commit.clone(), files))).await;
         let mut drifted = Vec::new();
         self.attempted = true;

@@ -79,8 +79,6 @@ pub enum Mode {
 #[derive(Clone, Copy)]
 pub struct Options<'a> {
     pub mode: Mode,
-    /// The commit to reconcile, when the caller already asked the remote.
-    pub commit: Option<&'a str>,
     /// The source's live state, told about each apply so its watches do not mistake Driftless's
     /// own writes for drift, and about what is no longer desired before anything is pruned.
     pub live: Option<&'a LiveState>,
@@ -88,7 +86,7 @@ pub struct Options<'a> {
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options { mode: Mode::Full, commit: None, live: None }
+        Options { mode: Mode::Full, live: None }
     }
 }
 
@@ -179,7 +177,11 @@ async fn run_stages(
     let stage_done = |stage: &str| debug!(source = %source.name, stage, elapsed_ms = started.elapsed().as_millis() as u64, "stage done");
     let (commit, files) = match fetched {
         Some(f) => f,
-        None => fetch(ctx, source, opts.commit).await?,
+        None => match check_and_fetch(ctx, source, None).await? {
+            Fetched::New { commit, files } => (commit, files),
+            // with no commit applied every commit is new; never reconcile an unread revision
+            Fetched::Unchanged(commit) => return Err(Error::Validation(format!("commit {commit} was not fetched"))),
+        },
     };
     *commit_out = Some(commit.clone());
     stage_done("fetch");
@@ -341,33 +343,6 @@ pub async fn check_and_fetch(ctx: &Context, source: &Source, applied: Option<&st
         repo.fetch(&commit)?;
         let files = repo.read(&commit, &limits)?;
         Ok::<_, crate::source::SourceError>(Fetched::New { commit, files })
-    })
-    .await;
-    match joined {
-        Ok(r) => Ok(r?),
-        Err(e) => Err(Error::Validation(format!("the git worker stopped: {e}"))),
-    }
-}
-
-async fn fetch(
-    ctx: &Context,
-    source: &Source,
-    known: Option<&str>,
-) -> Result<(String, Vec<crate::manifest::SourceFile>), Error> {
-    let known = known.map(String::from);
-    let spec = source.spec.clone();
-    let cache = ctx.cache_dir.join(&source.name);
-    let limits = ctx.limits.clone();
-    let joined = tokio::task::spawn_blocking(move || {
-        // One cache per source: sources sharing a URL never fetch into the same repository at once.
-        let repo = Repo::open(spec, &cache)?;
-        let commit = match known {
-            Some(c) => c,
-            None => repo.remote_commit()?,
-        };
-        repo.fetch(&commit)?;
-        let files = repo.read(&commit, &limits)?;
-        Ok::<_, crate::source::SourceError>((commit, files))
     })
     .await;
     match joined {
