@@ -26,7 +26,7 @@ use crate::plan::Plan;
 use crate::source::redact_url;
 use crate::status::metrics::{ActionLabels, FailureLabels, KindLabels, Metrics, ResultLabels};
 use crate::status::{self, reasons, Telemetry};
-use crate::sync::{self, Context, Fetched, Mode, Options, State};
+use crate::sync::{self, Context, Fetched, Heartbeat, Mode, Options, State};
 
 /// A source's sync state as users read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -91,6 +91,31 @@ pub struct SourceStatus {
     /// timeout and a minute more) is stuck: `/healthz` fails for it.
     #[serde(skip)]
     pub stuck_after: Duration,
+    /// The reconcile in progress (`{started, lastProgress}`), none when idle.
+    #[serde(serialize_with = "heartbeat")]
+    pub reconcile: Arc<Heartbeat>,
+    /// A reconcile without progress for longer than this (three intervals, and at least ten
+    /// minutes: every API request is bounded by a minute) is stuck: `/healthz` fails for it.
+    #[serde(skip)]
+    pub stalled_after: Duration,
+}
+
+/// The least time without progress before a reconcile counts as stuck.
+const MIN_STALL: Duration = Duration::from_secs(600);
+
+/// A reconcile's heartbeat as `{"started": unix s, "lastProgress": unix s}`, or null when idle.
+fn heartbeat<S: serde::Serializer>(h: &Arc<Heartbeat>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let secs = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match h.running() {
+        None => s.serialize_none(),
+        Some((started, last)) => {
+            let mut map = s.serialize_map(Some(2))?;
+            map.serialize_entry("started", &secs(started))?;
+            map.serialize_entry("lastProgress", &secs(last))?;
+            map.end()
+        }
+    }
 }
 
 mod unix_seconds {
@@ -129,13 +154,21 @@ impl SourceStatus {
             ready: false,
             fetch_started: None,
             stuck_after: (source.interval * 3).max(source.spec.timeout * 2 + Duration::from_secs(60)),
+            reconcile: Arc::default(),
+            stalled_after: (source.interval * 3).max(MIN_STALL),
         }
     }
 
-    /// The stuck fetch this status shows, if any: how long it has run.
-    pub fn stuck(&self, now: SystemTime) -> Option<Duration> {
-        let running = now.duration_since(self.fetch_started?).ok()?;
-        (running > self.stuck_after).then_some(running)
+    /// What is stuck in this source's loop, if anything: a fetch running too long, or a
+    /// reconcile that made no progress for too long.
+    pub fn stuck(&self, now: SystemTime) -> Option<String> {
+        let fetching = self.fetch_started.and_then(|t| now.duration_since(t).ok()).filter(|d| *d > self.stuck_after);
+        if let Some(running) = fetching {
+            return Some(format!("fetching for {}s", running.as_secs()));
+        }
+        let (_, last) = self.reconcile.running()?;
+        let quiet = now.duration_since(last).ok().filter(|d| *d > self.stalled_after)?;
+        Some(format!("reconciling, no progress for {}s", quiet.as_secs()))
     }
 }
 
@@ -255,6 +288,8 @@ pub struct SourceLoop {
     release_pending: bool,
     /// When the remote check in progress started.
     fetch_started: Option<Instant>,
+    /// The reconcile's heartbeat, shared with the source's status.
+    heartbeat: Arc<Heartbeat>,
     /// A reconcile compared every member with git since this loop started (a new loop starts
     /// with each leadership term): until then drift made while no loop watched is unseen.
     compared_all: bool,
@@ -263,7 +298,9 @@ pub struct SourceLoop {
 impl SourceLoop {
     pub fn new(ctx: Context, source: Source, telemetry: Telemetry) -> Self {
         let (live, drifted) = LiveState::new();
-        telemetry.statuses.write().unwrap_or_else(|p| p.into_inner()).insert(source.name.clone(), SourceStatus::new(&source));
+        let status = SourceStatus::new(&source);
+        let heartbeat = status.reconcile.clone();
+        telemetry.statuses.write().unwrap_or_else(|p| p.into_inner()).insert(source.name.clone(), status);
         SourceLoop {
             ctx,
             source,
@@ -281,6 +318,7 @@ impl SourceLoop {
             release_pending: false,
             compared_all: false,
             fetch_started: None,
+            heartbeat,
         }
     }
 
@@ -402,8 +440,10 @@ impl SourceLoop {
         // the first reconcile of a loop compares every member with git: drift made while the
         // agent was down or another replica led is repaired (or reported) like any other
         let mode = if self.compared_all { Mode::Incremental } else { Mode::Full };
-        let opts = Options { mode, live: Some(&self.live) };
+        let opts = Options { mode, live: Some(&self.live), heartbeat: Some(&self.heartbeat) };
+        self.heartbeat.start();
         let mut report = sync::reconcile_fetched(&self.ctx, &self.source, opts, Some((commit.clone(), files))).await;
+        self.heartbeat.stop();
         let mut drifted = Vec::new();
         self.attempted = true;
         self.record_sync(&report);
@@ -681,7 +721,31 @@ mod tests {
         status.fetch_started = Some(now - Duration::from_secs(100));
         assert_eq!(status.stuck(now), None, "slow, within its deadlines");
         status.fetch_started = Some(now - Duration::from_secs(121));
-        assert_eq!(status.stuck(now), Some(Duration::from_secs(121)));
+        assert_eq!(status.stuck(now).as_deref(), Some("fetching for 121s"));
+    }
+
+    #[test]
+    fn a_reconcile_is_stuck_only_when_it_stops_making_progress() {
+        let source: Source = crate::config::parse("sources:\n  - name: shop\n    repo: file:///nowhere\n    interval: 5m\n").unwrap().remove(0);
+        let status = SourceStatus::new(&source);
+        assert_eq!(status.stalled_after, Duration::from_secs(900), "three intervals of 5 min, more than 10 min");
+        let json = |s: &SourceStatus| serde_json::to_value(s).unwrap()["reconcile"].clone();
+        assert_eq!(json(&status), serde_json::Value::Null, "idle");
+        status.reconcile.start();
+        let running = json(&status);
+        assert!(running["started"].is_u64() && running["lastProgress"] == running["started"], "{running}");
+        let now = SystemTime::now();
+        // long, but beating: a reconcile that waits on health for an hour is not stuck
+        assert_eq!(status.stuck(now + Duration::from_secs(899)), None);
+        assert_eq!(status.stuck(now + Duration::from_secs(3600)).as_deref().map(|s| s.starts_with("reconciling, no progress for ")), Some(true));
+        status.reconcile.beat();
+        assert_eq!(status.stuck(SystemTime::now() + Duration::from_secs(600)), None, "a beat starts the count again");
+        status.reconcile.stop();
+        assert_eq!(status.stuck(now + Duration::from_secs(3600)), None, "ended");
+        assert_eq!(json(&status), serde_json::Value::Null);
+        // a short interval: ten minutes at least
+        let quick: Source = crate::config::parse("sources:\n  - name: q\n    repo: file:///nowhere\n    interval: 10s\n").unwrap().remove(0);
+        assert_eq!(SourceStatus::new(&quick).stalled_after, MIN_STALL);
     }
 
     #[tokio::test(start_paused = true)]

@@ -141,6 +141,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         triggers: Default::default(),
         webhook_secrets,
         rate_limits: Default::default(),
+        refusal_limits: Default::default(),
         running: Arc::new(AtomicUsize::new(0)),
         expected_loops: AtomicUsize::new(0),
         started: AtomicBool::new(true),

@@ -82,13 +82,69 @@ pub struct Options<'a> {
     /// The source's live state, told about each apply so its watches do not mistake Driftless's
     /// own writes for drift, and about what is no longer desired before anything is pruned.
     pub live: Option<&'a LiveState>,
+    /// Beaten at every step of the reconcile, for whoever watches it for a stall.
+    pub heartbeat: Option<&'a Heartbeat>,
 }
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options { mode: Mode::Full, live: None }
+        Options { mode: Mode::Full, live: None, heartbeat: None }
     }
 }
+
+impl Options<'_> {
+    fn beat(&self) {
+        if let Some(h) = self.heartbeat {
+            h.beat();
+        }
+    }
+}
+
+/// A reconcile's heartbeat: it beats at every step (a stage done, a batch of dry-runs, an object
+/// applied or deleted, a health poll), so a reconcile that runs long can be told from one that is
+/// stuck. Every API request is bounded, so a reconcile that stops beating is a bug, not a slow
+/// server: the agent's `/healthz` fails for it.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    /// Milliseconds since the Unix epoch; 0 while no reconcile runs.
+    started: std::sync::atomic::AtomicU64,
+    last: std::sync::atomic::AtomicU64,
+}
+
+fn unix_millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64).max(1)
+}
+
+impl Heartbeat {
+    /// A reconcile begins.
+    pub fn start(&self) {
+        let now = unix_millis(std::time::SystemTime::now());
+        self.last.store(now, std::sync::atomic::Ordering::SeqCst);
+        self.started.store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The reconcile made progress.
+    pub fn beat(&self) {
+        self.last.store(unix_millis(std::time::SystemTime::now()), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The reconcile ended.
+    pub fn stop(&self) {
+        self.started.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// While a reconcile runs: when it started and when it last made progress.
+    pub fn running(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        match self.started.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            started => Some((at(started), at(self.last.load(std::sync::atomic::Ordering::SeqCst)))),
+        }
+    }
+}
+
+/// Objects dry-run between two beats of the heartbeat.
+const DRY_RUN_BATCH: usize = 256;
 
 /// What a successful apply leaves for the live state.
 #[derive(Debug, Default)]
@@ -174,7 +230,10 @@ async fn run_stages(
     // fetch: ask the remote for the ref's commit (unless the caller just did), fetch it if new,
     // read its tree.
     let started = Instant::now();
-    let stage_done = |stage: &str| debug!(source = %source.name, stage, elapsed_ms = started.elapsed().as_millis() as u64, "stage done");
+    let stage_done = |stage: &str| {
+        opts.beat();
+        debug!(source = %source.name, stage, elapsed_ms = started.elapsed().as_millis() as u64, "stage done")
+    };
     let (commit, files) = match fetched {
         Some(f) => f,
         None => match check_and_fetch(ctx, source, None).await? {
@@ -254,7 +313,7 @@ async fn run_stages(
     let schedule = schedule::build(&plan, &exists, &unchanged);
     let mut decisions: Decisions =
         pick(&plan, &schedule.unchanged).into_iter().map(|p| (&p.id, (Decision::Unchanged, None))).collect();
-    decide(cluster, &plan, &pick(&plan, &schedule.validate), &live, &mut decisions, changes).await?;
+    decide(cluster, &plan, &pick(&plan, &schedule.validate), &live, &mut decisions, changes, opts).await?;
     if let Err(failures) = apply::precheck(cluster, &pick(&plan, &schedule.precheck), &ctx.agent_namespace).await {
         return Err(validation_failed(&plan, failures, changes));
     }
@@ -264,7 +323,7 @@ async fn run_stages(
     // apply: record the superset inventory first, then definitions, then wave by wave and
     // stage by stage; a wave starts only when every object of the waves before it is Healthy.
     inventory::write_parent(cluster, &parent, &recorded.union(&desired_inventory), &[(keys::INSTANCE, ctx.instance.clone())]).await?;
-    let stages = Stages { cluster, live: &live, state: opts.live, health_timeout: source.health_timeout };
+    let stages = Stages { cluster, live: &live, opts, health_timeout: source.health_timeout };
     if let Err(e) = stages.apply(&plan, &schedule, &mut decisions, changes).await {
         skip_undone(&plan, changes);
         return Err(e);
@@ -282,6 +341,7 @@ async fn run_stages(
     } else {
         None
     };
+    stage_done("prune");
 
     // record: what the set holds now, and the revision.
     let remaining = remaining_inventory(&plan, &members, changes);
@@ -439,7 +499,8 @@ fn pick<'p>(plan: &'p Plan, indices: &[usize]) -> Vec<&'p Planned> {
 /// Driftless would own of it afterwards).
 type Decisions<'p> = HashMap<&'p ObjectRef, (Decision, Option<Expected>)>;
 
-/// Dry-runs objects and records what each needs; every failure fails the revision.
+/// Dry-runs objects and records what each needs; every failure fails the revision (all of them
+/// are reported). Each batch of [`DRY_RUN_BATCH`] beats the heartbeat.
 async fn decide<'p>(
     cluster: &Cluster,
     plan: &Plan,
@@ -447,16 +508,20 @@ async fn decide<'p>(
     live: &HashMap<ObjectRef, Live>,
     decisions: &mut Decisions<'p>,
     changes: &mut ChangeSet,
+    opts: Options<'_>,
 ) -> Result<(), Error> {
-    if objects.is_empty() {
-        return Ok(());
-    }
-    match apply::dry_run(cluster, objects, live).await {
-        Ok(d) => {
-            decisions.extend(objects.iter().map(|p| &p.id).zip(d));
-            Ok(())
+    let mut failed = Vec::new();
+    for batch in objects.chunks(DRY_RUN_BATCH) {
+        match apply::dry_run(cluster, batch, live).await {
+            Ok(d) => decisions.extend(batch.iter().map(|p| &p.id).zip(d)),
+            Err(failures) => failed.extend(failures),
         }
-        Err(failures) => Err(validation_failed(plan, failures, changes)),
+        opts.beat();
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(validation_failed(plan, failed, changes))
     }
 }
 
@@ -510,7 +575,8 @@ fn skip_undone(plan: &Plan, changes: &mut ChangeSet) {
 struct Stages<'a> {
     cluster: &'a Cluster,
     live: &'a HashMap<ObjectRef, Live>,
-    state: Option<&'a LiveState>,
+    /// The live state to tell (`opts.live`) and the heartbeat to beat.
+    opts: Options<'a>,
     health_timeout: Duration,
 }
 
@@ -527,7 +593,7 @@ impl Stages<'_> {
         changes: &mut ChangeSet,
     ) -> Result<(), Error> {
         for group in &schedule.definitions {
-            decide(self.cluster, plan, &pick(plan, &group.check_first), self.live, decisions, changes).await?;
+            decide(self.cluster, plan, &pick(plan, &group.check_first), self.live, decisions, changes, self.opts).await?;
             self.apply_group(&pick(plan, &group.objects), decisions, changes).await?;
         }
         let crds: Vec<String> = pick(plan, &schedule.definitions.iter().flat_map(|g| g.objects.clone()).collect::<Vec<_>>())
@@ -538,13 +604,13 @@ impl Stages<'_> {
         if !crds.is_empty() {
             self.cluster.wait_crds_established(&crds, CRD_TIMEOUT).await.map_err(Error::Apply)?;
         }
-        decide(self.cluster, plan, &pick(plan, &schedule.deferred), self.live, decisions, changes).await?;
+        decide(self.cluster, plan, &pick(plan, &schedule.deferred), self.live, decisions, changes, self.opts).await?;
 
         for (i, group) in schedule.rest.iter().enumerate() {
             let first_of_wave = i == 0 || schedule.rest.get(i - 1).is_some_and(|g| g.wave != group.wave);
             if first_of_wave && plan.objects().iter().any(|p| p.wave < group.wave) {
                 let earlier: Vec<&Planned> = plan.objects().iter().filter(|p| p.wave < group.wave).collect();
-                wait_healthy(self.cluster, &earlier, self.health_timeout).await?;
+                wait_healthy(self.cluster, &earlier, self.health_timeout, self.opts).await?;
             }
             self.apply_group(&pick(plan, &group.objects), decisions, changes).await?;
         }
@@ -570,11 +636,13 @@ impl Stages<'_> {
                     return (p.id.clone(), Action::Failed, "not validated before its apply".to_string(), None);
                 };
                 if *decision != Decision::Unchanged {
-                    if let Some(state) = self.state {
+                    if let Some(state) = self.opts.live {
                         state.begin_apply(&p.id);
                     }
                 }
-                let (id, action, message, result) = match apply_one(cluster, p, *decision).await {
+                let applied = apply_one(cluster, p, *decision).await;
+                self.opts.beat();
+                let (id, action, message, result) = match applied {
                     // an unchanged object expected otherwise: drift left in place (selfHeal off)
                     (id, Action::Unchanged, _, None) if dry_run.is_some() => {
                         (id, Action::Skipped, "drifted from git; selfHeal is off, not corrected".to_string(), None)
@@ -598,10 +666,10 @@ impl Stages<'_> {
         let failed = results.iter().any(|r| r.1 == Action::Failed);
         for (id, action, message, result) in results {
             if let Some(e) = result {
-                if let Some(state) = self.state {
+                if let Some(state) = self.opts.live {
                     state.applied(&id, e);
                 }
-            } else if let Some(state) = self.state {
+            } else if let Some(state) = self.opts.live {
                 state.apply_failed(&id);
             }
             changes.push(id, action, message);
@@ -614,10 +682,11 @@ impl Stages<'_> {
 }
 
 /// Waits until every object is Healthy, polling those that are not yet.
-async fn wait_healthy(cluster: &Cluster, objects: &[&Planned], timeout: Duration) -> Result<(), Error> {
+async fn wait_healthy(cluster: &Cluster, objects: &[&Planned], timeout: Duration, opts: Options<'_>) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut waiting: Vec<&Planned> = objects.to_vec();
     loop {
+        opts.beat();
         let mut still = Vec::new();
         let mut last = String::new();
         for p in waiting {

@@ -450,7 +450,7 @@ async fn raw_get(client: &Client, path: &str) -> (u16, http::HeaderMap) {
 }
 
 /// ConfigMaps of the throttled revision.
-const THROTTLED_OBJECTS: usize = 12;
+const THROTTLED_OBJECTS: usize = 40;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_requests_are_retried_and_converge() {

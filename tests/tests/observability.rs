@@ -743,6 +743,23 @@ async fn endpoints_answer_as_specified() {
     }
     assert!((2..=4).contains(&accepted), "{accepted} webhooks accepted in 3 s at 10/s");
 
+    // a flood of bad proofs on `web` (7 refused above, up to 10 then 1 per 6 s): refused with
+    // 401 until the refusal budget is spent, then 429 before any proof is checked, a good one too
+    let checks_before_flood = checks(&scrape(&agent).await);
+    let mut flood = Vec::new();
+    for _ in 0..15 {
+        let wrong = format!("sha256={wrong_hex}");
+        flood.push(agent.request("POST", &path, &[("X-Hub-Signature-256", &wrong)], &body).await.status);
+    }
+    let unauthorized = flood.iter().take_while(|s| **s == 401).count();
+    assert!((3..=5).contains(&unauthorized), "10 refusals in all, then 429 (one may have refilled): {flood:?}");
+    assert!(flood[unauthorized..].iter().all(|s| *s == 429), "every request after the budget is 429: {flood:?}");
+    let good = post_hook(&agent, &web, &hook_secret, Forge::GitHub, &body).await;
+    assert_eq!(good.status, 429, "while the refusals are spent no proof is checked: {}", good.body);
+    assert!(good.body.contains("too many refused"), "{}", good.body);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(checks(&scrape(&agent).await), checks_before_flood, "nothing in the flood triggered a remote check");
+
     // the URL's token shows nowhere
     for (what, text) in [("log", agent.stderr()), ("/metrics", agent.get("/metrics").await.body), ("/status", agent.get("/status").await.body)] {
         assert!(!text.contains(&url_token), "the URL's token is in the {what}");

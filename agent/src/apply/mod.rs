@@ -10,6 +10,7 @@ pub mod changeset;
 pub mod diff;
 pub mod discovery;
 pub mod fence;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -106,10 +107,12 @@ impl Cluster {
         let agent = http::HeaderValue::from_str(&agent).unwrap_or(http::HeaderValue::from_static("driftless"));
         config.headers.push((http::header::USER_AGENT, agent));
         config.connect_timeout = Some(opts.connect_timeout);
-        // the client retries 429, 503 and 504 (honouring Retry-After) with no overall bound of its
-        // own: the request timeout around it is that bound
-        config.default_retry = true;
+        // 429, 503 and 504 are retried by the shared throttle (a buffer under it makes the stack
+        // cloneable for its retries), inside the request timeout that bounds the whole
+        config.default_retry = false;
         let client = kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&tower::buffer::BufferLayer::new(1024))
+            .with_layer(&throttle::ThrottleLayer::default())
             .with_layer(&tower::timeout::TimeoutLayer::new(opts.request_timeout))
             .with_layer(&fence::FenceLayer(opts.fence.clone()))
             .build();

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use std::time::Duration;
+
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use tokio::task::JoinHandle;
@@ -20,6 +23,16 @@ use crate::manifest::{ObjectRef, ResourceType};
 /// Objects per page of a watch's initial listing. Every watch of a source lists at once when
 /// the agent starts, so pages are kept small.
 const WATCH_PAGE: u32 = 100;
+
+/// The first wait before a failed watch is restarted; it doubles with each failure in a row.
+const RESTART_MIN: Duration = Duration::from_millis(500);
+
+/// The longest wait before a failed watch is restarted: once the API server is back, drift is
+/// seen again within it (kube-runtime's default grows to 30 s).
+const RESTART_MAX: Duration = Duration::from_secs(5);
+
+/// A watch that ran this long without failing starts over from [`RESTART_MIN`].
+const RESTART_RESET: Duration = Duration::from_secs(60);
 
 /// One watched scope: a resource type in a namespace (empty for cluster-scoped types).
 pub type Scope = (Arc<ResourceType>, String);
@@ -98,7 +111,8 @@ async fn watch_scope(
     let mut known: HashSet<ObjectRef> = HashSet::new();
     // small pages: the initial listing of a large set is never held at once
     let config = watcher::Config::default().labels(&selector).page_size(WATCH_PAGE);
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let backoff = ResetTimerBackoff::new(RestartBackoff::default(), RESTART_RESET);
+    let mut stream = watcher::watcher(api, config).backoff(backoff).boxed();
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => seen.clear(),
@@ -129,5 +143,51 @@ async fn watch_scope(
             }
             Err(e) => warn!(kind = %rt.kind, namespace = %namespace, error = %e, "watch error; retrying"),
         }
+    }
+}
+
+/// The waits between restarts of a failed watch: [`RESTART_MIN`] doubling up to [`RESTART_MAX`],
+/// each cut by a random part of up to half, so the watches of an agent that lost the API server
+/// do not all come back in the same instant.
+#[derive(Debug)]
+struct RestartBackoff {
+    next: Duration,
+}
+
+impl Default for RestartBackoff {
+    fn default() -> Self {
+        RestartBackoff { next: RESTART_MIN }
+    }
+}
+
+impl Iterator for RestartBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (wait * 2).min(RESTART_MAX);
+        Some(wait.mul_f64(rand::random_range(0.5..=1.0)))
+    }
+}
+
+impl Backoff for RestartBackoff {
+    fn reset(&mut self) {
+        self.next = RESTART_MIN;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_to_five_seconds_and_start_over_on_reset() {
+        let mut backoff = RestartBackoff::default();
+        let waits: Vec<Duration> = (&mut backoff).take(8).collect();
+        let caps = [500, 1000, 2000, 4000, 5000, 5000, 5000, 5000].map(Duration::from_millis);
+        for (wait, cap) in waits.iter().zip(caps) {
+            assert!(*wait <= cap && *wait >= cap / 2, "{waits:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next().is_some_and(|w| w <= RESTART_MIN), "starts over");
     }
 }

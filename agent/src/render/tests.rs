@@ -599,3 +599,27 @@ fn tab_after_a_sequence_dash_names_the_file_line_and_object() {
          column 4); indent with spaces"
     );
 }
+
+/// libyaml (kubectl) reads a quoted scalar's continuation lines whatever their indentation;
+/// YAML 1.2 wants them deeper than their block. They are read as kubectl reads them, lines and
+/// all other errors unchanged.
+#[test]
+fn underindented_continuation_lines_of_quoted_scalars_read_as_kubectl_reads_them() {
+    let cases = [
+        ("metadata:\n  name: a\n  annotations:\n    note: \"one\ntwo\"\n", "/metadata/annotations/note", "one two"),
+        ("metadata:\n  name: a\n  annotations:\n    note: 'one\n  two\n three'\n", "/metadata/annotations/note", "one two three"),
+        ("metadata:\n  name: a\ndata:\n  k: \"one\n two\\\n  three\"\n", "/data/k", "one twothree"),
+        ("metadata:\n  name: a\ndata:\n  k: \"one\n\ntwo\"\n", "/data/k", "one\ntwo"),
+        ("metadata:\n  name: a\ndata:\n  list:\n  - \"x\n y\"\n", "/data/list/0", "x y"),
+    ];
+    for (body, pointer, expected) in cases {
+        let text = format!("apiVersion: v1\nkind: ConfigMap\n{body}---\n{}", cm("after"));
+        let manifests = render(&[file("a.yaml", &text)], &Limits::default()).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+        assert_eq!(manifests[0].value().pointer(pointer).and_then(|v| v.as_str()), Some(expected), "{body:?}");
+        // the document after it keeps its line
+        assert_eq!(summary(&manifests)[1].2, text.lines().position(|l| l == "---").unwrap() + 2, "{body:?}");
+    }
+    // an unclosed quote is still reported as one
+    let err = render_err(&[file("a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: \"one\ntwo\n")], &Limits::default());
+    assert!(err.to_string().contains("quoted scalar"), "{err}");
+}

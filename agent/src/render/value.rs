@@ -95,6 +95,23 @@ impl Budget {
         self.max_nodes
     }
 
+    /// The revision's node count so far, to go back to with [`Budget::rewind`].
+    pub fn nodes_used(&self) -> usize {
+        self.revision_nodes_used.get()
+    }
+
+    /// Forgets the nodes counted since `nodes_used` was `used`: the document is parsed again.
+    pub fn rewind(&self, used: usize) {
+        self.revision_nodes_used.set(used);
+        self.doc_nodes.set(0);
+        self.wide_number.set(false);
+    }
+
+    /// Whether a limit was passed (and not yet taken by [`Budget::take_exceeded`]).
+    pub fn has_exceeded(&self) -> bool {
+        self.exceeded.borrow().is_some()
+    }
+
     /// Counts the start of a new document and resets the per-document node count.
     pub fn start_document(&self) -> Result<(), String> {
         self.doc_nodes.set(0);

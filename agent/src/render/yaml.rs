@@ -154,11 +154,29 @@ fn parse_chunk(text: &str, offset: usize, budget: &Budget) -> Result<Value, Fail
         }
         None => {}
     }
-    let result = serde_saphyr::with_deserializer_from_str_with_options(
-        source,
-        options(budget),
-        |deserializer| ValueSeed::yaml(budget).deserialize(deserializer),
-    );
+    let parse = |text: &str| {
+        serde_saphyr::with_deserializer_from_str_with_options(text, options(budget), |deserializer| {
+            ValueSeed::yaml(budget).deserialize(deserializer)
+        })
+    };
+    // A continuation line of a quoted scalar indented no deeper than its block: libyaml (and so
+    // kubectl) accepts it, YAML 1.2 and serde-saphyr do not. Its leading whitespace is never
+    // content, so the line is indented deeper and the document parsed again.
+    let used = budget.nodes_used();
+    let mut repaired: Option<String> = None;
+    let mut result = parse(source);
+    for _ in 0..MAX_QUOTED_REPAIRS {
+        let Err(error) = &result else { break };
+        let text = repaired.as_deref().unwrap_or(source);
+        let Some(fixed) = underindented_quoted_line(error).filter(|_| !budget.has_exceeded()).and_then(|line| reindent(text, line))
+        else {
+            break;
+        };
+        budget.rewind(used);
+        result = parse(&fixed);
+        repaired = Some(fixed);
+    }
+    let source = repaired.as_deref().unwrap_or(source);
     let wide = budget.take_wide_number();
     let value =
         result.map_err(|error| describe_error(&error, source, offset, budget, tabs.rejected))?;
@@ -291,6 +309,52 @@ fn unwrap_error(error: &Error) -> (&Error, Option<Location>) {
         }
         other => (other, other.location().and_then(known)),
     }
+}
+
+/// The most continuation lines of quoted scalars re-indented in one document (each parses it
+/// again).
+const MAX_QUOTED_REPAIRS: usize = 100;
+
+/// The 1-based line of a quoted scalar's continuation line indented no deeper than its
+/// block, when that is the error.
+fn underindented_quoted_line(error: &Error) -> Option<usize> {
+    let (error, location) = unwrap_error(error);
+    let Error::ExternalMessage { source, .. } = error else { return None };
+    let ExternalMessageSource::Parser(scan) = source.as_ref() else { return None };
+    matches!(scan.kind(), ErrorKind::InvalidQuotedScalarIndent).then_some(location?.line() as usize)
+}
+
+/// `text` with line `line` (1-based; a continuation line of a quoted scalar) indented one
+/// column deeper than the nearest line above it with content (counting a sequence's `- ` as
+/// indentation): deeper than the block the scalar is in. Every line keeps its number.
+fn reindent(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let index = line.checked_sub(1)?;
+    let target = lines.get(index)?;
+    let above = lines.get(..index)?.iter().rev().find(|l| !l.trim().is_empty())?;
+    let depth = above.len() - above.trim_start_matches([' ', '-']).len() + 1;
+    let content = target.trim_start_matches([' ', '\t']);
+    let marker = ["---", "..."].iter().any(|m| {
+        target.strip_prefix(m).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+    });
+    if marker {
+        // a document marker ends the document, inside a quoted scalar too (libyaml's error)
+        return None;
+    }
+    if target.len() - content.len() >= depth {
+        // already as deep: the error is another one
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + depth);
+    for (i, l) in lines.iter().enumerate() {
+        if i == index {
+            out.extend(std::iter::repeat_n(' ', depth));
+            out.push_str(content);
+        } else {
+            out.push_str(l);
+        }
+    }
+    Some(out)
 }
 
 /// Whether the scanner's error is about a tab.

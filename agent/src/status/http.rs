@@ -8,7 +8,7 @@
 //! | `GET /metrics`        | Prometheus exposition (OpenMetrics text)                                 |
 //! | `GET /status`         | JSON: every source                                                       |
 //! | `GET /status/{name}`  | JSON: one source (404 if unknown)                                        |
-//! | `POST /hooks/{name}`  | push webhook: 202 and an immediate remote check; 401 bad or missing proof, 404 no webhook, 413 body over 1 MiB, 429 over the rate |
+//! | `POST /hooks/{name}`  | push webhook: 202 and an immediate remote check; 401 bad or missing proof, 404 no webhook, 413 body over 1 MiB, 429 over the rate (5, then 1/s) or over the refusals (10 bad proofs, then 1 per 6 s) |
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -29,6 +29,22 @@ use super::Shared;
 /// Webhook triggers per source: a burst of 5, then one per second.
 const HOOK_BURST: u32 = 5;
 const HOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Refused webhooks per source: 10, then one per 6 s. Spent, no proof is checked (no secret read,
+/// no HMAC computed over a body of up to 1 MiB) until it refills.
+const REFUSAL_BURST: u32 = 10;
+const REFUSAL_EVERY: Duration = Duration::from_secs(6);
+
+/// Takes (`take`) or looks at a source's token in one of the budgets.
+fn budget(limits: &std::sync::Mutex<std::collections::HashMap<String, RateLimit>>, source: &str, take: bool, burst: u32, every: Duration) -> bool {
+    let mut limits = limits.lock().unwrap_or_else(|p| p.into_inner());
+    let limit = limits.entry(source.to_string()).or_insert_with(|| RateLimit::new(burst, every));
+    if take {
+        limit.allow(Instant::now())
+    } else {
+        limit.available(Instant::now())
+    }
+}
 
 /// The router over the shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -63,7 +79,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     let now = std::time::SystemTime::now();
     let statuses = shared.statuses.read().unwrap_or_else(|p| p.into_inner());
     let stuck: Vec<String> =
-        statuses.values().filter_map(|s| s.stuck(now).map(|d| format!("{} (fetching for {}s)", s.name, d.as_secs()))).collect();
+        statuses.values().filter_map(|s| s.stuck(now).map(|what| format!("{} ({what})", s.name))).collect();
     if stuck.is_empty() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
@@ -112,6 +128,10 @@ async fn hook(State(shared): State<Arc<Shared>>, Path(source): Path<String>, hea
     let (Some(secret_file), Some(trigger)) = (shared.webhook_secrets.get(&source), trigger) else {
         return (StatusCode::NOT_FOUND, "no webhook for this source (or this replica is on standby)\n").into_response();
     };
+    // refusals first: a flood of bad proofs is turned away before any proof is checked
+    if !budget(&shared.refusal_limits, &source, false, REFUSAL_BURST, REFUSAL_EVERY) {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many refused webhooks for this source; retry later\n").into_response();
+    }
     let secret = match tokio::fs::read(secret_file).await {
         Ok(s) => s.trim_ascii_end().to_vec(),
         Err(e) => {
@@ -122,13 +142,10 @@ async fn hook(State(shared): State<Arc<Shared>>, Path(source): Path<String>, hea
     let proofs = headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes()));
     let Some(forge) = webhook::verify(&secret, proofs, &body) else {
         warn!(source = %source, "webhook refused: missing or bad signature");
+        budget(&shared.refusal_limits, &source, true, REFUSAL_BURST, REFUSAL_EVERY);
         return (StatusCode::UNAUTHORIZED, "missing or bad signature\n").into_response();
     };
-    let allowed = {
-        let mut limits = shared.rate_limits.lock().unwrap_or_else(|p| p.into_inner());
-        limits.entry(source.clone()).or_insert_with(|| RateLimit::new(HOOK_BURST, HOOK_EVERY)).allow(Instant::now())
-    };
-    if !allowed {
+    if !budget(&shared.rate_limits, &source, true, HOOK_BURST, HOOK_EVERY) {
         return (StatusCode::TOO_MANY_REQUESTS, "too many webhooks for this source\n").into_response();
     }
     // a full channel means a check is already pending: that one will see the new commit

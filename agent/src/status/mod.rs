@@ -52,7 +52,11 @@ pub struct Shared {
     pub triggers: std::sync::RwLock<HashMap<String, mpsc::Sender<()>>>,
     /// Per source, the file holding its webhook secret (read on each request, so it can rotate).
     pub webhook_secrets: HashMap<String, PathBuf>,
+    /// Per source, the budget of accepted webhooks.
     pub rate_limits: Mutex<HashMap<String, RateLimit>>,
+    /// Per source, the budget of refused webhooks (bad or missing proof), checked before any
+    /// proof is: once spent, every webhook of the source is answered 429 until it refills.
+    pub refusal_limits: Mutex<HashMap<String, RateLimit>>,
     /// Source loops still running (liveness).
     pub running: Arc<AtomicUsize>,
     /// Source loops that should be running: all of them while leading, none on standby.

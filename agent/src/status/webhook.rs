@@ -99,12 +99,17 @@ impl RateLimit {
         RateLimit { tokens: burst as f64, burst: burst as f64, every, last: Instant::now() }
     }
 
-    /// Takes a token at `now`; false when the source is over its rate.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    /// Whether a token is left at `now` (none is taken).
+    pub fn available(&mut self, now: Instant) -> bool {
         let refill = now.saturating_duration_since(self.last).as_secs_f64() / self.every.as_secs_f64();
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
-        if self.tokens >= 1.0 {
+        self.tokens >= 1.0
+    }
+
+    /// Takes a token at `now`; false when the source is over its rate.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if self.available(now) {
             self.tokens -= 1.0;
             true
         } else {
@@ -165,5 +170,15 @@ mod tests {
         assert!(!rl.allow(t0 + Duration::from_millis(500)));
         assert!(rl.allow(t0 + Duration::from_millis(1100)));
         assert!(!rl.allow(t0 + Duration::from_millis(1200)));
+    }
+
+    #[test]
+    fn looking_at_the_rate_limit_takes_nothing() {
+        let t0 = Instant::now();
+        let mut rl = RateLimit::new(1, Duration::from_secs(6));
+        assert!(rl.available(t0) && rl.available(t0));
+        assert!(rl.allow(t0));
+        assert!(!rl.available(t0 + Duration::from_secs(5)));
+        assert!(rl.available(t0 + Duration::from_secs(6)));
     }
 }
