@@ -105,17 +105,15 @@ const MIN_STALL: Duration = Duration::from_secs(600);
 
 /// A reconcile's heartbeat as `{"started": unix s, "lastProgress": unix s}`, or null when idle.
 fn heartbeat<S: serde::Serializer>(h: &Arc<Heartbeat>, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let secs = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    match h.running() {
-        None => s.serialize_none(),
-        Some((started, last)) => {
-            let mut map = s.serialize_map(Some(2))?;
-            map.serialize_entry("started", &secs(started))?;
-            map.serialize_entry("lastProgress", &secs(last))?;
-            map.end()
-        }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Progress {
+        #[serde(with = "unix_seconds")]
+        started: Option<SystemTime>,
+        #[serde(with = "unix_seconds")]
+        last_progress: Option<SystemTime>,
     }
+    h.running().map(|(started, last)| Progress { started: Some(started), last_progress: Some(last) }).serialize(s)
 }
 
 mod unix_seconds {

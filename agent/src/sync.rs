@@ -10,6 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
@@ -100,15 +102,15 @@ impl Options<'_> {
     }
 }
 
-/// A reconcile's heartbeat: it beats at every step (a stage done, a batch of dry-runs, an object
-/// applied or deleted, a health poll), so a reconcile that runs long can be told from one that is
+/// A reconcile's heartbeat: it beats at every step (a stage done, prune included; a batch of
+/// dry-runs; an object applied; a health poll), so a reconcile that runs long can be told from one that is
 /// stuck. Every API request is bounded, so a reconcile that stops beating is a bug, not a slow
 /// server: the agent's `/healthz` fails for it.
 #[derive(Debug, Default)]
 pub struct Heartbeat {
     /// Milliseconds since the Unix epoch; 0 while no reconcile runs.
-    started: std::sync::atomic::AtomicU64,
-    last: std::sync::atomic::AtomicU64,
+    started: AtomicU64,
+    last: AtomicU64,
 }
 
 fn unix_millis(t: std::time::SystemTime) -> u64 {
@@ -119,26 +121,26 @@ impl Heartbeat {
     /// A reconcile begins.
     pub fn start(&self) {
         let now = unix_millis(std::time::SystemTime::now());
-        self.last.store(now, std::sync::atomic::Ordering::SeqCst);
-        self.started.store(now, std::sync::atomic::Ordering::SeqCst);
+        self.last.store(now, SeqCst);
+        self.started.store(now, SeqCst);
     }
 
     /// The reconcile made progress.
     pub fn beat(&self) {
-        self.last.store(unix_millis(std::time::SystemTime::now()), std::sync::atomic::Ordering::SeqCst);
+        self.last.store(unix_millis(std::time::SystemTime::now()), SeqCst);
     }
 
     /// The reconcile ended.
     pub fn stop(&self) {
-        self.started.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.started.store(0, SeqCst);
     }
 
     /// While a reconcile runs: when it started and when it last made progress.
     pub fn running(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
         let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
-        match self.started.load(std::sync::atomic::Ordering::SeqCst) {
+        match self.started.load(SeqCst) {
             0 => None,
-            started => Some((at(started), at(self.last.load(std::sync::atomic::Ordering::SeqCst)))),
+            started => Some((at(started), at(self.last.load(SeqCst)))),
         }
     }
 }
