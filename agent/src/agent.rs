@@ -588,7 +588,9 @@ impl SourceLoop {
         m.last_sync_timestamp.get_or_create(&name).set(now);
         match report.state {
             State::Failed => {
-                m.sync_failures_total.get_or_create(&FailureLabels { source: self.source.name.clone(), reason: report.reason.clone() }).inc();
+                m.sync_failures_total
+                    .get_or_create(&FailureLabels { source: self.source.name.clone(), reason: report.reason.clone() })
+                    .inc();
                 if report.reason == "FetchFailed" {
                     m.git_fetch_errors_total.get_or_create(&name).inc();
                 }
@@ -709,9 +711,10 @@ mod tests {
 
     #[test]
     fn a_fetch_is_stuck_only_past_three_intervals_and_twice_its_deadline() {
-        let source: Source = crate::config::parse("sources:\n  - name: shop\n    repo: file:///nowhere\n    interval: 10s\n    timeout: 30s\n")
-            .unwrap()
-            .remove(0);
+        let source: Source =
+            crate::config::parse("sources:\n  - name: shop\n    repo: file:///nowhere\n    interval: 10s\n    timeout: 30s\n")
+                .unwrap()
+                .remove(0);
         let mut status = SourceStatus::new(&source);
         assert_eq!(status.stuck_after, Duration::from_secs(120), "2 x 30 s + 60 s is more than 3 x 10 s");
         let now = SystemTime::now();
@@ -724,7 +727,8 @@ mod tests {
 
     #[test]
     fn a_reconcile_is_stuck_only_when_it_stops_making_progress() {
-        let source: Source = crate::config::parse("sources:\n  - name: shop\n    repo: file:///nowhere\n    interval: 5m\n").unwrap().remove(0);
+        let source: Source =
+            crate::config::parse("sources:\n  - name: shop\n    repo: file:///nowhere\n    interval: 5m\n").unwrap().remove(0);
         let status = SourceStatus::new(&source);
         assert_eq!(status.stalled_after, Duration::from_secs(900), "three intervals of 5 min, more than 10 min");
         let json = |s: &SourceStatus| serde_json::to_value(s).unwrap()["reconcile"].clone();
@@ -735,14 +739,18 @@ mod tests {
         let now = SystemTime::now();
         // long, but beating: a reconcile that waits on health for an hour is not stuck
         assert_eq!(status.stuck(now + Duration::from_secs(899)), None);
-        assert_eq!(status.stuck(now + Duration::from_secs(3600)).as_deref().map(|s| s.starts_with("reconciling, no progress for ")), Some(true));
+        assert_eq!(
+            status.stuck(now + Duration::from_secs(3600)).as_deref().map(|s| s.starts_with("reconciling, no progress for ")),
+            Some(true)
+        );
         status.reconcile.beat();
         assert_eq!(status.stuck(SystemTime::now() + Duration::from_secs(600)), None, "a beat starts the count again");
         status.reconcile.stop();
         assert_eq!(status.stuck(now + Duration::from_secs(3600)), None, "ended");
         assert_eq!(json(&status), serde_json::Value::Null);
         // a short interval: ten minutes at least
-        let quick: Source = crate::config::parse("sources:\n  - name: q\n    repo: file:///nowhere\n    interval: 10s\n").unwrap().remove(0);
+        let quick: Source =
+            crate::config::parse("sources:\n  - name: q\n    repo: file:///nowhere\n    interval: 10s\n").unwrap().remove(0);
         assert_eq!(SourceStatus::new(&quick).stalled_after, MIN_STALL);
     }
 

@@ -240,8 +240,21 @@ mod tests {
     #[test]
     fn sync_flags_parse_into_a_source() {
         let cli = Cli::try_parse_from([
-            "driftless", "sync", "--repo", "/tmp/r", "--name", "shop", "--ref", "main", "--path", "apps",
-            "--namespace", "shop", "--no-prune", "-o", "json",
+            "driftless",
+            "sync",
+            "--repo",
+            "/tmp/r",
+            "--name",
+            "shop",
+            "--ref",
+            "main",
+            "--path",
+            "apps",
+            "--namespace",
+            "shop",
+            "--no-prune",
+            "-o",
+            "json",
         ])
         .unwrap();
         let Command::Sync(args) = cli.command else { panic!("not sync") };

@@ -76,11 +76,7 @@ pub fn print_report(report: &Report, output: Output) {
                 .entries
                 .iter()
                 .map(|c| {
-                    let name = if c.id.namespace.is_empty() {
-                        c.id.name.clone()
-                    } else {
-                        format!("{}/{}", c.id.namespace, c.id.name)
-                    };
+                    let name = if c.id.namespace.is_empty() { c.id.name.clone() } else { format!("{}/{}", c.id.namespace, c.id.name) };
                     let name = if c.message.is_empty() { name } else { format!("{name}  ({})", c.message) };
                     (c.action.as_str().to_string(), c.id.group_kind().to_string(), name)
                 })
@@ -133,8 +129,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         metrics: Arc::new(Metrics::new()),
         events: Some(Arc::new(Events::new(&ctx.cluster, &ctx.agent_namespace, std::env::var("POD_NAME").ok()))),
     };
-    let webhook_secrets =
-        sources.iter().filter_map(|s| Some((s.name.clone(), s.webhook_secret_file.clone()?))).collect();
+    let webhook_secrets = sources.iter().filter_map(|s| Some((s.name.clone(), s.webhook_secret_file.clone()?))).collect();
     let shared = Arc::new(Shared {
         statuses: telemetry.statuses.clone(),
         metrics: telemetry.metrics.clone(),

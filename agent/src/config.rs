@@ -176,10 +176,9 @@ impl AuthConfig {
                 (Some(u), Some(p)) => Ok(Auth::Basic { username_file: u.clone(), password_file: p.clone() }),
                 _ => Err("basic auth needs both usernameFile and passwordFile".into()),
             },
-            (false, false, true) => Ok(Auth::Token {
-                token_file: self.token_file.clone().expect("checked"),
-                username: self.username.clone(),
-            }),
+            (false, false, true) => {
+                Ok(Auth::Token { token_file: self.token_file.clone().expect("checked"), username: self.username.clone() })
+            }
             _ => Err("choose one of tokenFile, usernameFile/passwordFile or sshKeyFile".into()),
         }
     }
@@ -201,9 +200,7 @@ impl SourceConfig {
             && !n.starts_with('-')
             && !n.ends_with('-');
         if !valid_name {
-            return Err(format!(
-                "source name {n:?} must be 1-53 lowercase letters, digits or '-' (it names the ApplySet parent)"
-            ));
+            return Err(format!("source name {n:?} must be 1-53 lowercase letters, digits or '-' (it names the ApplySet parent)"));
         }
         if self.repo.is_empty() {
             return Err(format!("source {n}: repo is required"));
@@ -354,8 +351,7 @@ sources:
             let text = format!("sources:\n- {{name: a, repo: 'http://git.example/a.git', auth: {auth}}}");
             let err = parse(&text).unwrap_err();
             assert!(err.contains("source a: refusing to send") && err.contains("insecureHttp: true"), "{err}");
-            let text =
-                format!("sources:\n- {{name: a, repo: 'http://git.example/a.git', insecureHttp: true, auth: {auth}}}");
+            let text = format!("sources:\n- {{name: a, repo: 'http://git.example/a.git', insecureHttp: true, auth: {auth}}}");
             assert!(parse(&text).unwrap()[0].spec.insecure_http);
         }
         let err = parse("sources:\n- {name: a, repo: 'http://u:hunter2@git.example/a.git'}").unwrap_err();

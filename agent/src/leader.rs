@@ -90,10 +90,7 @@ impl Elector {
         };
         let result = match current {
             None => {
-                let lease = Lease {
-                    metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
-                    spec: Some(spec),
-                };
+                let lease = Lease { metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() }, spec: Some(spec) };
                 self.api.create(&PostParams::default(), &lease).await.map(|_| ())
             }
             Some(mut lease) => {

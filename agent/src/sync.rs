@@ -27,8 +27,8 @@ use crate::live::health::{self, Health};
 use crate::live::watch::Scope;
 use crate::live::LiveState;
 use crate::manifest::ObjectRef;
-use crate::plan::prune::{plan_prune, Hold, PrunePolicy};
 use crate::plan::ownership;
+use crate::plan::prune::{plan_prune, Hold, PrunePolicy};
 use crate::plan::schedule::{self, Schedule};
 use crate::plan::{self, Plan, PlanOptions, Planned};
 use crate::prune::applyset::{self, Inventory};
@@ -258,11 +258,8 @@ async fn run_stages(
     inventory::ensure_namespace(cluster, &ctx.agent_namespace).await?;
     let parent = applyset::parent_ref(&source.name, &ctx.agent_namespace);
     let applyset_id = applyset::applyset_id(&parent);
-    let plan_opts = PlanOptions {
-        default_namespace: source.namespace.clone(),
-        applyset_id: applyset_id.clone(),
-        source: source.name.clone(),
-    };
+    let plan_opts =
+        PlanOptions { default_namespace: source.namespace.clone(), applyset_id: applyset_id.clone(), source: source.name.clone() };
     let plan = plan::build(manifests, &catalog, &plan_opts).map_err(|e| Error::Validation(e.to_string()))?;
     let (recorded, holder) = match inventory::read_parent(cluster, &parent).await? {
         Some((live, inv)) => (inv, live["metadata"]["annotations"][keys::INSTANCE].as_str().map(String::from)),
@@ -287,10 +284,9 @@ async fn run_stages(
         Mode::Incremental => Keep::Checks,
     };
     let versions = plan.objects().iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
-    let mut members =
-        inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory), keep)
-            .await
-            .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Kube(e.source) })?;
+    let mut members = inventory::list_members(cluster, &catalog, &versions, &applyset_id, &recorded.union(&desired_inventory), keep)
+        .await
+        .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Kube(e.source) })?;
     let live = live_objects(cluster, &plan, &mut members, keep).await?;
     if let Err(conflicts) = check_ownership(ctx, &plan, &live, &applyset_id) {
         if !conflicts.claims.is_empty() {
@@ -309,12 +305,10 @@ async fn run_stages(
     // that need a Namespace, CRD or Role of this revision are prechecked in an existing namespace
     // where that can judge them, and dry-run in place once their definitions are applied.
     let exists = |id: &ObjectRef| live.contains_key(id);
-    let unchanged = |p: &Planned| {
-        opts.mode == Mode::Incremental && live.get(&p.id).and_then(|o| o.desired_hash.as_deref()) == Some(p.hash.as_str())
-    };
+    let unchanged =
+        |p: &Planned| opts.mode == Mode::Incremental && live.get(&p.id).and_then(|o| o.desired_hash.as_deref()) == Some(p.hash.as_str());
     let schedule = schedule::build(&plan, &exists, &unchanged);
-    let mut decisions: Decisions =
-        pick(&plan, &schedule.unchanged).into_iter().map(|p| (&p.id, (Decision::Unchanged, None))).collect();
+    let mut decisions: Decisions = pick(&plan, &schedule.unchanged).into_iter().map(|p| (&p.id, (Decision::Unchanged, None))).collect();
     decide(cluster, &plan, &pick(&plan, &schedule.validate), &live, &mut decisions, changes, opts).await?;
     if let Err(failures) = apply::precheck(cluster, &pick(&plan, &schedule.precheck), &ctx.agent_namespace).await {
         return Err(validation_failed(&plan, failures, changes));
@@ -338,11 +332,7 @@ async fn run_stages(
     stage_done("apply");
 
     // prune: members that left git, behind the safeguards, in reverse order.
-    let hold = if source.prune {
-        prune(ctx, source, &plan, &members, &parent, &applyset_id, changes).await
-    } else {
-        None
-    };
+    let hold = if source.prune { prune(ctx, source, &plan, &members, &parent, &applyset_id, changes).await } else { None };
     stage_done("prune");
 
     // record: what the set holds now, and the revision.
@@ -424,15 +414,9 @@ const LIST_INSTEAD_OF_GETS: usize = 20;
 
 /// Live objects by identity: members from the listing, others by GET (or by a LIST of their kind
 /// and namespace when many are missing).
-async fn live_objects(
-    cluster: &Cluster,
-    plan: &Plan,
-    members: &mut [Member],
-    keep: Keep,
-) -> Result<HashMap<ObjectRef, Live>, Error> {
+async fn live_objects(cluster: &Cluster, plan: &Plan, members: &mut [Member], keep: Keep) -> Result<HashMap<ObjectRef, Live>, Error> {
     // the listed objects move here; members keep their plain data for the prune
-    let mut live: HashMap<ObjectRef, Live> =
-        members.iter_mut().map(|m| (m.live.id.clone(), std::mem::take(&mut m.current))).collect();
+    let mut live: HashMap<ObjectRef, Live> = members.iter_mut().map(|m| (m.live.id.clone(), std::mem::take(&mut m.current))).collect();
     let missing: Vec<&Planned> = plan.objects().iter().filter(|p| !live.contains_key(&p.id) && !p.needs_crd).collect();
     let mut by_scope: HashMap<(String, String, String), Vec<&Planned>> = HashMap::new();
     for p in &missing {
@@ -620,12 +604,7 @@ impl Stages<'_> {
     }
 
     /// Applies one group concurrently, by the decisions made.
-    async fn apply_group(
-        &self,
-        group: &[&Planned],
-        decisions: &Decisions<'_>,
-        changes: &mut ChangeSet,
-    ) -> Result<(), Error> {
+    async fn apply_group(&self, group: &[&Planned], decisions: &Decisions<'_>, changes: &mut ChangeSet) -> Result<(), Error> {
         let cluster = self.cluster;
         let started = Instant::now();
         // each result is reduced to its expectation at once: a stage's applied objects are
@@ -785,8 +764,7 @@ async fn prune(
 
 /// The inventory after a reconcile: the desired objects plus members that still exist.
 fn remaining_inventory(plan: &Plan, members: &[Member], changes: &ChangeSet) -> Inventory {
-    let deleted: HashSet<&ObjectRef> =
-        changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| &c.id).collect();
+    let deleted: HashSet<&ObjectRef> = changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| &c.id).collect();
     let mut inv = inventory_of(plan);
     for m in members.iter().filter(|m| !deleted.contains(&m.live.id)) {
         inv.group_kinds.insert(m.live.id.group_kind());
@@ -820,14 +798,20 @@ mod tests {
         let object = || serde_json::from_value::<kube::api::DynamicObject>(full.clone()).unwrap();
 
         let checks = Live::from_meta(&mut object().metadata);
-        assert_eq!((checks.name.as_str(), checks.namespace.as_str(), checks.uid.as_str(), checks.resource_version.as_str()), ("a", "n", "u", "7"));
+        assert_eq!(
+            (checks.name.as_str(), checks.namespace.as_str(), checks.uid.as_str(), checks.resource_version.as_str()),
+            ("a", "n", "u", "7")
+        );
         assert_eq!(checks.part_of.as_deref(), Some("set"));
         assert_eq!(checks.desired_hash.as_deref(), Some("h"));
         assert!(checks.prune_disabled);
         assert_eq!(checks.expected, Expected::from_object(&full), "the drift expectation of the full object");
         assert!(checks.body.is_none());
         let member = inventory::live_object(&crate::manifest::GroupKind::new("apps", "Deployment"), "deployments", &checks);
-        assert_eq!((member.id.to_string(), member.uid, member.part_of), ("Deployment.apps n/a".to_string(), "u".to_string(), Some("set".to_string())));
+        assert_eq!(
+            (member.id.to_string(), member.uid, member.part_of),
+            ("Deployment.apps n/a".to_string(), "u".to_string(), Some("set".to_string()))
+        );
 
         let body = Live::read(object());
         assert_eq!(Live { body: None, ..body.clone() }, checks);

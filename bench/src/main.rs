@@ -124,12 +124,7 @@ impl AgentProcess {
     fn memory_kib(&self) -> (u64, u64) {
         let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
         };
         (field("VmHWM:"), field("VmRSS:"))
     }
@@ -165,7 +160,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn create_namespace(client: &kube::Client, name: &str) -> Result<()> {
     let api = dynamic_api(client, "v1", "Namespace", "namespaces", "");
-    let ns = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"driftless.dev/bench": "true"}}}))?;
+    let ns = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"driftless.dev/bench": "true"}}}),
+    )?;
     api.create(&PostParams::default(), &ns).await?;
     Ok(())
 }
@@ -180,7 +177,11 @@ async fn wait_rolled_out(client: &kube::Client, ns: &str) {
             .iter()
             .filter(|d| d.data["status"]["availableReplicas"].as_i64().unwrap_or(0) < d.data["spec"]["replicas"].as_i64().unwrap_or(1))
             .count();
-        if pending == 0 { Ok(()) } else { Err(format!("{pending} Deployments not rolled out")) }
+        if pending == 0 {
+            Ok(())
+        } else {
+            Err(format!("{pending} Deployments not rolled out"))
+        }
     })
     .await
 }
@@ -275,13 +276,16 @@ async fn main() -> Result<()> {
     let before = agent.events("poll: nothing new").len();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let noop_requests = audit.driftless_requests()?;
-    let mut noop_us: Vec<f64> = agent.events("poll: nothing new")[before..]
-        .iter()
-        .filter_map(|e| e["fields"]["elapsed_us"].as_f64())
-        .collect();
+    let mut noop_us: Vec<f64> =
+        agent.events("poll: nothing new")[before..].iter().filter_map(|e| e["fields"]["elapsed_us"].as_f64()).collect();
     noop_us.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let after_start = agent.memory_kib();
-    println!("  no-op resync: {} polls, p50 {:.2} ms, {} API requests", noop_us.len(), percentile(&noop_us, 50.0) / 1000.0, noop_requests.len());
+    println!(
+        "  no-op resync: {} polls, p50 {:.2} ms, {} API requests",
+        noop_us.len(),
+        percentile(&noop_us, 50.0) / 1000.0,
+        noop_requests.len()
+    );
 
     // a 1% change
     let changed = (n / 100).max(1);
@@ -335,18 +339,40 @@ async fn main() -> Result<()> {
     println!("|-------------------------------------------|------------------|------------------|-------------------|");
     let kubectl_cold = kubectl.as_ref().map(|(_, t)| format!("{:.2} s", t.as_secs_f64())).unwrap_or("-".into());
     let speedup = kubectl.as_ref().map(|(_, t)| t.as_secs_f64() / cold.as_secs_f64());
-    println!("| cold apply                                | {:<16} | {:<16} | 3x faster         |", format!("{:.2} s", cold.as_secs_f64()), kubectl_cold);
+    println!(
+        "| cold apply                                | {:<16} | {:<16} | 3x faster         |",
+        format!("{:.2} s", cold.as_secs_f64()),
+        kubectl_cold
+    );
     if let Some(x) = speedup {
         println!("| cold apply speed-up over kubectl          | {:<16} |                  | >= 3x             |", format!("{x:.1}x"));
     }
-    println!("| no-op resync, time per poll (p50)         | {:<16} |                  | < 50 ms           |", format!("{:.2} ms", percentile(&noop_us, 50.0) / 1000.0));
+    println!(
+        "| no-op resync, time per poll (p50)         | {:<16} |                  | < 50 ms           |",
+        format!("{:.2} ms", percentile(&noop_us, 50.0) / 1000.0)
+    );
     println!("| no-op resync, API requests in 5 s         | {:<16} |                  | 0                 |", noop_requests.len());
-    println!("| 1% change ({changed} objects), reconcile         | {:<16} |                  |                   |", format!("{change_ms:.0} ms"));
+    println!(
+        "| 1% change ({changed} objects), reconcile         | {:<16} |                  |                   |",
+        format!("{change_ms:.0} ms")
+    );
     println!("| 1% change, writes                         | {:<16} |                  | {changed:<17} |", change_writes);
-    println!("| drift correction latency p50              | {:<16} |                  |                   |", format!("{:.0} ms", percentile(&latencies, 50.0)));
-    println!("| drift correction latency p95              | {:<16} |                  | < 1000 ms         |", format!("{:.0} ms", percentile(&latencies, 95.0)));
-    println!("| agent peak resident memory                | {:<16} |                  | < 64 MiB at 5,000 |", format!("{:.1} MiB", peak_kib as f64 / 1024.0));
-    println!("| agent resident memory at the end          | {:<16} |                  |                   |", format!("{:.1} MiB", rss_kib as f64 / 1024.0));
+    println!(
+        "| drift correction latency p50              | {:<16} |                  |                   |",
+        format!("{:.0} ms", percentile(&latencies, 50.0))
+    );
+    println!(
+        "| drift correction latency p95              | {:<16} |                  | < 1000 ms         |",
+        format!("{:.0} ms", percentile(&latencies, 95.0))
+    );
+    println!(
+        "| agent peak resident memory                | {:<16} |                  | < 64 MiB at 5,000 |",
+        format!("{:.1} MiB", peak_kib as f64 / 1024.0)
+    );
+    println!(
+        "| agent resident memory at the end          | {:<16} |                  |                   |",
+        format!("{:.1} MiB", rss_kib as f64 / 1024.0)
+    );
     let mib = |(peak, rss): (u64, u64)| format!("peak {:.1} MiB, resident {:.1} MiB", peak as f64 / 1024.0, rss as f64 / 1024.0);
     println!();
     println!("agent memory after its first reconcile and the no-op polls: {}", mib(after_start));

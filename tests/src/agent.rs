@@ -84,11 +84,7 @@ pub fn run_sync(args: &[&str]) -> (i32, String, String) {
         .env_remove("POD_NAMESPACE")
         .output()
         .expect("driftless runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// The API of a kind (`apiVersion`, `Kind`, `plural`) in a namespace ("" for cluster scope).
@@ -212,11 +208,7 @@ pub fn is_dry_run(e: &Value) -> bool {
 /// holding a ServiceAccount token) and the ApplySet parents in `inventory_namespace`; returns
 /// (exit code, stdout, stderr). Nothing is taken from the environment (KUBECONFIG,
 /// POD_NAMESPACE, DRIFTLESS_CACHE_DIR are removed); the git cache is a fresh directory.
-pub fn run_sync_with_kubeconfig(
-    kubeconfig: &std::path::Path,
-    inventory_namespace: &str,
-    args: &[&str],
-) -> (i32, String, String) {
+pub fn run_sync_with_kubeconfig(kubeconfig: &std::path::Path, inventory_namespace: &str, args: &[&str]) -> (i32, String, String) {
     let cache = TempDir::new().expect("a cache directory");
     let out = Command::new(driftless_bin())
         .arg("sync")
@@ -232,11 +224,7 @@ pub fn run_sync_with_kubeconfig(
         .env("NO_COLOR", "1")
         .output()
         .expect("driftless runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// A free loopback port: bound to `127.0.0.1:0` and released (another process may take it
@@ -428,13 +416,7 @@ impl HttpResponse {
 
 /// One plain HTTP/1.1 request (`Connection: close`) with a 30 s limit. The body is written while
 /// the answer is read, so a server that answers before reading everything (413) is seen answering.
-pub async fn http_request(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpResponse {
+pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
@@ -477,10 +459,8 @@ fn parse_http_response(raw: &[u8]) -> Option<HttpResponse> {
     let mut body = raw[split + 4..].to_vec();
     let mut lines = head.split("\r\n");
     let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked")) {
         body = dechunk(&body)?;
     } else if let Some(len) = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()) {
@@ -515,11 +495,7 @@ pub fn run_status(args: &[&str]) -> (i32, String, String) {
         .env("NO_COLOR", "1")
         .output()
         .expect("driftless status runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// The example app's namespace and cluster-scoped objects: (apiVersion, kind, plural, name).

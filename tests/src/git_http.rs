@@ -137,10 +137,7 @@ fn authorized(headers: &HeaderMap, token: &str) -> Option<String> {
 }
 
 async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
-    let take_delay = inner
-        .delayed_requests
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
+    let take_delay = inner.delayed_requests.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     if take_delay {
         tokio::time::sleep(Duration::from_millis(inner.delay_ms.load(Ordering::SeqCst))).await;
     }

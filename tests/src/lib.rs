@@ -45,10 +45,7 @@ pub const KEEP_NAMESPACES_ENV: &str = "DRIFTLESS_KEEP_NAMESPACES";
 
 /// The repository root (the parent of this crate's directory).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives one level below the repository root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate lives one level below the repository root").to_path_buf()
 }
 
 /// `<repo>/.cluster`, where `tests/cluster/up` keeps its state.
@@ -89,9 +86,7 @@ pub async fn kube_config() -> Config {
     if !path.is_file() {
         not_running(format_args!("no kubeconfig at {}", path.display()));
     }
-    try_kube_config(&path)
-        .await
-        .unwrap_or_else(|e| panic!("cannot load kubeconfig {}: {e:#}", path.display()))
+    try_kube_config(&path).await.unwrap_or_else(|e| panic!("cannot load kubeconfig {}: {e:#}", path.display()))
 }
 
 async fn try_kube_config(path: &Path) -> anyhow::Result<Config> {
@@ -100,9 +95,7 @@ async fn try_kube_config(path: &Path) -> anyhow::Result<Config> {
 }
 
 async fn try_client() -> anyhow::Result<Client> {
-    Ok(Client::try_from(
-        try_kube_config(&kubeconfig_path()).await?,
-    )?)
+    Ok(Client::try_from(try_kube_config(&kubeconfig_path()).await?)?)
 }
 
 /// A client for the local control plane, authenticated as an admin (group `system:masters`).
@@ -110,8 +103,7 @@ async fn try_client() -> anyhow::Result<Client> {
 /// Panics with "local control plane is not running: run tests/cluster/up" when there is no
 /// kubeconfig.
 pub async fn client() -> Client {
-    Client::try_from(kube_config().await)
-        .unwrap_or_else(|e| panic!("cannot build a kube client: {e}"))
+    Client::try_from(kube_config().await).unwrap_or_else(|e| panic!("cannot build a kube client: {e}"))
 }
 
 /// `prefix` made DNS-1123 (lowercase alphanumerics and '-') plus a random 6-character suffix,
@@ -166,11 +158,7 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .unwrap_or_else(|e| panic!("cannot create test namespace {name}: {e}"));
-        TestNamespace {
-            name,
-            client: client.clone(),
-            done: false,
-        }
+        TestNamespace { name, client: client.clone(), done: false }
     }
 
     /// The namespace's name.
@@ -196,10 +184,7 @@ fn keep_namespaces() -> bool {
 }
 
 async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
-    match Api::<Namespace>::all(client.clone())
-        .delete(name, &DeleteParams::background())
-        .await
-    {
+    match Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
@@ -217,39 +202,26 @@ impl Drop for TestNamespace {
         }
         let name = self.name.clone();
         let (tx, rx) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name(format!("delete-ns-{name}"))
-            .spawn(move || {
-                let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|rt| {
-                        rt.block_on(async {
-                            tokio::time::timeout(Duration::from_secs(20), async {
-                                delete_namespace(&try_client().await?, &name).await
-                            })
-                            .await
-                            .map_err(|_| anyhow::anyhow!("timed out"))?
-                        })
-                    });
-                let _ = tx.send(result);
+        let spawned = std::thread::Builder::new().name(format!("delete-ns-{name}")).spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(20), async { delete_namespace(&try_client().await?, &name).await })
+                        .await
+                        .map_err(|_| anyhow::anyhow!("timed out"))?
+                })
             });
+            let _ = tx.send(result);
+        });
         let outcome = match spawned {
             Err(e) => Err(anyhow::anyhow!("cannot spawn a thread: {e}")),
             Ok(_) => match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(result) => result,
                 Err(mpsc::RecvTimeoutError::Timeout) => Err(anyhow::anyhow!("timed out")),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    Err(anyhow::anyhow!("the delete thread panicked"))
-                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(anyhow::anyhow!("the delete thread panicked")),
             },
         };
         if let Err(e) = outcome {
-            eprintln!(
-                "warning: could not delete test namespace {}: {e:#}",
-                self.name
-            );
+            eprintln!("warning: could not delete test namespace {}: {e:#}", self.name);
         }
     }
 }
@@ -322,10 +294,7 @@ impl Default for GitFixture {
 impl GitFixture {
     /// An empty repository whose HEAD is the (unborn) branch `main`.
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("driftless-git-")
-            .tempdir()
-            .expect("create a temporary directory");
+        let dir = tempfile::Builder::new().prefix("driftless-git-").tempdir().expect("create a temporary directory");
         let mut opts = RepositoryInitOptions::new();
         opts.initial_head("main");
         let repo = Repository::init_opts(dir.path(), &opts).expect("git init");
@@ -350,31 +319,21 @@ impl GitFixture {
     fn full(&self, rel: impl AsRef<Path>) -> PathBuf {
         let rel = rel.as_ref();
         assert!(
-            rel.components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir)),
+            rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)),
             "fixture paths must be relative and stay inside the repository: {}",
             rel.display()
         );
-        assert!(
-            !rel.components().any(|c| c.as_os_str() == ".git"),
-            "fixture paths must not touch .git: {}",
-            rel.display()
-        );
+        assert!(!rel.components().any(|c| c.as_os_str() == ".git"), "fixture paths must not touch .git: {}", rel.display());
         self.path().join(rel)
     }
 
     fn prepare(&self, full: &Path) {
         if let Some(parent) = full.parent() {
-            fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+            fs::create_dir_all(parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
         }
         // Replace whatever is there, including a symlink or a directory.
         if let Ok(meta) = fs::symlink_metadata(full) {
-            let r = if meta.is_dir() {
-                fs::remove_dir_all(full)
-            } else {
-                fs::remove_file(full)
-            };
+            let r = if meta.is_dir() { fs::remove_dir_all(full) } else { fs::remove_file(full) };
             r.unwrap_or_else(|e| panic!("remove {}: {e}", full.display()));
         }
     }
@@ -390,13 +349,8 @@ impl GitFixture {
     /// Removes a file, symlink or directory (recursively).
     pub fn remove(&self, path: impl AsRef<Path>) -> &Self {
         let full = self.full(path);
-        let meta = fs::symlink_metadata(&full)
-            .unwrap_or_else(|e| panic!("remove {}: {e}", full.display()));
-        let r = if meta.is_dir() {
-            fs::remove_dir_all(&full)
-        } else {
-            fs::remove_file(&full)
-        };
+        let meta = fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("remove {}: {e}", full.display()));
+        let r = if meta.is_dir() { fs::remove_dir_all(&full) } else { fs::remove_file(&full) };
         r.unwrap_or_else(|e| panic!("remove {}: {e}", full.display()));
         self
     }
@@ -406,13 +360,8 @@ impl GitFixture {
     pub fn symlink(&self, path: impl AsRef<Path>, target: impl AsRef<Path>) -> &Self {
         let full = self.full(path);
         self.prepare(&full);
-        std::os::unix::fs::symlink(target.as_ref(), &full).unwrap_or_else(|e| {
-            panic!(
-                "symlink {} -> {}: {e}",
-                full.display(),
-                target.as_ref().display()
-            )
-        });
+        std::os::unix::fs::symlink(target.as_ref(), &full)
+            .unwrap_or_else(|e| panic!("symlink {} -> {}: {e}", full.display(), target.as_ref().display()));
         self
     }
 
@@ -423,8 +372,7 @@ impl GitFixture {
         let from = from.as_ref();
         let to = self.full(to_prefix);
         fs::create_dir_all(&to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
-        copy_tree(from, &to)
-            .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+        copy_tree(from, &to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
         self
     }
 
@@ -432,9 +380,7 @@ impl GitFixture {
     /// is honoured as `git add -A` would) and commits it to `main`. Returns the commit's sha.
     pub fn commit(&self, message: &str) -> String {
         let mut index = self.repo.index().expect("open index");
-        index
-            .add_all(["*"], IndexAddOption::DEFAULT, None)
-            .expect("stage files");
+        index.add_all(["*"], IndexAddOption::DEFAULT, None).expect("stage files");
         index.update_all(["*"], None).expect("stage deletions");
         index.write().expect("write index");
         let tree_id = index.write_tree().expect("write tree");
@@ -442,10 +388,7 @@ impl GitFixture {
         let sig = Signature::now(FIXTURE_AUTHOR, FIXTURE_EMAIL).expect("signature");
         let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let parents: Vec<&git2::Commit> = parent.iter().collect();
-        let oid = self
-            .repo
-            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
-            .expect("commit");
+        let oid = self.repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).expect("commit");
         oid.to_string()
     }
 
@@ -455,44 +398,28 @@ impl GitFixture {
     }
 
     fn head_oid(&self) -> Oid {
-        self.repo
-            .head()
-            .and_then(|h| h.peel_to_commit())
-            .expect("HEAD has no commit yet: call commit() first")
-            .id()
+        self.repo.head().and_then(|h| h.peel_to_commit()).expect("HEAD has no commit yet: call commit() first").id()
     }
 
     /// Creates (or moves) the lightweight tag `name` at HEAD.
     pub fn tag(&self, name: &str) -> &Self {
-        let obj = self
-            .repo
-            .find_object(self.head_oid(), None)
-            .expect("HEAD object");
-        self.repo
-            .tag_lightweight(name, &obj, true)
-            .expect("create tag");
+        let obj = self.repo.find_object(self.head_oid(), None).expect("HEAD object");
+        self.repo.tag_lightweight(name, &obj, true).expect("create tag");
         self
     }
 
     /// Creates (or moves) the annotated tag `name` at HEAD.
     pub fn tag_annotated(&self, name: &str, message: &str) -> &Self {
-        let obj = self
-            .repo
-            .find_object(self.head_oid(), None)
-            .expect("HEAD object");
+        let obj = self.repo.find_object(self.head_oid(), None).expect("HEAD object");
         let sig = Signature::now(FIXTURE_AUTHOR, FIXTURE_EMAIL).expect("signature");
-        self.repo
-            .tag(name, &obj, &sig, message, true)
-            .expect("create annotated tag");
+        self.repo.tag(name, &obj, &sig, message, true).expect("create annotated tag");
         self
     }
 
     /// Creates (or moves) branch `name` at HEAD, without switching to it.
     pub fn branch(&self, name: &str) -> &Self {
         let commit = self.repo.find_commit(self.head_oid()).expect("HEAD commit");
-        self.repo
-            .branch(name, &commit, true)
-            .expect("create branch");
+        self.repo.branch(name, &commit, true).expect("create branch");
         self
     }
 }

@@ -129,10 +129,7 @@ fn failure_lines(agent: &RunningAgent, source: &str) -> Vec<String> {
         .stderr()
         .lines()
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-        .filter(|l| {
-            l.contains("failed")
-                && (l.contains(&format!("source={source} ")) || l.contains(&format!("source=\"{source}\"")))
-        })
+        .filter(|l| l.contains("failed") && (l.contains(&format!("source={source} ")) || l.contains(&format!("source=\"{source}\""))))
         .map(str::to_string)
         .collect()
 }
@@ -203,8 +200,7 @@ async fn run_with_flags_reconciles_a_single_source() {
     let name = unique_name("run-flags");
 
     // given `driftless run` with the source given by flags
-    let agent =
-        RunningAgent::start(&["--repo", &repo.url(), "--name", &name, "--namespace", ns.name(), "--interval", "1s"]);
+    let agent = RunningAgent::start(&["--repo", &repo.url(), "--name", &name, "--namespace", ns.name(), "--interval", "1s"]);
     wait_for_configmaps(&client, ns.name(), &["a", "b", "c"], Duration::from_secs(30), &agent).await;
 
     // when a commit adds d and removes c, then the loop applies and prunes

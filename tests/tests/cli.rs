@@ -11,11 +11,7 @@ use serde_json::Value;
 /// Runs the binary with `args` only (no cluster flags); returns (exit code, stdout, stderr).
 fn driftless(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(driftless_bin()).args(args).output().expect("driftless runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// The object rows of a table report: (action, kind, namespace/name).
@@ -33,11 +29,7 @@ fn rows(stdout: &str) -> Vec<(String, String, String)> {
 
 /// The summary line of a table report.
 fn summary(stdout: &str) -> &str {
-    stdout
-        .lines()
-        .last()
-        .filter(|l| l.starts_with("source "))
-        .unwrap_or_else(|| panic!("no summary line in {stdout:?}"))
+    stdout.lines().last().filter(|l| l.starts_with("source ")).unwrap_or_else(|| panic!("no summary line in {stdout:?}"))
 }
 
 fn row(action: &str, ns: &str, name: &str) -> (String, String, String) {
@@ -100,8 +92,7 @@ async fn sync_json_output_is_a_report() {
     let commit = repo.commit("two config maps");
     let name = unique_name("cli-json");
 
-    let (code, stdout, stderr) =
-        run_sync(&["--repo", &repo.url(), "--name", &name, "--namespace", ns.name(), "-o", "json"]);
+    let (code, stdout, stderr) = run_sync(&["--repo", &repo.url(), "--name", &name, "--namespace", ns.name(), "-o", "json"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
     assert_eq!(report["source"], name.as_str());
@@ -112,12 +103,7 @@ async fn sync_json_output_is_a_report() {
     let got: Vec<(&str, &str, &str, &str)> = entries
         .iter()
         .map(|e| {
-            (
-                e["action"].as_str().unwrap(),
-                e["kind"].as_str().unwrap(),
-                e["namespace"].as_str().unwrap(),
-                e["name"].as_str().unwrap(),
-            )
+            (e["action"].as_str().unwrap(), e["kind"].as_str().unwrap(), e["namespace"].as_str().unwrap(), e["name"].as_str().unwrap())
         })
         .collect();
     assert_eq!(got, [("created", "ConfigMap", ns.name(), "a"), ("created", "ConfigMap", ns.name(), "b")]);
@@ -203,10 +189,7 @@ async fn no_prune_leaves_a_removed_object_in_place() {
     let (code, stdout, _) = run_sync(&args);
     assert_eq!(code, 0, "{stdout}");
     assert!(rows(&stdout).contains(&row("deleted", ns.name(), "c")), "{stdout}");
-    driftless_tests::agent::eventually("c to be deleted", || async {
-        !configmaps(&client, ns.name()).await.contains_key("c")
-    })
-    .await;
+    driftless_tests::agent::eventually("c to be deleted", || async { !configmaps(&client, ns.name()).await.contains_key("c") }).await;
     ns.cleanup().await;
 }
 
@@ -231,16 +214,14 @@ async fn ref_selects_a_tag_and_path_selects_a_subdirectory() {
     assert_eq!(configmaps(&client, ns.name()).await.keys().collect::<Vec<_>>(), ["a"]);
 
     // without --ref: main's head, so b too; other/ is still outside --path
-    let (code, stdout, _) =
-        run_sync(&["--repo", &repo.url(), "--name", &name, "--namespace", ns.name(), "--path", "apps"]);
+    let (code, stdout, _) = run_sync(&["--repo", &repo.url(), "--name", &name, "--namespace", ns.name(), "--path", "apps"]);
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(rows(&stdout), [row("unchanged", ns.name(), "a"), row("created", ns.name(), "b")], "{stdout}");
     assert!(summary(&stdout).contains(&head), "{stdout}");
     assert_eq!(configmaps(&client, ns.name()).await.keys().collect::<Vec<_>>(), ["a", "b"]);
 
     // a ref that does not exist: exit 1, FetchFailed naming it
-    let (code, stdout, _) =
-        run_sync(&["--repo", &repo.url(), "--name", &name, "--namespace", ns.name(), "--ref", "v9"]);
+    let (code, stdout, _) = run_sync(&["--repo", &repo.url(), "--name", &name, "--namespace", ns.name(), "--ref", "v9"]);
     assert_eq!(code, 1, "{stdout}");
     assert!(summary(&stdout).contains("Failed (FetchFailed)") && summary(&stdout).contains("v9"), "{stdout}");
     ns.cleanup().await;

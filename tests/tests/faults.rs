@@ -56,11 +56,7 @@ async fn uids(client: &Client, ns: &str) -> BTreeMap<String, String> {
 /// Objects of `before` that are gone from `after` or came back as another object (other uid):
 /// what was wrongly deleted.
 fn lost(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
-    before
-        .iter()
-        .filter(|(k, uid)| after.get(*k) != Some(uid))
-        .map(|(k, uid)| format!("{k} (uid {uid}, now {:?})", after.get(k)))
-        .collect()
+    before.iter().filter(|(k, uid)| after.get(*k) != Some(uid)).map(|(k, uid)| format!("{k} (uid {uid}, now {:?})", after.get(k))).collect()
 }
 
 /// Deletes Driftless sent (any namespace when `namespace` is None): `kind namespace/name`.
@@ -89,7 +85,6 @@ fn successful_writes<'a>(events: &'a [Value], namespace: &'a str) -> impl Iterat
         .filter(|e| (200..300).contains(&code(e)))
 }
 
-
 /// `GET /status/{source}` of a running agent.
 async fn status(agent: &AgentProcess, source: &str) -> Value {
     let r = agent.get(&format!("/status/{source}")).await;
@@ -104,14 +99,8 @@ async fn wait_synced(agent: &AgentProcess, source: &str, commit: &str, timeout: 
         if s["state"] == "Synced" && s["lastAppliedCommit"] == commit {
             Ok(s)
         } else {
-            let unhealthy: Vec<String> = s["objects"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|o| o["health"] != "Healthy")
-                .take(5)
-                .map(|o| o.to_string())
-                .collect();
+            let unhealthy: Vec<String> =
+                s["objects"].as_array().into_iter().flatten().filter(|o| o["health"] != "Healthy").take(5).map(|o| o.to_string()).collect();
             Err(format!(
                 "state {} health {} reason {} applied {} message {}; not Healthy (first 5): {unhealthy:?}",
                 s["state"], s["health"], s["reason"], s["lastAppliedCommit"], s["message"]
@@ -299,7 +288,12 @@ async fn the_api_server_stopped_mid_apply_then_restarted_converges_without_losin
     .await;
     println!("status after the restart: {:#?}", transitions.lock().unwrap());
     let watches = watch_log(&agent);
-    println!("watch errors (first 3 and last 5 of {}):\n{}\n...\n{}", watches.len(), watches[..watches.len().min(3)].join("\n"), watches[watches.len().saturating_sub(5)..].join("\n"));
+    println!(
+        "watch errors (first 3 and last 5 of {}):\n{}\n...\n{}",
+        watches.len(),
+        watches[..watches.len().min(3)].join("\n"),
+        watches[watches.len().saturating_sub(5)..].join("\n")
+    );
     println!("converged {:?} after the restart; syncs:\n{}", up_at.elapsed(), sync_log(&agent).join("\n"));
     let after = uids(&client, app).await;
     assert_eq!(lost(&before, &after), Vec::<String>::new(), "objects of revision 1 wrongly deleted");
@@ -490,7 +484,10 @@ async fn too_many_requests_are_retried_and_converge() {
         .create_token_request(
             sa,
             &PostParams::default(),
-            &serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})).unwrap(),
+            &serde_json::from_value(
+                json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}),
+            )
+            .unwrap(),
         )
         .await
         .unwrap();
@@ -501,15 +498,25 @@ async fn too_many_requests_are_retried_and_converge() {
     // (ceil(600 * 1 / 246): the server's 600 shared by the built-in levels' 245 shares and this
     // one), no borrowing, and a 429 for every request beyond them
     let params = kube::api::PatchParams::apply("faults-test");
-    let plcs = driftless_tests::agent::dynamic_api(&admin, "flowcontrol.apiserver.k8s.io/v1", "PriorityLevelConfiguration", "prioritylevelconfigurations", "");
+    let plcs = driftless_tests::agent::dynamic_api(
+        &admin,
+        "flowcontrol.apiserver.k8s.io/v1",
+        "PriorityLevelConfiguration",
+        "prioritylevelconfigurations",
+        "",
+    );
     let fss = driftless_tests::agent::dynamic_api(&admin, "flowcontrol.apiserver.k8s.io/v1", "FlowSchema", "flowschemas", "");
-    plcs.patch(flow, &params, &kube::api::Patch::Apply(json!({
-        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
-        "metadata": {"name": flow},
-        "spec": {"type": "Limited", "limited": {
-            "nominalConcurrencyShares": 1, "lendablePercent": 0, "borrowingLimitPercent": 0,
-            "limitResponse": {"type": "Reject"}}}
-    })))
+    plcs.patch(
+        flow,
+        &params,
+        &kube::api::Patch::Apply(json!({
+            "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+            "metadata": {"name": flow},
+            "spec": {"type": "Limited", "limited": {
+                "nominalConcurrencyShares": 1, "lendablePercent": 0, "borrowingLimitPercent": 0,
+                "limitResponse": {"type": "Reject"}}}
+        })),
+    )
     .await
     .unwrap();
     let fs = fss
@@ -595,7 +602,8 @@ async fn too_many_requests_are_retried_and_converge() {
             gaps.push(seconds_between(&at, &received(next)));
         }
     }
-    let rejected_objects: BTreeSet<&str> = too_many.iter().filter(|e| object_apply(e)).filter_map(|e| e["objectRef"]["name"].as_str()).collect();
+    let rejected_objects: BTreeSet<&str> =
+        too_many.iter().filter(|e| object_apply(e)).filter_map(|e| e["objectRef"]["name"].as_str()).collect();
     gaps.sort_by(f64::total_cmp);
     println!(
         "{} requests, {} answered 429 ({} applies or dry-runs of {} objects), {retried_ok} 429s followed by the same request succeeding; retry gaps of applies min {:?} median {:?} max {:?}",
@@ -661,7 +669,8 @@ async fn a_quota_that_rejects_one_object_at_apply_reports_it_and_prunes_nothing(
     quotas
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "configmap-quota"}, "spec": {"hard": {"count/configmaps": hard}}})).unwrap(),
+            &serde_json::from_value(json!({"metadata": {"name": "configmap-quota"}, "spec": {"hard": {"count/configmaps": hard}}}))
+                .unwrap(),
         )
         .await
         .unwrap();
@@ -740,11 +749,7 @@ async fn a_quota_that_rejects_one_object_at_apply_reports_it_and_prunes_nothing(
         converged.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.name.clone()).collect();
     assert_eq!(deleted, ["old"], "{:#?}", converged.changes);
     let after = uids(&agent.client, ns.name()).await;
-    assert_eq!(
-        after.keys().cloned().collect::<Vec<_>>(),
-        ["ConfigMap/kept", "ConfigMap/new-a", "ConfigMap/new-b"],
-        "exactly the revision"
-    );
+    assert_eq!(after.keys().cloned().collect::<Vec<_>>(), ["ConfigMap/kept", "ConfigMap/new-a", "ConfigMap/new-b"], "exactly the revision");
     assert_eq!(after["ConfigMap/kept"], before["ConfigMap/kept"], "kept is the same object");
     ns.cleanup().await;
     println!("test took {:?}", started.elapsed());

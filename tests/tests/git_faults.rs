@@ -50,13 +50,8 @@ impl Gate {
     async fn open(backend: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
-        let mut gate = Gate {
-            addr,
-            backend,
-            mode: Arc::new(Mutex::new(Mode::Forward)),
-            accepted: Arc::new(AtomicUsize::new(0)),
-            task: None,
-        };
+        let mut gate =
+            Gate { addr, backend, mode: Arc::new(Mutex::new(Mode::Forward)), accepted: Arc::new(AtomicUsize::new(0)), task: None };
         gate.serve(listener);
         gate
     }
@@ -291,13 +286,7 @@ async fn status(agent: &AgentProcess, source: &str) -> Value {
 }
 
 /// Polls `/status/{source}` until `f` holds.
-async fn wait_status(
-    agent: &AgentProcess,
-    source: &str,
-    what: &str,
-    timeout: Duration,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
+async fn wait_status(agent: &AgentProcess, source: &str, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let last = status(agent, source).await;
@@ -398,7 +387,8 @@ async fn drift_is_corrected_while_a_fetch_hangs_and_a_stuck_fetch_shows_in_statu
         assert!(Instant::now() < deadline, "no remote check reached the hung server");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let hanging = wait_status(&agent, &name, "the fetch in progress shows", Duration::from_secs(5), |s| s["fetchStarted"].is_number()).await;
+    let hanging =
+        wait_status(&agent, &name, "the fetch in progress shows", Duration::from_secs(5), |s| s["fetchStarted"].is_number()).await;
 
     // when an owned ConfigMap is edited while that check hangs
     let cms = agent::dynamic_api(&client, "v1", "ConfigMap", "configmaps", ns.name());

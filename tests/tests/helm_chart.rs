@@ -74,9 +74,7 @@ impl Run {
 }
 
 fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if let Some(input) = stdin {
         // Written from a thread: a large input must not deadlock against a full stdout pipe.
@@ -216,11 +214,7 @@ async fn wait_available(client: &Client, namespace: &str, name: &str, replicas: 
         async move {
             let d = api.get_opt(name).await.ok()??;
             let status = d.status.clone()?;
-            let available = status
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Available" && c.status == "True");
+            let available = status.conditions.iter().flatten().any(|c| c.type_ == "Available" && c.status == "True");
             let current = status.observed_generation == d.metadata.generation
                 && status.updated_replicas == Some(replicas)
                 && status.ready_replicas == Some(replicas)
@@ -333,7 +327,17 @@ fn the_render_follows_the_values() {
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert_eq!(
         args,
-        ["run", "--config", "/etc/driftless/config.yaml", "--listen", "0.0.0.0:8080", "--log-format", "json", "--instance", "rel-driftless"],
+        [
+            "run",
+            "--config",
+            "/etc/driftless/config.yaml",
+            "--listen",
+            "0.0.0.0:8080",
+            "--log-format",
+            "json",
+            "--instance",
+            "rel-driftless"
+        ],
         "each release names its install, so two never share a source's ApplySet"
     );
     assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
@@ -388,16 +392,14 @@ fn the_render_follows_the_values() {
     let pod = &find(&docs, "Deployment")[0]["spec"]["template"]["spec"];
     let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
     for dir in ["shop", "billing", "platform"] {
-        let mount = mounts.iter().find(|m| m["mountPath"] == format!("/etc/driftless/sources/{dir}")).expect("a mount per source with credentials");
+        let mount =
+            mounts.iter().find(|m| m["mountPath"] == format!("/etc/driftless/sources/{dir}")).expect("a mount per source with credentials");
         assert_eq!(mount["readOnly"], true);
     }
     assert!(!mounts.iter().any(|m| m["mountPath"] == "/etc/driftless/sources/public"));
     assert!(pod["volumes"].to_string().contains("\"name\":\"platform-ssh\""), "the SSH key comes from its Secret");
-    let cluster_scoped: Vec<String> = docs
-        .iter()
-        .filter(|(d, _)| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
-        .map(|(d, _)| kind_name(d))
-        .collect();
+    let cluster_scoped: Vec<String> =
+        docs.iter().filter(|(d, _)| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding").map(|(d, _)| kind_name(d)).collect();
     assert_eq!(
         cluster_scoped,
         ["ClusterRole/ops-driftless-ci", "ClusterRoleBinding/ops-driftless-ci", "ClusterRoleBinding/ops-driftless-ci-cluster-admin"]
@@ -462,7 +464,8 @@ async fn every_rendered_object_passes_a_server_side_dry_run() {
     let dashboard_ns = format!("dashboard.namespace={}", ns.name());
     let mut renders: Vec<(String, Vec<String>)> = vec![("defaults".into(), vec![])];
     for file in ci_values_files() {
-        let args = vec!["--values".into(), file.display().to_string(), "--set".into(), ns_list.clone(), "--set".into(), dashboard_ns.clone()];
+        let args =
+            vec!["--values".into(), file.display().to_string(), "--set".into(), ns_list.clone(), "--set".into(), dashboard_ns.clone()];
         renders.push((file.file_name().unwrap().to_string_lossy().into_owned(), args));
     }
 
@@ -470,8 +473,7 @@ async fn every_rendered_object_passes_a_server_side_dry_run() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let docs = documents(&helm.template(&release, ns.name(), &args));
         assert!(docs.iter().any(|(d, _)| d["kind"] == "Deployment"), "{label}: no Deployment rendered");
-        let (checked, skipped): (Vec<_>, Vec<_>) =
-            docs.into_iter().partition(|(d, _)| monitoring || d["kind"] != "ServiceMonitor");
+        let (checked, skipped): (Vec<_>, Vec<_>) = docs.into_iter().partition(|(d, _)| monitoring || d["kind"] != "ServiceMonitor");
         assert!(skipped.iter().all(|(d, _)| d["kind"] == "ServiceMonitor"));
         let stream: String = checked.iter().map(|(_, text)| format!("---\n{text}")).collect();
         // every object names its namespace (helm template does not add one), so no --namespace
@@ -532,8 +534,13 @@ async fn helm_install_brings_the_deployment_to_available_and_upgrades_roll_it() 
     // two replicas and a changed config: leader election, a PDB, a new checksum (the pods roll)
     let chart = chart();
     helm.run(&[
-        "upgrade", &release, chart.to_str().unwrap(), "--namespace", ns.name(),
-        "--set", &format!("{source},sources[0].interval=5m,replicas=2"),
+        "upgrade",
+        &release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        ns.name(),
+        "--set",
+        &format!("{source},sources[0].interval=5m,replicas=2"),
     ])
     .ok("helm upgrade");
     let deploy = wait_available(&client, ns.name(), &fullname, 2).await;
@@ -645,12 +652,7 @@ async fn the_service_account_syncs_into_its_target_namespaces_and_nowhere_else()
     let other = TestNamespace::new(&client, "helm-rbac-other").await;
     let helm = Helm::new();
     let release = unique_name("rbac");
-    let installed = install(
-        &helm,
-        &release,
-        agent_ns.name(),
-        &["--set", &format!("rbac.targetNamespaces={{{}}}", target.name())],
-    );
+    let installed = install(&helm, &release, agent_ns.name(), &["--set", &format!("rbac.targetNamespaces={{{}}}", target.name())]);
 
     // a token of the chart's ServiceAccount (TokenRequest), in a kubeconfig of its own
     let sa = Api::<ServiceAccount>::namespaced(client.clone(), agent_ns.name())
@@ -675,9 +677,7 @@ async fn the_service_account_syncs_into_its_target_namespaces_and_nowhere_else()
 
     // a ConfigMap, a Deployment and a Service, all in the target namespace: applied
     let repo = GitFixture::new();
-    repo.write("config.yaml", configmap("web-config", "1"))
-        .write("deployment.yaml", WEB_DEPLOYMENT)
-        .write("service.yaml", WEB_SERVICE);
+    repo.write("config.yaml", configmap("web-config", "1")).write("deployment.yaml", WEB_DEPLOYMENT).write("service.yaml", WEB_SERVICE);
     repo.commit("web");
     let source = unique_name("helm-rbac");
     let (code, stdout, stderr) = sync(&repo.url(), &source);
@@ -690,10 +690,8 @@ async fn the_service_account_syncs_into_its_target_namespaces_and_nowhere_else()
 
     // then a revision that drops the Service (a prune) and adds a ConfigMap in a namespace the
     // chart granted nothing in: Forbidden, exit 1, nothing written there and nothing pruned
-    let outside = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: outside\n  namespace: {}\ndata:\n  value: \"1\"\n",
-        other.name()
-    );
+    let outside =
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: outside\n  namespace: {}\ndata:\n  value: \"1\"\n", other.name());
     repo.remove("service.yaml").write("outside.yaml", outside);
     repo.commit("web without its Service, plus an object outside the granted scope");
     let (code, stdout, stderr) = sync(&repo.url(), &source);
@@ -875,9 +873,8 @@ async fn the_service_account_syncs_the_example_repo_with_its_cluster_rules_and_n
         .to_string();
     let kubeconfig = token_kubeconfig(&token, dir.path());
     let source = unique_name("helm-example");
-    let sync = |repo: &str| {
-        run_sync_with_kubeconfig(&kubeconfig, agent_ns.name(), &["--repo", repo, "--name", &source, "--namespace", "shop"])
-    };
+    let sync =
+        |repo: &str| run_sync_with_kubeconfig(&kubeconfig, agent_ns.name(), &["--repo", repo, "--name", &source, "--namespace", "shop"]);
 
     // the example repository: all 20 objects applied, wave by wave
     let repo = GitFixture::new();
@@ -908,10 +905,8 @@ async fn the_service_account_syncs_the_example_repo_with_its_cluster_rules_and_n
 
     // then an object in a namespace the chart granted nothing in: Forbidden, exit 1, nothing
     // written, pruned or replaced
-    let outside = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: outside\n  namespace: {}\ndata:\n  value: \"1\"\n",
-        other.name()
-    );
+    let outside =
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: outside\n  namespace: {}\ndata:\n  value: \"1\"\n", other.name());
     repo.write("outside.yaml", outside);
     repo.commit("shop: plus an object outside the granted scope");
     let audit_start = audit_events().len();

@@ -41,7 +41,8 @@ async fn only_the_leader_writes_and_a_terminated_leader_hands_over_within_five_s
     let since = audit_events().len();
 
     let first = AgentProcess::start_with_env(inventory.name(), &args, &[("POD_NAME", "replica-a")]).await;
-    wait_for("replica-a to lead", Duration::from_secs(20), || async { (first.gauge("driftless_leader").await == Some(1.0)).then_some(()) }).await;
+    wait_for("replica-a to lead", Duration::from_secs(20), || async { (first.gauge("driftless_leader").await == Some(1.0)).then_some(()) })
+        .await;
     let second = AgentProcess::start_with_env(inventory.name(), &args, &[("POD_NAME", "replica-b")]).await;
     wait_for("replica-a's first sync", Duration::from_secs(20), || async {
         configmaps(&client, app.name()).await.contains_key("a").then_some(())
@@ -61,7 +62,10 @@ async fn only_the_leader_writes_and_a_terminated_leader_hands_over_within_five_s
     // SIGTERM to the leader: it releases the lease, the standby takes over within 5 s
     let stopped = Instant::now();
     first.terminate();
-    wait_for("replica-b to lead", Duration::from_secs(10), || async { (second.gauge("driftless_leader").await == Some(1.0)).then_some(()) }).await;
+    wait_for("replica-b to lead", Duration::from_secs(10), || async {
+        (second.gauge("driftless_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
     let handover = stopped.elapsed();
     assert!(handover < Duration::from_secs(5), "handed over in {handover:?}");
     let mut first = first;

@@ -180,15 +180,12 @@ async fn wave_one_waits_for_wave_zero_to_be_available() {
     let repo = GitFixture::new();
     // db turns Available only once its pod has been ready for 2 s (maxUnavailable 0: one
     // available replica is the minimum), well after the controller's first status writes
-    let db = DEPLOYMENT.replace("name: api", "name: db").replace("app: api", "app: db").replace(
-        "spec:\n  selector:",
-        "spec:\n  minReadySeconds: 2\n  strategy:\n    rollingUpdate: {maxUnavailable: 0}\n  selector:",
-    );
+    let db = DEPLOYMENT
+        .replace("name: api", "name: db")
+        .replace("app: api", "app: db")
+        .replace("spec:\n  selector:", "spec:\n  minReadySeconds: 2\n  strategy:\n    rollingUpdate: {maxUnavailable: 0}\n  selector:");
     repo.write("db.yaml", db);
-    repo.write(
-        "app.yaml",
-        configmap("app", "1").replace("metadata:\n", "metadata:\n  annotations: {driftless.dev/wave: \"1\"}\n"),
-    );
+    repo.write("app.yaml", configmap("app", "1").replace("metadata:\n", "metadata:\n  annotations: {driftless.dev/wave: \"1\"}\n"));
     repo.commit("db first, then app");
     let source = driftless_tests::agent::source("waves", &repo.url(), ns.name());
     let report = agent.sync(&source).await;
@@ -201,11 +198,17 @@ async fn wave_one_waits_for_wave_zero_to_be_available() {
     };
     let ns_name = ns.name().to_string();
     let db_applied = time_of(&|e| {
-        is_write(e) && e["objectRef"]["namespace"] == ns_name.as_str() && e["objectRef"]["name"] == "db" && e["objectRef"]["resource"] == "deployments"
+        is_write(e)
+            && e["objectRef"]["namespace"] == ns_name.as_str()
+            && e["objectRef"]["name"] == "db"
+            && e["objectRef"]["resource"] == "deployments"
     })
     .expect("db applied");
     let app_applied = time_of(&|e| {
-        is_write(e) && e["objectRef"]["namespace"] == ns_name.as_str() && e["objectRef"]["name"] == "app" && e["objectRef"]["resource"] == "configmaps"
+        is_write(e)
+            && e["objectRef"]["namespace"] == ns_name.as_str()
+            && e["objectRef"]["name"] == "app"
+            && e["objectRef"]["resource"] == "configmaps"
     })
     .expect("app applied");
     // and from db itself: when its Available condition turned True (whole seconds)
@@ -220,10 +223,7 @@ async fn wave_one_waits_for_wave_zero_to_be_available() {
     // the transition came seconds after db was applied (so a second's precision tells them apart)...
     assert!(micros(&db_available) > micros(&db_applied), "db applied at {db_applied}, Available at {db_available}");
     // ...and the app ConfigMap of wave 1 was written only after it
-    assert!(
-        micros(&app_applied) >= micros(&db_available),
-        "app written at {app_applied}, before db turned Available at {db_available}"
-    );
+    assert!(micros(&app_applied) >= micros(&db_available), "app written at {app_applied}, before db turned Available at {db_available}");
     ns.cleanup().await;
 }
 
@@ -249,7 +249,9 @@ async fn a_health_timeout_fails_the_sync_and_prunes_nothing() {
     assert_eq!(agent.sync(&source).await.state, State::Synced);
 
     // a wave 0 Deployment that can never be scheduled, a wave 1 object, and c0 removed from git
-    let stuck = DEPLOYMENT.replace("name: api", "name: stuck").replace("      containers:", "      nodeSelector: {no-such-node: \"true\"}\n      containers:");
+    let stuck = DEPLOYMENT
+        .replace("name: api", "name: stuck")
+        .replace("      containers:", "      nodeSelector: {no-such-node: \"true\"}\n      containers:");
     repo.write("stuck.yaml", stuck);
     repo.write("late.yaml", configmap("late", "1").replace("metadata:\n", "metadata:\n  annotations: {driftless.dev/wave: \"1\"}\n"));
     repo.remove("c0.yaml");
@@ -295,7 +297,8 @@ async fn a_resync_with_nothing_new_sends_no_write_and_no_dry_run() {
     let since = audit_events().len();
     repo.write("c3.yaml", configmap("c3", "2"));
     repo.commit("change c3");
-    run.wait("the new commit", Duration::from_secs(10), |s| s.counts.get(&driftless::apply::changeset::Action::Configured) == Some(&1)).await;
+    run.wait("the new commit", Duration::from_secs(10), |s| s.counts.get(&driftless::apply::changeset::Action::Configured) == Some(&1))
+        .await;
     let requests = driftless_requests_since(since, ns.name(), &run.name);
     let names: Vec<&str> = requests
         .iter()

@@ -49,7 +49,6 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-
 /// Files of a test (config, token, webhook secret), removed on drop.
 struct Files(TempDir);
 
@@ -105,9 +104,7 @@ async fn post_hook(agent: &AgentProcess, source: &str, secret: &str, forge: Forg
         Forge::GitLab => ("X-Gitlab-Event", "Push Hook"),
         Forge::Generic => ("X-Event", "push"),
     };
-    agent
-        .request("POST", &format!("/hooks/{source}"), &[(header, value), event, ("Content-Type", "application/json")], body)
-        .await
+    agent.request("POST", &format!("/hooks/{source}"), &[(header, value), event, ("Content-Type", "application/json")], body).await
 }
 
 /// `GET /status/{source}` (200 expected).
@@ -342,8 +339,7 @@ const ALLOWED_LABELS: [&str; 9] = ["source", "kind", "action", "result", "health
 fn check_with_reference_parser(m: &Metrics, families: &[(&str, &str)]) -> Vec<Value> {
     let parsed = prometheus_client_parse(&m.text)
         .unwrap_or_else(|e| panic!("the Prometheus OpenMetrics parser refuses the exposition: {e}\n{}", m.text));
-    let found: BTreeMap<&str, &str> =
-        parsed.iter().map(|f| (f["name"].as_str().unwrap(), f["type"].as_str().unwrap())).collect();
+    let found: BTreeMap<&str, &str> = parsed.iter().map(|f| (f["name"].as_str().unwrap(), f["type"].as_str().unwrap())).collect();
     for (name, kind) in families {
         assert_eq!(found.get(name), Some(kind), "family {name} ({kind}) missing or mistyped; the parser found {found:?}");
     }
@@ -403,13 +399,7 @@ async fn parent_events(client: &kube::Client, inventory: &str, source: &str) -> 
 }
 
 /// Waits for an Event of `reason` on the parent whose note satisfies `f`.
-async fn wait_event(
-    agent: &AgentProcess,
-    client: &kube::Client,
-    source: &str,
-    reason: &str,
-    f: impl Fn(&Ev) -> bool,
-) -> Ev {
+async fn wait_event(agent: &AgentProcess, client: &kube::Client, source: &str, reason: &str, f: impl Fn(&Ev) -> bool) -> Ev {
     eventually(agent, &format!("a {reason} Event on driftless-{source}"), Duration::from_secs(20), || async {
         let events = parent_events(client, &agent.inventory_namespace, source).await;
         events.iter().find(|e| e.reason == reason && f(e)).cloned().ok_or_else(|| format!("{events:#?}"))
@@ -499,8 +489,7 @@ impl Scenario {
         let agent = AgentProcess::start(inv.name(), &["--config", &config]).await;
         wait_ready(&agent).await;
         let s = Scenario { client, inv, ns, repo, good, broken, hook_secret, agent, commits: vec![first], started, _files: files };
-        s.wait_good("the first revision Synced", |st| st["state"] == "Synced" && st["lastAppliedCommit"] == s.commits[0].as_str())
-            .await;
+        s.wait_good("the first revision Synced", |st| st["state"] == "Synced" && st["lastAppliedCommit"] == s.commits[0].as_str()).await;
         s
     }
 
@@ -761,7 +750,9 @@ async fn endpoints_answer_as_specified() {
     assert_eq!(checks(&scrape(&agent).await), checks_before_flood, "nothing in the flood triggered a remote check");
 
     // the URL's token shows nowhere
-    for (what, text) in [("log", agent.stderr()), ("/metrics", agent.get("/metrics").await.body), ("/status", agent.get("/status").await.body)] {
+    for (what, text) in
+        [("log", agent.stderr()), ("/metrics", agent.get("/metrics").await.body), ("/status", agent.get("/status").await.body)]
+    {
         assert!(!text.contains(&url_token), "the URL's token is in the {what}");
     }
     drop(agent);
@@ -816,10 +807,9 @@ async fn a_signed_push_webhook_applies_a_new_commit_within_two_seconds() {
     };
     eprintln!("push webhook: accepted after {accepted:?}, the new ConfigMap existed {applied:?} after the commit");
     assert!(applied < Duration::from_secs(2), "the pushed commit took {applied:?} to apply");
-    let st = wait_status(&agent, &name, "the second commit applied", Duration::from_secs(10), |s| {
-        s["lastAppliedCommit"] == second.as_str()
-    })
-    .await;
+    let st =
+        wait_status(&agent, &name, "the second commit applied", Duration::from_secs(10), |s| s["lastAppliedCommit"] == second.as_str())
+            .await;
     assert_eq!(st["counts"]["created"], 1, "{st:#}");
     drop(agent);
     ns.cleanup().await;
@@ -1033,7 +1023,8 @@ async fn events_and_parent_annotations_report_syncs_drift_prunes_and_failures() 
     );
     // and the status annotations
     let a = wait_annotations(&s, "the annotations of the first sync", |a| {
-        a.get("driftless.dev/state").map(String::as_str) == Some("Synced") && a.get("driftless.dev/health").map(String::as_str) == Some("Healthy")
+        a.get("driftless.dev/state").map(String::as_str) == Some("Synced")
+            && a.get("driftless.dev/health").map(String::as_str) == Some("Healthy")
     })
     .await;
     assert_eq!(a["driftless.dev/revision"], c1);
@@ -1044,7 +1035,9 @@ async fn events_and_parent_annotations_report_syncs_drift_prunes_and_failures() 
     s.drift(1).await;
     let corrected = wait_event(&s.agent, &s.client, &good, "DriftCorrected", |e| e.type_ == "Normal").await;
     assert!(
-        corrected.note.contains(short(&c1)) && corrected.note.contains(&format!("ConfigMap {}/a", s.ns.name())) && corrected.note.contains("intruder"),
+        corrected.note.contains(short(&c1))
+            && corrected.note.contains(&format!("ConfigMap {}/a", s.ns.name()))
+            && corrected.note.contains("intruder"),
         "{corrected:?}"
     );
     s.drift(2).await;
@@ -1072,10 +1065,9 @@ async fn events_and_parent_annotations_report_syncs_drift_prunes_and_failures() 
     let failed = wait_event(&s.agent, &s.client, &good, "SyncFailed", |e| e.note.contains(short(&c3))).await;
     assert_eq!(failed.type_, "Warning");
     assert!(failed.note.contains("RenderFailed"), "{failed:?}");
-    let a = wait_annotations(&s, "the annotations of the failed sync", |a| {
-        a.get("driftless.dev/state").map(String::as_str) == Some("Failed")
-    })
-    .await;
+    let a =
+        wait_annotations(&s, "the annotations of the failed sync", |a| a.get("driftless.dev/state").map(String::as_str) == Some("Failed"))
+            .await;
     assert_eq!(a["driftless.dev/revision"], c2, "the applied revision stays");
     let failed_status = source_status(&s.agent, &good).await;
     let message = failed_status["message"].as_str().unwrap();
@@ -1288,9 +1280,8 @@ async fn no_git_token_or_secret_value_leaks_into_logs_events_status_or_metrics()
     let agent = AgentProcess::start(inv.name(), &["--config", &config]).await;
     wait_ready(&agent).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns.name());
-    let key = |secret: &Secret, key: &str| {
-        secret.data.as_ref().and_then(|d| d.get(key)).map(|b| String::from_utf8_lossy(&b.0).into_owned())
-    };
+    let key =
+        |secret: &Secret, key: &str| secret.data.as_ref().and_then(|d| d.get(key)).map(|b| String::from_utf8_lossy(&b.0).into_owned());
     let password = |secret: &Secret| key(secret, "password");
 
     // the sync worked: the Secret is there with the canary
@@ -1368,7 +1359,10 @@ async fn no_git_token_or_secret_value_leaks_into_logs_events_status_or_metrics()
         ("driftless status --server", vec!["--server", server.as_str()]),
         ("driftless status --server -o json", vec!["--server", server.as_str(), "-o", "json"]),
         ("driftless status (cluster)", vec!["--kubeconfig", kubeconfig.as_str(), "--inventory-namespace", inv.name()]),
-        ("driftless status (cluster) -o json", vec!["--kubeconfig", kubeconfig.as_str(), "--inventory-namespace", inv.name(), "-o", "json"]),
+        (
+            "driftless status (cluster) -o json",
+            vec!["--kubeconfig", kubeconfig.as_str(), "--inventory-namespace", inv.name(), "-o", "json"],
+        ),
     ] {
         let (code, out, err) = run_status(&args);
         assert_eq!(code, 0, "{how}: {err}");
@@ -1380,7 +1374,10 @@ async fn no_git_token_or_secret_value_leaks_into_logs_events_status_or_metrics()
             assert!(text.contains(&good) || text.contains(&denied), "{what} does not mention the sources:\n{text}");
         }
     }
-    assert!(haystacks[0].1.contains("sync finished") && haystacks[0].1.contains("authentication"), "the log covers the syncs and the refusals");
+    assert!(
+        haystacks[0].1.contains("sync finished") && haystacks[0].1.contains("authentication"),
+        "the log covers the syncs and the refusals"
+    );
 
     let mut needles: Vec<(String, String)> = vec![
         ("the git token".into(), token.clone()),
@@ -1420,7 +1417,8 @@ async fn a_secret_key_written_as_string_data_is_corrected_when_it_drifts() {
     let name = unique_name("obs-stringdata");
     #[rustfmt::skip]
     let agent = AgentProcess::start(inv.name(), &["--repo", &repo.url(), "--name", &name, "--namespace", ns.name(), "--interval", "1h"]).await;
-    wait_status(&agent, &name, "Synced", Duration::from_secs(30), |s| s["state"] == "Synced" && s["lastAppliedCommit"] == c1.as_str()).await;
+    wait_status(&agent, &name, "Synced", Duration::from_secs(30), |s| s["state"] == "Synced" && s["lastAppliedCommit"] == c1.as_str())
+        .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns.name());
     let params = PatchParams { field_manager: Some("intruder".into()), ..PatchParams::default() };
     secrets.patch("creds", &params, &Patch::Merge(json!({"data": {"password": b64("intruder")}}))).await.unwrap();
@@ -1486,7 +1484,9 @@ async fn the_test_git_server_serves_git_behind_its_token() {
     assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Basic")), "{r:?}");
     assert!(started.elapsed() >= Duration::from_millis(700));
     let auth = format!("Basic {}", b64("x:right-token"));
-    let r = driftless_tests::agent::http_request(addr, "GET", "/repo.git/info/refs?service=git-upload-pack", &[("Authorization", &auth)], b"").await;
+    let r =
+        driftless_tests::agent::http_request(addr, "GET", "/repo.git/info/refs?service=git-upload-pack", &[("Authorization", &auth)], b"")
+            .await;
     assert_eq!(r.status, 200);
     assert!(r.body.contains(&head), "the ref advertisement lists HEAD");
     let r = driftless_tests::agent::http_request(addr, "GET", "/other.git/info/refs", &[("Authorization", &auth)], b"").await;
@@ -1542,13 +1542,74 @@ fn datasource_refs(v: &Value, path: &str, out: &mut Vec<(String, Value)>) {
 
 /// PromQL functions, aggregations and keywords: identifiers that are not metric names.
 const PROMQL_WORDS: &[&str] = &[
-    "abs", "absent", "absent_over_time", "avg", "avg_over_time", "bottomk", "ceil", "changes", "clamp", "clamp_max",
-    "clamp_min", "count", "count_over_time", "count_values", "day_of_month", "day_of_week", "delta", "deriv", "exp",
-    "floor", "group", "histogram_quantile", "holt_winters", "hour", "idelta", "increase", "irate", "label_join",
-    "label_replace", "last_over_time", "ln", "log10", "log2", "max", "max_over_time", "min", "min_over_time", "minute",
-    "month", "predict_linear", "quantile", "quantile_over_time", "rate", "resets", "round", "scalar", "sgn", "sort",
-    "sort_desc", "sqrt", "stddev", "stddev_over_time", "stdvar", "sum", "sum_over_time", "time", "timestamp", "topk",
-    "vector", "year", "and", "or", "unless", "bool", "offset", "inf", "nan", "atan2",
+    "abs",
+    "absent",
+    "absent_over_time",
+    "avg",
+    "avg_over_time",
+    "bottomk",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "count",
+    "count_over_time",
+    "count_values",
+    "day_of_month",
+    "day_of_week",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "group",
+    "histogram_quantile",
+    "holt_winters",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "ln",
+    "log10",
+    "log2",
+    "max",
+    "max_over_time",
+    "min",
+    "min_over_time",
+    "minute",
+    "month",
+    "predict_linear",
+    "quantile",
+    "quantile_over_time",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev",
+    "stddev_over_time",
+    "stdvar",
+    "sum",
+    "sum_over_time",
+    "time",
+    "timestamp",
+    "topk",
+    "vector",
+    "year",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
 ];
 /// Keywords followed by a parenthesised list of label names.
 const LABEL_LIST_WORDS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
@@ -1667,7 +1728,10 @@ fn the_dashboard_is_grafana_json_on_a_datasource_variable() {
     assert_eq!(source["type"], "query");
     let query = source["query"]["query"].as_str().or(source["query"].as_str()).expect("the source variable's query");
     assert_eq!(query.split_whitespace().collect::<String>(), "label_values(driftless_source_info,source)");
-    assert_eq!(source["definition"].as_str().map(|d| d.split_whitespace().collect::<String>()).as_deref(), Some("label_values(driftless_source_info,source)"));
+    assert_eq!(
+        source["definition"].as_str().map(|d| d.split_whitespace().collect::<String>()).as_deref(),
+        Some("label_values(driftless_source_info,source)")
+    );
 
     // no datasource uid is hard-coded: every reference goes through ${datasource}
     let mut refs = Vec::new();

@@ -210,7 +210,9 @@ async fn a_repository_may_not_manage_the_agents_parents_or_lease() {
     let repo = GitFixture::new();
     repo.write(
         "parent.yaml",
-        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {other_parent}\n  namespace: {AGENT_NAMESPACE}\ndata:\n  value: taken\n"),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {other_parent}\n  namespace: {AGENT_NAMESPACE}\ndata:\n  value: taken\n"
+        ),
     );
     repo.write(
         "lease.yaml",
@@ -263,10 +265,7 @@ async fn a_repository_may_not_manage_the_agents_parents_or_lease() {
     // then the revision fails naming it, and the live parent is unchanged
     assert_validation_failed(&report);
     let m = &report.message;
-    assert!(
-        m.contains(&format!("ConfigMap {}/kubectl-set (kubectl-set.yaml:1): is the parent of an ApplySet", ns.name())),
-        "{m}"
-    );
+    assert!(m.contains(&format!("ConfigMap {}/kubectl-set (kubectl-set.yaml:1): is the parent of an ApplySet", ns.name())), "{m}");
     assert_eq!(writes_in_namespace_since(audit, ns.name()), Vec::<String>::new());
     let after = get(&cms, "kubectl-set").await.expect("the kubectl parent exists");
     assert_eq!(resource_version(&after), resource_version(&parent_live), "the kubectl parent was written");

@@ -141,11 +141,7 @@ async fn a_prune_above_max_prune_percent_is_held() {
     let held = agent.sync(&source).await;
     assert_eq!(held.state, State::PruneHeld, "{}", held.message);
     // three of the four recorded members would go (the new one is not counted), above 50%
-    assert!(
-        held.message.contains("would delete 3 of 4 members, more than maxPrunePercent 50%"),
-        "{}",
-        held.message
-    );
+    assert!(held.message.contains("would delete 3 of 4 members, more than maxPrunePercent 50%"), "{}", held.message);
     assert_eq!(held.changes.count(Action::Created), 1, "the revision itself is applied");
     assert_eq!(deletes_since(audit, ns.name()), 0);
     assert_eq!(configmaps(&agent.client, ns.name()).await.len(), 5);
@@ -164,7 +160,10 @@ async fn protected_kinds_and_prune_disabled_objects_are_kept() {
     let ns = TestNamespace::new(&agent.client, "guard-protect").await;
     let extra_ns = driftless_tests::unique_name("t-guard-extra");
     let repo = GitFixture::new();
-    repo.write("ns.yaml", format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {extra_ns}\n  labels: {{driftless.dev/test: \"true\"}}\n"));
+    repo.write(
+        "ns.yaml",
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {extra_ns}\n  labels: {{driftless.dev/test: \"true\"}}\n"),
+    );
     repo.write(
         "pvc.yaml",
         "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
@@ -196,8 +195,7 @@ async fn protected_kinds_and_prune_disabled_objects_are_kept() {
     assert_eq!(kept.state, State::Synced, "{}", kept.message);
     assert_eq!(deleted(&kept), 0);
     assert_eq!(deletes_since(audit, ns.name()), 0);
-    let skipped: Vec<String> =
-        kept.changes.entries.iter().filter(|c| c.action == Action::Skipped).map(|c| c.id.kind.clone()).collect();
+    let skipped: Vec<String> = kept.changes.entries.iter().filter(|c| c.action == Action::Skipped).map(|c| c.id.kind.clone()).collect();
     assert_eq!(skipped.len(), 3, "{:#?}", kept.changes);
     let nss = dynamic_api(&agent.client, "v1", "Namespace", "namespaces", "");
     assert!(get(&nss, &extra_ns).await.is_some());
@@ -210,8 +208,7 @@ async fn protected_kinds_and_prune_disabled_objects_are_kept() {
     source.prunable.insert(GroupKind::new("", "Namespace"));
     let pruned = agent.sync(&source).await;
     assert_eq!(pruned.state, State::Synced, "{}", pruned.message);
-    let gone: Vec<String> =
-        pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.kind.clone()).collect();
+    let gone: Vec<String> = pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.kind.clone()).collect();
     assert_eq!(gone, ["PersistentVolumeClaim", "Namespace"], "reverse order: claim before namespace");
     assert!(get(&cms, "pinned").await.is_some());
     ns.cleanup().await;
@@ -283,15 +280,22 @@ async fn a_failed_delete_stays_in_the_inventory_and_is_retried() {
             "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["DELETE"], "resources": ["configmaps"]}]},
             "validations": [{"expression": "!oldObject.metadata.name.startsWith('sticky')", "message": "sticky objects are protected by policy"}]}
     }))).await.unwrap();
-    vapb.patch(&policy_name, &params, &Patch::Apply(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": policy_name},
-        "spec": {"policyName": policy_name, "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name()}}}}
-    }))).await.unwrap();
+    vapb.patch(
+        &policy_name,
+        &params,
+        &Patch::Apply(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy_name},
+            "spec": {"policyName": policy_name, "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name()}}}}
+        })),
+    )
+    .await
+    .unwrap();
     let cms = dynamic_api(&agent.client, "v1", "ConfigMap", "configmaps", ns.name());
     wait_for("the delete policy to take effect", Duration::from_secs(30), || async {
-        let canary = serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sticky-canary"}})).unwrap();
+        let canary =
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sticky-canary"}})).unwrap();
         let _ = cms.create(&PostParams::default(), &canary).await;
         cms.delete("sticky-canary", &DeleteParams::default()).await.is_err().then_some(())
     })
@@ -317,7 +321,8 @@ async fn a_failed_delete_stays_in_the_inventory_and_is_retried() {
     vapb.delete(&policy_name, &DeleteParams::default()).await.unwrap();
     vap.delete(&policy_name, &DeleteParams::default()).await.unwrap();
     wait_for("the delete policy to be gone", Duration::from_secs(30), || async {
-        let canary = serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sticky-canary"}})).unwrap();
+        let canary =
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sticky-canary"}})).unwrap();
         let _ = cms.create(&PostParams::default(), &canary).await;
         cms.delete("sticky-canary", &DeleteParams::default()).await.is_ok().then_some(())
     })
@@ -336,7 +341,10 @@ async fn the_agent_namespace_and_the_parent_are_never_pruned() {
     let agent = Agent::with_agent_namespace(&agent_ns).await;
     let repo = GitFixture::new();
     // a source that (wrongly) manages the agent's own namespace, then drops it
-    repo.write("agent-ns.yaml", format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {agent_ns}\n  labels: {{driftless.dev/test: \"true\"}}\n"));
+    repo.write(
+        "agent-ns.yaml",
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {agent_ns}\n  labels: {{driftless.dev/test: \"true\"}}\n"),
+    );
     repo.write("c.yaml", configmap("in-agent-ns", "1"));
     repo.commit("agent namespace");
     let mut source = driftless_tests::agent::source("self", &repo.url(), &agent_ns);
@@ -352,8 +360,7 @@ async fn the_agent_namespace_and_the_parent_are_never_pruned() {
     source.prunable.insert(GroupKind::new("", "Namespace"));
     let report = agent.sync(&source).await;
     assert_eq!(report.state, State::Synced, "{}", report.message);
-    let deleted: Vec<String> =
-        report.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
+    let deleted: Vec<String> = report.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
     assert_eq!(deleted, [format!("ConfigMap {agent_ns}/in-agent-ns")]);
     let nss = dynamic_api(&agent.client, "v1", "Namespace", "namespaces", "");
     let live_ns = get(&nss, &agent_ns).await.expect("the agent's namespace exists");
@@ -403,13 +410,8 @@ async fn a_crd_removed_from_git_is_kept_with_its_custom_resources_unless_prunabl
     // then the sync is Synced; the CRD is kept as a protected kind, and its custom resources stay
     // with it (the definition's data): nothing deleted
     assert_eq!(kept.state, State::Synced, "{}: {}", kept.reason, kept.message);
-    let mut skipped: Vec<(String, String)> = kept
-        .changes
-        .entries
-        .iter()
-        .filter(|c| c.action == Action::Skipped)
-        .map(|c| (c.id.to_string(), c.message.clone()))
-        .collect();
+    let mut skipped: Vec<(String, String)> =
+        kept.changes.entries.iter().filter(|c| c.action == Action::Skipped).map(|c| (c.id.to_string(), c.message.clone())).collect();
     skipped.sort();
     let gk = format!("Gadget.{group}");
     assert_eq!(
@@ -437,8 +439,7 @@ async fn a_crd_removed_from_git_is_kept_with_its_custom_resources_unless_prunabl
     let audit = audit_events().len();
     let pruned = agent.sync(&source).await;
     assert_eq!(pruned.state, State::Synced, "{}: {}", pruned.reason, pruned.message);
-    let gone: Vec<String> =
-        pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
+    let gone: Vec<String> = pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
     assert_eq!(
         gone,
         [
@@ -499,15 +500,22 @@ async fn an_admission_policy_rejecting_one_of_n_objects_at_dry_run_applies_nothi
             "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]},
             "validations": [{"expression": "!object.metadata.name.startsWith('rejected')", "message": message}]}
     }))).await.unwrap();
-    vapb.patch(&policy_name, &params, &Patch::Apply(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": policy_name},
-        "spec": {"policyName": policy_name, "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name()}}}}
-    }))).await.unwrap();
+    vapb.patch(
+        &policy_name,
+        &params,
+        &Patch::Apply(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy_name},
+            "spec": {"policyName": policy_name, "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name()}}}}
+        })),
+    )
+    .await
+    .unwrap();
     let cms = dynamic_api(&agent.client, "v1", "ConfigMap", "configmaps", ns.name());
     wait_for("the policy to refuse a dry-run create of rejected-probe", Duration::from_secs(30), || async {
-        let probe = serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rejected-probe"}})).unwrap();
+        let probe =
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rejected-probe"}})).unwrap();
         match cms.create(&PostParams { dry_run: true, ..PostParams::default() }, &probe).await {
             Err(kube::Error::Api(e)) if e.message.contains(message) => Some(()),
             _ => None,
@@ -534,8 +542,7 @@ async fn an_admission_policy_rejecting_one_of_n_objects_at_dry_run_applies_nothi
     for other in ["a", "b", "d"] {
         assert!(!m.contains(&format!("ConfigMap {}/{other}:", ns.name())), "only rejected-1 is named: {m}");
     }
-    let failed: Vec<String> =
-        report.changes.entries.iter().filter(|c| c.action == Action::Failed).map(|c| c.id.name.clone()).collect();
+    let failed: Vec<String> = report.changes.entries.iter().filter(|c| c.action == Action::Failed).map(|c| c.id.name.clone()).collect();
     assert_eq!(failed, ["rejected-1"], "{:#?}", report.changes);
     let writes: Vec<String> =
         report.changes.entries.iter().filter(|c| c.action.is_write()).map(|c| format!("{} {}", c.action, c.id)).collect();
@@ -550,8 +557,7 @@ async fn an_admission_policy_rejecting_one_of_n_objects_at_dry_run_applies_nothi
         .filter(|e| e["objectRef"]["namespace"].as_str() == Some(ns.name()))
         .collect();
     assert!(in_ns.iter().any(|e| is_dry_run(e)), "the revision was dry-run in the namespace (the log is read)");
-    let writes: Vec<String> =
-        in_ns.iter().filter(|e| is_write(e)).map(|e| format!("{} {}", e["verb"], e["requestURI"])).collect();
+    let writes: Vec<String> = in_ns.iter().filter(|e| is_write(e)).map(|e| format!("{} {}", e["verb"], e["requestURI"])).collect();
     assert!(writes.is_empty(), "writes to the namespace: {writes:#?}");
     assert_eq!(deletes_since(audit, ns.name()), 0);
 

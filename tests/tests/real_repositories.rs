@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use driftless::apply::changeset::Action;
 use driftless::sync::{Report, State};
-use driftless_tests::agent::{
-    self, audit_events, configmap, driftless_requests_since, dynamic_api, get, is_write, Agent, AgentProcess,
-};
+use driftless_tests::agent::{self, audit_events, configmap, driftless_requests_since, dynamic_api, get, is_write, Agent, AgentProcess};
 use driftless_tests::{cluster_bin, kubeconfig_path, unique_name, wait_for, GitFixture, TestNamespace, TEST_LABEL};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -29,12 +27,7 @@ fn assert_synced(report: &Report) {
 
 /// `kubectl <args>` on the test cluster; panics with its stderr when it fails.
 fn kubectl(args: &[&str]) -> String {
-    let out = Command::new(cluster_bin("kubectl"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig_path())
-        .args(args)
-        .output()
-        .expect("kubectl runs");
+    let out = Command::new(cluster_bin("kubectl")).arg("--kubeconfig").arg(kubeconfig_path()).args(args).output().expect("kubectl runs");
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -168,9 +161,8 @@ async fn a_namespace_with_a_role_and_its_binding_syncs_in_one_pass_and_again_aft
     let uids = async || {
         let mut uids = BTreeMap::new();
         for (av, kind, plural, ns, name) in &objects {
-            let live = get(&dynamic_api(&agent.client, av, kind, plural, ns), name)
-                .await
-                .unwrap_or_else(|| panic!("{kind} {ns}/{name} exists"));
+            let live =
+                get(&dynamic_api(&agent.client, av, kind, plural, ns), name).await.unwrap_or_else(|| panic!("{kind} {ns}/{name} exists"));
             let uid = live["metadata"]["uid"].as_str().expect("a uid").to_string();
             uids.insert(format!("{kind} {ns}/{name}"), uid);
         }
@@ -213,8 +205,7 @@ struct ConfigFile(TempDir);
 impl ConfigFile {
     fn new(source: Value) -> Self {
         let dir = TempDir::new().unwrap();
-        std::fs::write(dir.path().join("driftless.yaml"), serde_json::to_string_pretty(&json!({"sources": [source]})).unwrap())
-            .unwrap();
+        std::fs::write(dir.path().join("driftless.yaml"), serde_json::to_string_pretty(&json!({"sources": [source]})).unwrap()).unwrap();
         ConfigFile(dir)
     }
 

@@ -80,12 +80,8 @@ spec:
 /// `constainers` is kept or corrected, to see one unknown field named and then both (the API
 /// server lists each on a line of its own).
 fn postgres_deployment(keep_containers_typo: bool) -> String {
-    let pod_spec: String = SEED_002_POSTGRES
-        .trim_start_matches("---\n")
-        .replace('\t', "    ")
-        .lines()
-        .map(|l| format!("    {l}\n"))
-        .collect();
+    let pod_spec: String =
+        SEED_002_POSTGRES.trim_start_matches("---\n").replace('\t', "    ").lines().map(|l| format!("    {l}\n")).collect();
     let pod_spec = if keep_containers_typo { pod_spec } else { pod_spec.replace("constainers", "containers") };
     format!(
         "apiVersion: apps/v1
@@ -218,9 +214,8 @@ impl Case {
                 let (resource, namespace, name) = (text(e, "resource"), text(e, "namespace"), text(e, "name"));
                 let ours = self.namespaces.iter().any(|ns| namespace == ns || (resource == "namespaces" && name == ns))
                     || self.cluster_scoped.iter().any(|(r, n)| r == resource && n == name);
-                let excluded = resource == "events"
-                    || namespace == AGENT_NAMESPACE
-                    || (resource == "namespaces" && name == AGENT_NAMESPACE);
+                let excluded =
+                    resource == "events" || namespace == AGENT_NAMESPACE || (resource == "namespaces" && name == AGENT_NAMESPACE);
                 ours && !excluded
             })
             .map(|e| {
@@ -300,9 +295,8 @@ async fn seed_002_tabs_in_indentation_name_the_file_and_line_and_write_nothing()
     let (run, since) = case.sync("the seed's postgres change");
 
     // then: the file, the line of the first tab, and why
-    let line = case
-        .assert_failed_before_any_write(&run, since, &["k8s/postgres-deployment.yaml:8", "tabs are not allowed for indentation"])
-        .await;
+    let line =
+        case.assert_failed_before_any_write(&run, since, &["k8s/postgres-deployment.yaml:8", "tabs are not allowed for indentation"]).await;
     assert!(line.contains("RenderFailed"), "{line}");
 
     // and when the same lines are the spec of the Deployment they change, the object is named too
@@ -349,7 +343,8 @@ async fn seed_002_an_unknown_field_names_its_path_and_writes_nothing() {
         )
         .await;
     assert!(
-        line.contains("spec.template.spec.constainers") || line.contains("spec.template.spec.volumes[name=\"pg-storage\"].persistenctVolumeClaim"),
+        line.contains("spec.template.spec.constainers")
+            || line.contains("spec.template.spec.volumes[name=\"pg-storage\"].persistenctVolumeClaim"),
         "an unknown field's path: {line}"
     );
     let deployments = dynamic_api(&case.client, "apps/v1", "Deployment", "deployments", case.ns.name());

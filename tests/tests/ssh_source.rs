@@ -77,8 +77,7 @@ impl Sshd {
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
         let url = format!("ssh://{user}@127.0.0.1:{}{}", self.port, repo.path().display());
         let mut source = driftless_tests::agent::source("ssh", &url, ns);
-        source.spec.auth =
-            Auth::Ssh { key_file: self.path("client_key"), known_hosts_file: Some(known_hosts), passphrase_file: None };
+        source.spec.auth = Auth::Ssh { key_file: self.path("client_key"), known_hosts_file: Some(known_hosts), passphrase_file: None };
         source
     }
 }

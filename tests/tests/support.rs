@@ -17,16 +17,14 @@ fn blob(repo: &Repository, rev: &str, path: &str) -> Option<Vec<u8>> {
 #[test]
 fn git_fixture_commits_files_removals_symlinks_and_tags() {
     let fx = GitFixture::new();
-    fx.write("apps/web/deploy.yaml", "kind: Deployment\n")
-        .write("README.md", "hi\n");
+    fx.write("apps/web/deploy.yaml", "kind: Deployment\n").write("README.md", "hi\n");
     fx.symlink("apps/link.yaml", "web/deploy.yaml");
     let first = fx.commit("first");
     assert_eq!(first.len(), 40);
     assert_eq!(fx.head(), first);
     fx.tag("v1").tag_annotated("v1-annotated", "release v1");
 
-    fx.remove("README.md")
-        .write("apps/web/deploy.yaml", "kind: Deployment # v2\n");
+    fx.remove("README.md").write("apps/web/deploy.yaml", "kind: Deployment # v2\n");
     let second = fx.commit("second");
     assert_ne!(first, second);
 
@@ -39,29 +37,14 @@ fn git_fixture_commits_files_removals_symlinks_and_tags() {
     assert_eq!(commit.author().name().ok(), Some(FIXTURE_AUTHOR));
     assert_eq!(commit.parent_id(0).expect("parent").to_string(), first);
 
-    assert_eq!(
-        blob(&repo, "main", "apps/web/deploy.yaml").as_deref(),
-        Some(&b"kind: Deployment # v2\n"[..])
-    );
-    assert_eq!(
-        blob(&repo, "main", "README.md"),
-        None,
-        "removal was committed"
-    );
-    assert_eq!(
-        blob(&repo, "v1", "README.md").as_deref(),
-        Some(&b"hi\n"[..])
-    );
+    assert_eq!(blob(&repo, "main", "apps/web/deploy.yaml").as_deref(), Some(&b"kind: Deployment # v2\n"[..]));
+    assert_eq!(blob(&repo, "main", "README.md"), None, "removal was committed");
+    assert_eq!(blob(&repo, "v1", "README.md").as_deref(), Some(&b"hi\n"[..]));
 
     let tree = repo.revparse_single("v1").unwrap().peel_to_tree().unwrap();
-    let link = tree
-        .get_path(Path::new("apps/link.yaml"))
-        .expect("symlink entry");
+    let link = tree.get_path(Path::new("apps/link.yaml")).expect("symlink entry");
     assert_eq!(link.filemode(), 0o120000, "stored as a symlink");
-    assert_eq!(
-        blob(&repo, "v1", "apps/link.yaml").as_deref(),
-        Some(&b"web/deploy.yaml"[..])
-    );
+    assert_eq!(blob(&repo, "v1", "apps/link.yaml").as_deref(), Some(&b"web/deploy.yaml"[..]));
 
     let annotated = repo.revparse_single("refs/tags/v1-annotated").unwrap();
     assert_eq!(annotated.kind(), Some(ObjectType::Tag));
@@ -84,42 +67,22 @@ fn git_fixture_copies_a_directory_and_clones_over_file_urls() {
 
     let clone_dir = tempfile::tempdir().unwrap();
     let clone = Repository::clone(&fx.url(), clone_dir.path()).expect("clone over file://");
-    for path in [
-        "clusters/dev/base/sub/a.yaml",
-        "clusters/dev/top.yaml",
-        "top.yaml",
-        "base/sub/a.yaml",
-    ] {
-        assert!(
-            blob(&clone, "HEAD", path).is_some(),
-            "{path} missing in the clone"
-        );
+    for path in ["clusters/dev/base/sub/a.yaml", "clusters/dev/top.yaml", "top.yaml", "base/sub/a.yaml"] {
+        assert!(blob(&clone, "HEAD", path).is_some(), "{path} missing in the clone");
     }
-    let alias = std::fs::read_link(clone_dir.path().join("clusters/dev/alias.yaml"))
-        .expect("symlink in clone");
+    let alias = std::fs::read_link(clone_dir.path().join("clusters/dev/alias.yaml")).expect("symlink in clone");
     assert_eq!(alias, Path::new("base/sub/a.yaml"));
 }
 
 #[test]
 fn unique_names_are_dns_labels() {
-    let long =
-        "Some_Test::with  Weird--chars/and a very long name that goes on and on and on and on";
+    let long = "Some_Test::with  Weird--chars/and a very long name that goes on and on and on and on";
     for prefix in ["t-deployment", long, "", "---", "UPPER"] {
         let name = unique_name(prefix);
         assert!(name.len() <= 63, "{name} is too long");
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
-            "{name} has invalid characters"
-        );
-        assert!(
-            name.starts_with(|c: char| c.is_ascii_alphanumeric()),
-            "{name}"
-        );
-        assert!(
-            name.ends_with(|c: char| c.is_ascii_alphanumeric()),
-            "{name}"
-        );
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{name} has invalid characters");
+        assert!(name.starts_with(|c: char| c.is_ascii_alphanumeric()), "{name}");
+        assert!(name.ends_with(|c: char| c.is_ascii_alphanumeric()), "{name}");
     }
     assert!(unique_name("t-deployment").starts_with("t-deployment-"));
     assert_ne!(unique_name("x"), unique_name("x"));
@@ -140,10 +103,5 @@ async fn wait_for_returns_the_value() {
 #[tokio::test]
 #[should_panic(expected = "waiting for something that never happens")]
 async fn wait_for_panics_with_what_on_timeout() {
-    wait_for(
-        "something that never happens",
-        Duration::from_millis(200),
-        || async { None::<()> },
-    )
-    .await;
+    wait_for("something that never happens", Duration::from_millis(200), || async { None::<()> }).await;
 }

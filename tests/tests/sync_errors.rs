@@ -66,13 +66,8 @@ impl Given {
         assert_eq!(report.state, State::Failed, "{report:#?}");
         assert_eq!(report.reason, reason, "{}", report.message);
         assert!(report.error.is_some());
-        let writes: Vec<String> = report
-            .changes
-            .entries
-            .iter()
-            .filter(|c| c.action.is_write())
-            .map(|c| format!("{} {}", c.action, c.id))
-            .collect();
+        let writes: Vec<String> =
+            report.changes.entries.iter().filter(|c| c.action.is_write()).map(|c| format!("{} {}", c.action, c.id)).collect();
         assert!(writes.is_empty(), "a failed revision wrote: {writes:?}");
         let after = configmaps(&self.agent.client, self.ns.name()).await;
         assert_eq!(after, self.before, "the ConfigMaps changed after a failed sync: {}", report.message);
@@ -108,10 +103,7 @@ async fn invalid_yaml_fails_render_naming_file_and_line_and_changes_nothing() {
 
     // when a commit lands with a file whose line 4 is not YAML (and ordinary changes beside it)
     ordinary_changes(&given.repo, "");
-    given.repo.write(
-        "broken.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken: really\ndata:\n  value: x\n",
-    );
+    given.repo.write("broken.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken: really\ndata:\n  value: x\n");
     let bad = given.repo.commit("a broken file");
     let report = given.agent.sync(&given.source).await;
 
@@ -128,11 +120,7 @@ async fn invalid_yaml_fails_render_naming_file_and_line_and_changes_nothing() {
     let fixed = given.agent.sync(&given.source).await;
     assert_synced(&fixed);
     assert_eq!(
-        (
-            fixed.changes.count(Action::Created),
-            fixed.changes.count(Action::Configured),
-            fixed.changes.count(Action::Deleted)
-        ),
+        (fixed.changes.count(Action::Created), fixed.changes.count(Action::Configured), fixed.changes.count(Action::Deleted)),
         (1, 1, 1),
         "{:#?}",
         fixed.changes
@@ -146,10 +134,7 @@ async fn objects_the_server_rejects_fail_validation_with_the_servers_message_and
 
     // when a commit adds a Service with an out-of-range port and a ConfigMap with an invalid name
     ordinary_changes(&given.repo, "");
-    given.repo.write(
-        "svc.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 999999\n",
-    );
+    given.repo.write("svc.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 999999\n");
     given.repo.write("bad-name.yaml", configmap("Bad_Name", "x"));
     let bad = given.repo.commit("objects the server refuses");
     let report = given.agent.sync(&given.source).await;
@@ -163,8 +148,7 @@ async fn objects_the_server_rejects_fail_validation_with_the_servers_message_and
     assert!(m.contains("spec.ports[0].port") && m.contains("999999"), "the server's message for the port: {m}");
     assert!(m.contains(&format!("ConfigMap {ns}/Bad_Name")), "the ConfigMap is named: {m}");
     assert!(m.contains("metadata.name") && m.contains("RFC 1123"), "the server's message for the name: {m}");
-    let failed: Vec<String> =
-        report.changes.entries.iter().filter(|c| c.action == Action::Failed).map(|c| c.id.name.clone()).collect();
+    let failed: Vec<String> = report.changes.entries.iter().filter(|c| c.action == Action::Failed).map(|c| c.id.name.clone()).collect();
     assert_eq!(failed.len(), 2, "{:#?}", report.changes);
     assert!(failed.contains(&"web".to_string()) && failed.contains(&"Bad_Name".to_string()));
     let services = dynamic_api(&given.agent.client, "v1", "Service", "services", ns);
@@ -179,9 +163,7 @@ async fn an_unknown_kind_fails_validation_naming_file_and_object_and_changes_not
     // when a commit adds a Widget of example.com/v1, which no CRD defines (a kind no other test
     // defines either: a served kind of the same name in another group is another message)
     ordinary_changes(&given.repo, "");
-    given
-        .repo
-        .write("widget.yaml", "apiVersion: example.com/v1\nkind: UndefinedWidget\nmetadata:\n  name: w\nspec:\n  size: 1\n");
+    given.repo.write("widget.yaml", "apiVersion: example.com/v1\nkind: UndefinedWidget\nmetadata:\n  name: w\nspec:\n  size: 1\n");
     given.repo.commit("a widget");
     let report = given.agent.sync(&given.source).await;
 
@@ -367,10 +349,7 @@ async fn an_unlabelled_object_is_adopted_and_later_pruned() {
         "data": {"value": "by-hand"},
     }))
     .unwrap();
-    let created = cms
-        .create(&PostParams { field_manager: Some("kubectl-create".into()), ..Default::default() }, &by_hand)
-        .await
-        .unwrap();
+    let created = cms.create(&PostParams { field_manager: Some("kubectl-create".into()), ..Default::default() }, &by_hand).await.unwrap();
     let uid = created.metadata.uid.clone().unwrap();
 
     // when a repo containing it (and two others) is synced
@@ -384,15 +363,10 @@ async fn an_unlabelled_object_is_adopted_and_later_pruned() {
 
     // then it is configured (not created), and now carries the source's part-of label
     assert_synced(&report);
-    let actions: BTreeMap<String, Action> =
-        report.changes.entries.iter().map(|c| (c.id.name.clone(), c.action)).collect();
+    let actions: BTreeMap<String, Action> = report.changes.entries.iter().map(|c| (c.id.name.clone(), c.action)).collect();
     assert_eq!(
         actions,
-        BTreeMap::from([
-            ("keep1".into(), Action::Created),
-            ("keep2".into(), Action::Created),
-            ("legacy".into(), Action::Configured)
-        ])
+        BTreeMap::from([("keep1".into(), Action::Created), ("keep2".into(), Action::Created), ("legacy".into(), Action::Configured)])
     );
     let legacy = get(&cms, "legacy").await.unwrap();
     assert_eq!(part_of(&legacy), Some(applyset_id_of(&source).as_str()));
@@ -405,8 +379,7 @@ async fn an_unlabelled_object_is_adopted_and_later_pruned() {
     repo.commit("retire legacy");
     let pruned = agent.sync(&source).await;
     assert_synced(&pruned);
-    let deleted: Vec<String> =
-        pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.name.clone()).collect();
+    let deleted: Vec<String> = pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.name.clone()).collect();
     assert_eq!(deleted, ["legacy"]);
     agent::eventually("legacy to be deleted", || async { get(&cms, "legacy").await.is_none() }).await;
     assert_eq!(configmaps(&agent.client, ns.name()).await.keys().collect::<Vec<_>>(), ["keep1", "keep2"]);
@@ -462,10 +435,7 @@ async fn a_crd_and_its_custom_resources_sync_in_one_revision() {
     assert_eq!(report.changes.count(Action::Created), 4, "{:#?}", report.changes);
     let order: Vec<&str> = report.changes.entries.iter().map(|c| c.id.kind.as_str()).collect();
     let crd_at = order.iter().position(|k| *k == "CustomResourceDefinition").unwrap();
-    assert!(
-        order.iter().enumerate().all(|(i, k)| *k != "Widget" || i > crd_at),
-        "Widgets applied after the CRD: {order:?}"
-    );
+    assert!(order.iter().enumerate().all(|(i, k)| *k != "Widget" || i > crd_at), "Widgets applied after the CRD: {order:?}");
     let widgets = dynamic_api(&agent.client, &format!("{group}/v1"), "Widget", "widgets", ns.name());
     let large = get(&widgets, "large").await.expect("Widget large exists");
     assert_eq!(large["spec"]["size"], 9);
@@ -494,10 +464,7 @@ async fn an_invalid_custom_resource_of_a_new_crd_applies_no_ordinary_object() {
     // when a commit adds a CRD and a Widget the CRD's schema refuses (beside ordinary changes)
     ordinary_changes(&given.repo, "");
     given.repo.write("crd.yaml", widget_crd(&group));
-    given.repo.write(
-        "widget.yaml",
-        format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  size: big\n"),
-    );
+    given.repo.write("widget.yaml", format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  size: big\n"));
     given.repo.commit("a Widget of the wrong shape");
     let report = given.agent.sync(&given.source).await;
 
@@ -506,11 +473,7 @@ async fn an_invalid_custom_resource_of_a_new_crd_applies_no_ordinary_object() {
     assert!(report.message.contains(&format!("Widget.{group} {}/w", given.ns.name())), "{}", report.message);
     assert!(report.message.contains(".spec.size"), "{}", report.message);
     let after = configmaps(&given.agent.client, given.ns.name()).await;
-    assert_eq!(
-        after, given.before,
-        "ConfigMaps were written by a revision that failed validation: {:#?}",
-        report.changes
-    );
+    assert_eq!(after, given.before, "ConfigMaps were written by a revision that failed validation: {:#?}", report.changes);
     given.cleanup().await;
 }
 

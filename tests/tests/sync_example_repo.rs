@@ -28,11 +28,7 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
     assert_eq!(report.state, State::Synced, "{}: {}", report.reason, report.message);
     assert_eq!(report.commit.as_deref(), Some(first.as_str()));
     assert_eq!(report.changes.entries.len(), 20, "{:#?}", report.changes);
-    assert!(
-        report.changes.entries.iter().all(|c| c.action == Action::Created),
-        "{:#?}",
-        report.changes
-    );
+    assert!(report.changes.entries.iter().all(|c| c.action == Action::Created), "{:#?}", report.changes);
 
     // ...in stage order, as the API server saw the writes
     let writes: Vec<(GroupKind, String)> = audit_events()[audit_start..]
@@ -101,13 +97,7 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
     repo.commit("shop: retire the web front end");
     let pruned = agent.sync(&source).await;
     assert_eq!(pruned.state, State::Synced, "{}", pruned.message);
-    let deleted: Vec<String> = pruned
-        .changes
-        .entries
-        .iter()
-        .filter(|c| c.action == Action::Deleted)
-        .map(|c| c.id.to_string())
-        .collect();
+    let deleted: Vec<String> = pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
     // in reverse apply order: the workload before the Service in front of it
     assert_eq!(deleted, ["Deployment.apps shop/web", "Service shop/web"]);
     assert_eq!(pruned.changes.count(Action::Unchanged), 18);
@@ -145,9 +135,7 @@ async fn resource_versions(agent: &Agent, report: &driftless::sync::Report) -> V
     let mut out = Vec::new();
     for c in &report.changes.entries {
         let rt = catalog.preferred(&c.id.group_kind()).unwrap();
-        let live = get(&dynamic_api(&agent.client, &rt.api_version(), &rt.kind, &rt.plural, &c.id.namespace), &c.id.name)
-            .await
-            .unwrap();
+        let live = get(&dynamic_api(&agent.client, &rt.api_version(), &rt.kind, &rt.plural, &c.id.namespace), &c.id.name).await.unwrap();
         out.push((c.id.to_string(), live["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string()));
     }
     out

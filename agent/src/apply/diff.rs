@@ -60,9 +60,7 @@ fn project(value: &Value, fields: &Value) -> Value {
             value.get(name).map(|v| project(v, sub))
         } else if let Some(k) = key.strip_prefix("k:") {
             let wanted: Option<Map<String, Value>> = serde_json::from_str(k).ok();
-            wanted
-                .and_then(|w| items?.iter().find(|item| w.iter().all(|(f, v)| item.get(f) == Some(v))))
-                .map(|item| project(item, sub))
+            wanted.and_then(|w| items?.iter().find(|item| w.iter().all(|(f, v)| item.get(f) == Some(v)))).map(|item| project(item, sub))
         } else if let Some(v) = key.strip_prefix("v:") {
             let member: Option<Value> = serde_json::from_str(v).ok();
             Some(Value::Bool(member.is_some_and(|m| items.is_some_and(|a| a.contains(&m)))))

@@ -52,10 +52,7 @@ impl Cluster {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(format!(
-                        "CustomResourceDefinition {name} was not Established within {}s",
-                        timeout.as_secs()
-                    ));
+                    return Err(format!("CustomResourceDefinition {name} was not Established within {}s", timeout.as_secs()));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -65,9 +62,5 @@ impl Cluster {
 }
 
 fn is_established(crd: &Value) -> bool {
-    crd["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Established" && c["status"] == "True")
+    crd["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Established" && c["status"] == "True")
 }

@@ -17,7 +17,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectList, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PropagationPolicy};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, ObjectList, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PropagationPolicy,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
@@ -206,11 +208,7 @@ impl Cluster {
         id: &ObjectRef,
         preconditions: Option<kube::api::Preconditions>,
     ) -> Result<bool, kube::Error> {
-        let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            preconditions,
-            ..DeleteParams::default()
-        };
+        let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), preconditions, ..DeleteParams::default() };
         match self.api(rt, &id.namespace).delete(&id.name, &params).await {
             Ok(_) => Ok(true),
             Err(e) if status_code(&e) == Some(404) => Ok(false),
@@ -224,9 +222,7 @@ impl Cluster {
         loop {
             match self.get(rt, id).await {
                 Ok(None) => return Ok(()),
-                Ok(Some(_)) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await
-                }
+                Ok(Some(_)) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
                 Ok(Some(_)) => return Err(format!("{id} still exists {}s after its deletion", timeout.as_secs())),
                 Err(e) => return Err(api_message(&e)),
             }
@@ -384,7 +380,8 @@ impl Live {
     /// What the checks read of an object's metadata; Driftless's managedFields are reduced to
     /// the expectation and the rest of them dropped.
     pub fn from_meta(meta: &mut ObjectMeta) -> Self {
-        let ours: Vec<_> = meta.managed_fields.take().unwrap_or_default().into_iter().filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER)).collect();
+        let ours: Vec<_> =
+            meta.managed_fields.take().unwrap_or_default().into_iter().filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER)).collect();
         let owned = ours.iter().any(|f| f.operation.as_deref() == Some("Apply") && f.subresource.as_deref().unwrap_or("").is_empty());
         let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).cloned();
         let expected = Expected::from_object(&serde_json::json!({"metadata": {"managedFields": ours}}));
@@ -509,7 +506,13 @@ mod tests {
         let opts = ConnectOptions { request_timeout: Duration::from_secs(1), ..ConnectOptions::default() };
         let cluster = Cluster::connect_with(Some(&path), &opts).await.unwrap();
         let started = std::time::Instant::now();
-        let rt = ResourceType { group: String::new(), version: "v1".into(), kind: "ConfigMap".into(), plural: "configmaps".into(), namespaced: true };
+        let rt = ResourceType {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+            namespaced: true,
+        };
         let result = cluster.get(&rt, &ObjectRef::new("", "ConfigMap", "default", "x")).await;
         let took = started.elapsed();
         held.abort();
@@ -526,7 +529,8 @@ mod tests {
         let credential = r#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t"}}"#;
         std::fs::write(&plugin, format!("#!/bin/sh\ntouch {}\necho '{credential}'\n", mark.display())).unwrap();
         std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let exec = serde_json::json!({"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": plugin, "interactiveMode": "Never"}});
+        let exec =
+            serde_json::json!({"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": plugin, "interactiveMode": "Never"}});
         let path = kubeconfig(dir.path(), "http://127.0.0.1:1", exec);
         let refused = Cluster::connect_with(Some(&path), &ConnectOptions::default()).await;
         let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
@@ -534,7 +538,13 @@ mod tests {
         assert!(!mark.exists(), "refused before the plugin ran");
         let allowed = ConnectOptions { allow_exec_plugins: true, request_timeout: Duration::from_secs(2), ..ConnectOptions::default() };
         let cluster = Cluster::connect_with(Some(&path), &allowed).await.unwrap();
-        let rt = ResourceType { group: String::new(), version: "v1".into(), kind: "ConfigMap".into(), plural: "configmaps".into(), namespaced: true };
+        let rt = ResourceType {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+            namespaced: true,
+        };
         let _ = cluster.get(&rt, &ObjectRef::new("", "ConfigMap", "default", "x")).await;
         assert!(mark.exists(), "allowed: the plugin ran");
         // a kubeconfig without one connects as before

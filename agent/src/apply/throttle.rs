@@ -264,7 +264,13 @@ mod tests {
 
     impl Server {
         fn new(reject: usize, answer: StatusCode) -> Self {
-            Server { reject: Arc::new(AtomicUsize::new(reject)), log: Arc::default(), in_flight: Arc::default(), most: Arc::default(), answer }
+            Server {
+                reject: Arc::new(AtomicUsize::new(reject)),
+                log: Arc::default(),
+                in_flight: Arc::default(),
+                most: Arc::default(),
+                answer,
+            }
         }
     }
 

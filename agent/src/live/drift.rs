@@ -194,11 +194,15 @@ mod tests {
     use serde_json::json;
 
     fn object(fields: Value, others: &[(&str, &str)]) -> Value {
-        let mut mf = vec![json!({"manager": "driftless", "operation": "Apply", "apiVersion": "v1", "time": "2026-01-01T00:00:00Z", "fieldsV1": fields})];
+        let mut mf = vec![
+            json!({"manager": "driftless", "operation": "Apply", "apiVersion": "v1", "time": "2026-01-01T00:00:00Z", "fieldsV1": fields}),
+        ];
         for (m, t) in others {
             mf.push(json!({"manager": m, "operation": "Update", "apiVersion": "v1", "time": t, "fieldsV1": {"f:data": {}}}));
         }
-        mf.push(json!({"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "time": "2027-01-01T00:00:00Z"}));
+        mf.push(
+            json!({"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "time": "2027-01-01T00:00:00Z"}),
+        );
         json!({"metadata": {"name": "a", "uid": "u1", "resourceVersion": "5", "generation": 2,
             "annotations": {keys::DESIRED_HASH: "h"}, "managedFields": mf}})
     }

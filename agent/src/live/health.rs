@@ -126,8 +126,7 @@ pub fn evaluate(group: &str, kind: &str, object: &Value) -> Status {
         return unknown("malformed object: not a JSON object");
     }
     let fields = Fields::new(object);
-    evaluate_fields(group, kind, &fields)
-        .unwrap_or_else(|Malformed(what)| unknown(format!("malformed object: {what}")))
+    evaluate_fields(group, kind, &fields).unwrap_or_else(|Malformed(what)| unknown(format!("malformed object: {what}")))
 }
 
 /// A field of the object that does not have the expected JSON type (its dotted path and the
@@ -183,13 +182,9 @@ fn generic(o: &Fields<'_>) -> Result<Option<Status>, Malformed> {
     if !o.str("metadata.deletionTimestamp")?.is_empty() {
         return Ok(Some(progressing("being deleted")));
     }
-    if let (Some(observed), Some(generation)) =
-        (o.int("status.observedGeneration")?, o.int("metadata.generation")?)
-    {
+    if let (Some(observed), Some(generation)) = (o.int("status.observedGeneration")?, o.int("metadata.generation")?) {
         if observed < generation {
-            return Ok(Some(progressing(format!(
-                "waiting for the controller to observe generation {generation}"
-            ))));
+            return Ok(Some(progressing(format!("waiting for the controller to observe generation {generation}"))));
         }
     }
     Ok(None)
@@ -235,11 +230,7 @@ fn deployment(o: &Fields<'_>) -> Outcome {
     if available < desired {
         return Ok(progressing(format!("{available}/{desired} replicas available")));
     }
-    Ok(if desired == 0 {
-        healthy("scaled to zero")
-    } else {
-        healthy(format!("{available}/{desired} replicas available"))
-    })
+    Ok(if desired == 0 { healthy("scaled to zero") } else { healthy(format!("{available}/{desired} replicas available")) })
 }
 
 fn stateful_set(o: &Fields<'_>) -> Outcome {
@@ -282,11 +273,7 @@ fn stateful_set(o: &Fields<'_>) -> Outcome {
     if current != update {
         return Ok(progressing(format!("waiting for revision {update} to replace {current}")));
     }
-    Ok(if desired == 0 {
-        healthy("scaled to zero")
-    } else {
-        healthy(format!("{ready}/{desired} replicas ready"))
-    })
+    Ok(if desired == 0 { healthy("scaled to zero") } else { healthy(format!("{ready}/{desired} replicas ready")) })
 }
 
 fn daemon_set(o: &Fields<'_>) -> Outcome {
@@ -326,14 +313,8 @@ fn replica_set(o: &Fields<'_>) -> Outcome {
 
 /// Container waiting reasons that do not resolve without a change to the Pod, its image or its
 /// configuration.
-const FAILING_WAIT_REASONS: [&str; 6] = [
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-];
+const FAILING_WAIT_REASONS: [&str; 6] =
+    ["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"];
 
 fn pod(o: &Fields<'_>) -> Outcome {
     let phase = o.str("status.phase")?;
@@ -614,10 +595,7 @@ impl<'a> Fields<'a> {
     fn int(&self, path: &str) -> Result<Option<i64>, Malformed> {
         match self.get(path)? {
             None => Ok(None),
-            Some(value) => value
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| Malformed(format!("{} is not an integer", self.full(path)))),
+            Some(value) => value.as_i64().map(Some).ok_or_else(|| Malformed(format!("{} is not an integer", self.full(path)))),
         }
     }
 
@@ -630,9 +608,7 @@ impl<'a> Fields<'a> {
     fn str(&self, path: &str) -> Result<&'a str, Malformed> {
         match self.get(path)? {
             None => Ok(""),
-            Some(value) => {
-                value.as_str().ok_or_else(|| Malformed(format!("{} is not a string", self.full(path))))
-            }
+            Some(value) => value.as_str().ok_or_else(|| Malformed(format!("{} is not a string", self.full(path)))),
         }
     }
 
@@ -640,9 +616,7 @@ impl<'a> Fields<'a> {
     fn flag(&self, path: &str) -> Result<bool, Malformed> {
         match self.get(path)? {
             None => Ok(false),
-            Some(value) => {
-                value.as_bool().ok_or_else(|| Malformed(format!("{} is not a boolean", self.full(path))))
-            }
+            Some(value) => value.as_bool().ok_or_else(|| Malformed(format!("{} is not a boolean", self.full(path)))),
         }
     }
 
@@ -650,10 +624,7 @@ impl<'a> Fields<'a> {
     fn list(&self, path: &str) -> Result<&'a [Value], Malformed> {
         match self.get(path)? {
             None => Ok(&[]),
-            Some(value) => value
-                .as_array()
-                .map(Vec::as_slice)
-                .ok_or_else(|| Malformed(format!("{} is not a list", self.full(path)))),
+            Some(value) => value.as_array().map(Vec::as_slice).ok_or_else(|| Malformed(format!("{} is not a list", self.full(path)))),
         }
     }
 
@@ -665,12 +636,7 @@ impl<'a> Fields<'a> {
             .enumerate()
             .map(|(index, entry)| {
                 let c = self.nested(entry, self.full(&format!("{PATH}[{index}]")))?;
-                Ok(Condition {
-                    kind: c.str("type")?,
-                    status: c.str("status")?,
-                    reason: c.str("reason")?,
-                    message: c.str("message")?,
-                })
+                Ok(Condition { kind: c.str("type")?, status: c.str("status")?, reason: c.str("reason")?, message: c.str("message")? })
             })
             .collect()
     }
@@ -714,10 +680,7 @@ mod tests {
         assert_eq!(Health::Unknown.as_str(), "Unknown");
         assert_eq!(Health::Degraded.to_string(), "Degraded");
         let status = Status::new(Health::Progressing, "1/2 replicas available");
-        assert_eq!(
-            serde_json::to_value(&status).unwrap(),
-            json!({"health": "Progressing", "reason": "1/2 replicas available"})
-        );
+        assert_eq!(serde_json::to_value(&status).unwrap(), json!({"health": "Progressing", "reason": "1/2 replicas available"}));
     }
 
     // Generic checks
@@ -759,13 +722,7 @@ mod tests {
             check("apps", "Deployment", object, Health::Unknown, "not a JSON object");
         }
         check("apps", "Deployment", json!({"status": "fine"}), Health::Unknown, "status is not an object");
-        check(
-            "apps",
-            "Deployment",
-            json!({"status": {"replicas": "three"}}),
-            Health::Unknown,
-            "status.replicas is not an integer",
-        );
+        check("apps", "Deployment", json!({"status": {"replicas": "three"}}), Health::Unknown, "status.replicas is not an integer");
         check(
             "example.com",
             "Widget",
@@ -815,8 +772,7 @@ mod tests {
 
     #[test]
     fn nulls_count_as_missing() {
-        let object =
-            json!({"metadata": {"deletionTimestamp": null}, "spec": {"replicas": null}, "status": null});
+        let object = json!({"metadata": {"deletionTimestamp": null}, "spec": {"replicas": null}, "status": null});
         check("apps", "Deployment", object, Health::Progressing, "0/1 replicas updated");
     }
 
@@ -847,13 +803,7 @@ mod tests {
 
     #[test]
     fn a_deployment_with_old_replicas_still_around_is_progressing() {
-        check(
-            "apps",
-            "Deployment",
-            deployment(3, 5, 3, 3),
-            Health::Progressing,
-            "2 old replicas pending termination",
-        );
+        check("apps", "Deployment", deployment(3, 5, 3, 3), Health::Progressing, "2 old replicas pending termination");
     }
 
     #[test]
@@ -877,31 +827,16 @@ mod tests {
         let mut object = deployment(3, 4, 1, 3);
         object["status"]["conditions"] = json!([
             condition("Available", "True", "MinimumReplicasAvailable", ""),
-            condition(
-                "Progressing",
-                "False",
-                "ProgressDeadlineExceeded",
-                "ReplicaSet \"web-7d9\" has timed out progressing."
-            ),
+            condition("Progressing", "False", "ProgressDeadlineExceeded", "ReplicaSet \"web-7d9\" has timed out progressing."),
         ]);
-        check(
-            "apps",
-            "Deployment",
-            object,
-            Health::Degraded,
-            "progress deadline exceeded: ReplicaSet \"web-7d9\"",
-        );
+        check("apps", "Deployment", object, Health::Degraded, "progress deadline exceeded: ReplicaSet \"web-7d9\"");
     }
 
     #[test]
     fn a_deployment_with_a_replica_failure_is_degraded() {
         let mut object = deployment(2, 0, 0, 0);
-        object["status"]["conditions"] = json!([condition(
-            "ReplicaFailure",
-            "True",
-            "FailedCreate",
-            "pods \"web-1\" is forbidden: exceeded quota"
-        )]);
+        object["status"]["conditions"] =
+            json!([condition("ReplicaFailure", "True", "FailedCreate", "pods \"web-1\" is forbidden: exceeded quota")]);
         check("apps", "Deployment", object, Health::Degraded, "FailedCreate: pods \"web-1\" is forbidden");
     }
 
@@ -940,42 +875,18 @@ mod tests {
 
     #[test]
     fn a_rolled_out_stateful_set_is_healthy() {
-        check(
-            "apps",
-            "StatefulSet",
-            stateful_set(3, 3, 3, "db-1", "db-1"),
-            Health::Healthy,
-            "3/3 replicas ready",
-        );
+        check("apps", "StatefulSet", stateful_set(3, 3, 3, "db-1", "db-1"), Health::Healthy, "3/3 replicas ready");
     }
 
     #[test]
     fn a_stateful_set_short_of_ready_replicas_is_progressing() {
-        check(
-            "apps",
-            "StatefulSet",
-            stateful_set(3, 1, 3, "db-1", "db-1"),
-            Health::Progressing,
-            "1/3 replicas ready",
-        );
+        check("apps", "StatefulSet", stateful_set(3, 1, 3, "db-1", "db-1"), Health::Progressing, "1/3 replicas ready");
     }
 
     #[test]
     fn a_stateful_set_with_a_revision_mismatch_is_progressing() {
-        check(
-            "apps",
-            "StatefulSet",
-            stateful_set(3, 3, 3, "db-1", "db-2"),
-            Health::Progressing,
-            "revision db-2",
-        );
-        check(
-            "apps",
-            "StatefulSet",
-            stateful_set(3, 3, 1, "db-1", "db-2"),
-            Health::Progressing,
-            "1/3 replicas updated",
-        );
+        check("apps", "StatefulSet", stateful_set(3, 3, 3, "db-1", "db-2"), Health::Progressing, "revision db-2");
+        check("apps", "StatefulSet", stateful_set(3, 3, 1, "db-1", "db-2"), Health::Progressing, "1/3 replicas updated");
     }
 
     #[test]
@@ -990,15 +901,8 @@ mod tests {
     #[test]
     fn a_partitioned_stateful_set_waits_for_the_ordinals_above_the_partition() {
         let mut object = stateful_set(4, 4, 1, "db-1", "db-2");
-        object["spec"]["updateStrategy"] =
-            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}});
-        check(
-            "apps",
-            "StatefulSet",
-            object.clone(),
-            Health::Progressing,
-            "1/2 replicas updated (partition 2)",
-        );
+        object["spec"]["updateStrategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}});
+        check("apps", "StatefulSet", object.clone(), Health::Progressing, "1/2 replicas updated (partition 2)");
         object["status"]["updatedReplicas"] = json!(2);
         check("apps", "StatefulSet", object, Health::Healthy, "partitioned rollout complete");
     }
@@ -1012,13 +916,7 @@ mod tests {
 
     #[test]
     fn a_stateful_set_scaled_to_zero_is_healthy() {
-        check(
-            "apps",
-            "StatefulSet",
-            stateful_set(0, 0, 0, "db-1", "db-1"),
-            Health::Healthy,
-            "scaled to zero",
-        );
+        check("apps", "StatefulSet", stateful_set(0, 0, 0, "db-1", "db-1"), Health::Healthy, "scaled to zero");
     }
 
     // DaemonSet
@@ -1056,13 +954,7 @@ mod tests {
 
     #[test]
     fn a_daemon_set_without_status_is_progressing() {
-        check(
-            "apps",
-            "DaemonSet",
-            json!({"metadata": {"generation": 1}}),
-            Health::Progressing,
-            "report status",
-        );
+        check("apps", "DaemonSet", json!({"metadata": {"generation": 1}}), Health::Progressing, "report status");
     }
 
     // ReplicaSet
@@ -1079,8 +971,7 @@ mod tests {
 
     #[test]
     fn a_ready_pod_is_healthy() {
-        let object =
-            json!({"status": {"phase": "Running", "conditions": [condition("Ready", "True", "", "")]}});
+        let object = json!({"status": {"phase": "Running", "conditions": [condition("Ready", "True", "", "")]}});
         check("", "Pod", object, Health::Healthy, "Ready");
     }
 
@@ -1117,13 +1008,7 @@ mod tests {
                 {"name": "migrate", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"db:nope\""}}},
             ],
         }});
-        check(
-            "",
-            "Pod",
-            object,
-            Health::Degraded,
-            "ImagePullBackOff in container migrate: Back-off pulling image",
-        );
+        check("", "Pod", object, Health::Degraded, "ImagePullBackOff in container migrate: Back-off pulling image");
     }
 
     #[test]
@@ -1144,13 +1029,7 @@ mod tests {
             "conditions": [condition("Ready", "False", "ContainersNotReady", "containers with unready status: [app]")],
             "containerStatuses": [{"name": "app", "state": {"running": {}}}],
         }});
-        check(
-            "",
-            "Pod",
-            object,
-            Health::Progressing,
-            "Running, not ready: containers with unready status: [app]",
-        );
+        check("", "Pod", object, Health::Progressing, "Running, not ready: containers with unready status: [app]");
         let object = json!({"status": {
             "phase": "Pending",
             "containerStatuses": [{"name": "app", "state": {"waiting": {"reason": "ContainerCreating"}}}],
@@ -1177,8 +1056,7 @@ mod tests {
 
     #[test]
     fn a_complete_job_is_healthy() {
-        let object =
-            json!({"status": {"succeeded": 1, "conditions": [condition("Complete", "True", "", "")]}});
+        let object = json!({"status": {"succeeded": 1, "conditions": [condition("Complete", "True", "", "")]}});
         check("batch", "Job", object, Health::Healthy, "Complete, 1 succeeded");
     }
 
@@ -1188,13 +1066,7 @@ mod tests {
             condition("FailureTarget", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
             condition("Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
         ]}});
-        check(
-            "batch",
-            "Job",
-            object,
-            Health::Degraded,
-            "BackoffLimitExceeded: Job has reached the specified backoff limit",
-        );
+        check("batch", "Job", object, Health::Degraded, "BackoffLimitExceeded: Job has reached the specified backoff limit");
     }
 
     #[test]
@@ -1222,20 +1094,8 @@ mod tests {
 
     #[test]
     fn a_cron_job_is_healthy_and_notes_suspension() {
-        check(
-            "batch",
-            "CronJob",
-            json!({"spec": {"schedule": "*/5 * * * *"}}),
-            Health::Healthy,
-            "schedule */5 * * * *",
-        );
-        check(
-            "batch",
-            "CronJob",
-            json!({"spec": {"schedule": "@daily", "suspend": true}}),
-            Health::Healthy,
-            "suspended",
-        );
+        check("batch", "CronJob", json!({"spec": {"schedule": "*/5 * * * *"}}), Health::Healthy, "schedule */5 * * * *");
+        check("batch", "CronJob", json!({"spec": {"schedule": "@daily", "suspend": true}}), Health::Healthy, "suspended");
     }
 
     // Volumes
@@ -1247,13 +1107,7 @@ mod tests {
 
     #[test]
     fn a_pending_claim_is_progressing() {
-        check(
-            "",
-            "PersistentVolumeClaim",
-            json!({"status": {"phase": "Pending"}}),
-            Health::Progressing,
-            "Pending",
-        );
+        check("", "PersistentVolumeClaim", json!({"status": {"phase": "Pending"}}), Health::Progressing, "Pending");
         check("", "PersistentVolumeClaim", json!({"spec": {}}), Health::Progressing, "Pending");
     }
 
@@ -1264,24 +1118,12 @@ mod tests {
 
     #[test]
     fn persistent_volume_phases() {
-        check(
-            "",
-            "PersistentVolume",
-            json!({"status": {"phase": "Available"}}),
-            Health::Healthy,
-            "Available",
-        );
+        check("", "PersistentVolume", json!({"status": {"phase": "Available"}}), Health::Healthy, "Available");
         check("", "PersistentVolume", json!({"status": {"phase": "Bound"}}), Health::Healthy, "Bound");
         check("", "PersistentVolume", json!({"status": {"phase": "Released"}}), Health::Healthy, "Released");
         let failed = json!({"status": {"phase": "Failed", "message": "recycler failed"}});
         check("", "PersistentVolume", failed, Health::Degraded, "Failed: recycler failed");
-        check(
-            "",
-            "PersistentVolume",
-            json!({"status": {"phase": "Pending"}}),
-            Health::Progressing,
-            "Pending",
-        );
+        check("", "PersistentVolume", json!({"status": {"phase": "Pending"}}), Health::Progressing, "Pending");
     }
 
     // Service and Ingress
@@ -1310,13 +1152,7 @@ mod tests {
 
     #[test]
     fn an_ingress_is_healthy_without_an_address() {
-        check(
-            "networking.k8s.io",
-            "Ingress",
-            json!({"status": {"loadBalancer": {}}}),
-            Health::Healthy,
-            "not waited for",
-        );
+        check("networking.k8s.io", "Ingress", json!({"status": {"loadBalancer": {}}}), Health::Healthy, "not waited for");
         let object = json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.2"}]}}});
         check("networking.k8s.io", "Ingress", object, Health::Healthy, "address 198.51.100.2");
     }
@@ -1356,13 +1192,7 @@ mod tests {
     #[test]
     fn namespace_phases() {
         check("", "Namespace", json!({"status": {"phase": "Active"}}), Health::Healthy, "Active");
-        check(
-            "",
-            "Namespace",
-            json!({"status": {"phase": "Terminating"}}),
-            Health::Progressing,
-            "Terminating",
-        );
+        check("", "Namespace", json!({"status": {"phase": "Terminating"}}), Health::Progressing, "Terminating");
     }
 
     // Autoscaling and disruption budgets
@@ -1372,13 +1202,7 @@ mod tests {
         let object = json!({"status": {"currentReplicas": 2, "desiredReplicas": 3, "conditions": [
             condition("ScalingActive", "False", "FailedGetResourceMetric", "unable to get metrics"),
         ]}});
-        check(
-            "autoscaling",
-            "HorizontalPodAutoscaler",
-            object,
-            Health::Healthy,
-            "2 current, 3 desired replicas",
-        );
+        check("autoscaling", "HorizontalPodAutoscaler", object, Health::Healthy, "2 current, 3 desired replicas");
     }
 
     #[test]
@@ -1399,18 +1223,13 @@ mod tests {
                 condition("Ready", "True", "ReconciliationSucceeded", "Applied revision: main@sha1:abc"),
             ]},
         });
-        check(
-            "kustomize.toolkit.fluxcd.io",
-            "Kustomization",
-            object,
-            Health::Healthy,
-            "Applied revision: main@sha1:abc",
-        );
+        check("kustomize.toolkit.fluxcd.io", "Kustomization", object, Health::Healthy, "Applied revision: main@sha1:abc");
     }
 
     #[test]
     fn a_custom_resource_not_ready_is_progressing() {
-        let object = json!({"status": {"conditions": [condition("Ready", "False", "Issuing", "Issuing certificate as Secret does not exist")]}});
+        let object =
+            json!({"status": {"conditions": [condition("Ready", "False", "Issuing", "Issuing certificate as Secret does not exist")]}});
         check("cert-manager.io", "Certificate", object, Health::Progressing, "Issuing: Issuing certificate");
         let object = json!({"status": {"conditions": [condition("Ready", "Unknown", "", "")]}});
         check("cert-manager.io", "Certificate", object, Health::Progressing, "readiness unknown");
@@ -1422,13 +1241,7 @@ mod tests {
             condition("Ready", "False", "BuildFailed", "kustomize build failed"),
             condition("Stalled", "True", "BuildFailed", "kustomize build failed"),
         ]}});
-        check(
-            "kustomize.toolkit.fluxcd.io",
-            "Kustomization",
-            object,
-            Health::Degraded,
-            "BuildFailed: kustomize build failed",
-        );
+        check("kustomize.toolkit.fluxcd.io", "Kustomization", object, Health::Degraded, "BuildFailed: kustomize build failed");
     }
 
     #[test]

@@ -50,8 +50,7 @@ pub struct Watches {
 impl Watches {
     /// Starts watches for new scopes and stops those no longer needed.
     pub fn update(&mut self, cluster: &Cluster, state: &Arc<LiveState>, applyset_id: &str, scopes: &[Scope]) {
-        let wanted: HashSet<ScopeKey> =
-            scopes.iter().map(|(rt, ns)| (rt.group.clone(), rt.kind.clone(), ns.clone())).collect();
+        let wanted: HashSet<ScopeKey> = scopes.iter().map(|(rt, ns)| (rt.group.clone(), rt.kind.clone(), ns.clone())).collect();
         self.running.retain(|key, (handle, _)| {
             let keep = wanted.contains(key) && !handle.is_finished();
             if !keep {
@@ -102,7 +101,14 @@ async fn watch_scope(
     state: Arc<LiveState>,
     synced: Arc<AtomicBool>,
 ) {
-    let id_of = |o: &kube::api::DynamicObject| ObjectRef::new(rt.group.clone(), rt.kind.clone(), o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
+    let id_of = |o: &kube::api::DynamicObject| {
+        ObjectRef::new(
+            rt.group.clone(),
+            rt.kind.clone(),
+            o.metadata.namespace.clone().unwrap_or_default(),
+            o.metadata.name.clone().unwrap_or_default(),
+        )
+    };
     let entry_of = |o: kube::api::DynamicObject| {
         let value = serde_json::to_value(o).unwrap_or_default();
         Entry::from_object(&rt.group, &rt.kind, &value)

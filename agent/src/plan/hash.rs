@@ -25,10 +25,7 @@ fn normalize(object: &mut Value) {
         for key in ["creationTimestamp", "resourceVersion", "uid", "generation", "managedFields", "selfLink"] {
             meta.remove(key);
         }
-        for (field, ours) in [
-            ("labels", &[keys::APPLYSET_PART_OF][..]),
-            ("annotations", &[keys::DESIRED_HASH, keys::SOURCE][..]),
-        ] {
+        for (field, ours) in [("labels", &[keys::APPLYSET_PART_OF][..]), ("annotations", &[keys::DESIRED_HASH, keys::SOURCE][..])] {
             let empty = match meta.get_mut(field).and_then(Value::as_object_mut) {
                 Some(m) => {
                     for k in ours {

@@ -27,10 +27,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(types: impl IntoIterator<Item = ResourceType>) -> Self {
-        let types = types
-            .into_iter()
-            .map(|t| ((t.group.clone(), t.version.clone(), t.kind.clone()), Arc::new(t)))
-            .collect();
+        let types = types.into_iter().map(|t| ((t.group.clone(), t.version.clone(), t.kind.clone()), Arc::new(t))).collect();
         Self { types }
     }
 
@@ -46,10 +43,7 @@ impl Catalog {
     /// The most stable served version of a group-kind (for reading live objects of an
     /// inventory): GA before beta before alpha, higher numbers first, as Kubernetes orders them.
     pub fn preferred(&self, gk: &GroupKind) -> Option<&Arc<ResourceType>> {
-        self.types
-            .values()
-            .filter(|t| t.group == gk.group && t.kind == gk.kind)
-            .max_by_key(|t| version_priority(&t.version))
+        self.types.values().filter(|t| t.group == gk.group && t.kind == gk.kind).max_by_key(|t| version_priority(&t.version))
     }
 
     pub fn len(&self) -> usize {
@@ -240,17 +234,7 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
                 continue;
             }
         };
-        objects.push(Planned {
-            stage: order::stage_of(&group, &kind),
-            id,
-            resource,
-            object,
-            hash,
-            origin,
-            wave,
-            recreate,
-            needs_crd,
-        });
+        objects.push(Planned { stage: order::stage_of(&group, &kind), id, resource, object, hash, origin, wave, recreate, needs_crd });
     }
 
     if !problems.is_empty() {
@@ -282,11 +266,13 @@ fn unserved(catalog: &Catalog, revision_crds: &[Arc<ResourceType>], api_version:
             .chain(revision_crds.iter().map(|t| t.as_ref()))
             .filter(|t| t.kind == kind && (t.group == group) == same_group)
             .collect();
-        types.sort_by(|a, b| (&a.group, std::cmp::Reverse(version_priority(&a.version)), &a.version).cmp(&(
-            &b.group,
-            std::cmp::Reverse(version_priority(&b.version)),
-            &b.version,
-        )));
+        types.sort_by(|a, b| {
+            (&a.group, std::cmp::Reverse(version_priority(&a.version)), &a.version).cmp(&(
+                &b.group,
+                std::cmp::Reverse(version_priority(&b.version)),
+                &b.version,
+            ))
+        });
         let mut versions: Vec<String> = types.iter().map(|t| t.api_version()).collect();
         versions.dedup();
         versions
@@ -299,7 +285,9 @@ fn unserved(catalog: &Catalog, revision_crds: &[Arc<ResourceType>], api_version:
     if !elsewhere.is_empty() {
         return format!("{api_version} is not served for {kind}; the cluster serves {kind} as {}", elsewhere.join(", "));
     }
-    format!("unknown kind {api_version} {kind}: the API server does not serve it and no CustomResourceDefinition in this revision defines it")
+    format!(
+        "unknown kind {api_version} {kind}: the API server does not serve it and no CustomResourceDefinition in this revision defines it"
+    )
 }
 
 /// Moves a Secret's `stringData` into `data` (base64), as the API server stores it. Applied as
@@ -414,14 +402,25 @@ mod tests {
             manifest("cm.yaml", cm("b")),
             manifest("cm.yaml", cm("a")),
             manifest("ns.yaml", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}})),
-            manifest("hook.yaml", json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "h"}})),
+            manifest(
+                "hook.yaml",
+                json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "h"}}),
+            ),
             manifest("sa.yaml", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa"}})),
         ];
         let plan = build(ms, &catalog(), &opts()).unwrap();
         let order: Vec<String> = plan.objects().iter().map(|p| format!("{}/{}", p.id.kind, p.id.name)).collect();
         assert_eq!(
             order,
-            ["Namespace/apps", "ServiceAccount/sa", "ConfigMap/a", "ConfigMap/b", "Service/web", "Deployment/web", "ValidatingWebhookConfiguration/h"]
+            [
+                "Namespace/apps",
+                "ServiceAccount/sa",
+                "ConfigMap/a",
+                "ConfigMap/b",
+                "Service/web",
+                "Deployment/web",
+                "ValidatingWebhookConfiguration/h"
+            ]
         );
     }
 

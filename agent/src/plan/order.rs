@@ -29,8 +29,15 @@
 
 /// Every stage, in apply order, with its name for reports.
 pub const STAGES: [&str; 9] = [
-    "definitions", "policies", "config-and-classes", "claims-and-rbac", "services", "workloads",
-    "scaling-and-ingress", "other", "webhooks",
+    "definitions",
+    "policies",
+    "config-and-classes",
+    "claims-and-rbac",
+    "services",
+    "workloads",
+    "scaling-and-ingress",
+    "other",
+    "webhooks",
 ];
 
 /// The stage of custom resources and of every kind the table does not name.
@@ -61,13 +68,8 @@ pub fn stage_of(group: &str, kind: &str) -> usize {
         "HorizontalPodAutoscaler" if builtin(&["autoscaling"]) => 6,
         "Ingress" if builtin(&["networking.k8s.io"]) => 6,
         "APIService" if builtin(&["apiregistration.k8s.io"]) => 6,
-        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"
-            if builtin(&["admissionregistration.k8s.io"]) =>
-        {
-            8
-        }
-        "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding"
-        | "MutatingAdmissionPolicy" | "MutatingAdmissionPolicyBinding"
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" if builtin(&["admissionregistration.k8s.io"]) => 8,
+        "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding" | "MutatingAdmissionPolicy" | "MutatingAdmissionPolicyBinding"
             if builtin(&["admissionregistration.k8s.io"]) =>
         {
             8
@@ -81,18 +83,46 @@ pub fn stage_of(group: &str, kind: &str) -> usize {
 /// concurrently: an order that must hold needs a stage, not a rank.
 pub fn rank_in_stage(kind: &str) -> usize {
     const ORDER: &[&str] = &[
-        "CustomResourceDefinition", "Namespace",
-        "PriorityClass", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy",
+        "CustomResourceDefinition",
+        "Namespace",
+        "PriorityClass",
+        "NetworkPolicy",
+        "ResourceQuota",
+        "LimitRange",
+        "PodSecurityPolicy",
         "PodDisruptionBudget",
-        "ServiceAccount", "Secret", "ConfigMap", "StorageClass", "PersistentVolume", "IngressClass",
+        "ServiceAccount",
+        "Secret",
+        "ConfigMap",
+        "StorageClass",
+        "PersistentVolume",
+        "IngressClass",
         "RuntimeClass",
-        "PersistentVolumeClaim", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-        "Service", "Endpoints", "EndpointSlice",
-        "DaemonSet", "Pod", "ReplicationController", "ReplicaSet", "Deployment", "StatefulSet", "Job",
+        "PersistentVolumeClaim",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Endpoints",
+        "EndpointSlice",
+        "DaemonSet",
+        "Pod",
+        "ReplicationController",
+        "ReplicaSet",
+        "Deployment",
+        "StatefulSet",
+        "Job",
         "CronJob",
-        "HorizontalPodAutoscaler", "Ingress", "APIService",
-        "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding", "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
+        "HorizontalPodAutoscaler",
+        "Ingress",
+        "APIService",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
     ];
     ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
 }
@@ -107,25 +137,51 @@ mod tests {
     }
 
     const WORKLOADS: [(&str, &str); 8] = [
-        ("apps", "Deployment"), ("apps", "StatefulSet"), ("apps", "DaemonSet"), ("apps", "ReplicaSet"),
-        ("", "Pod"), ("", "ReplicationController"), ("batch", "Job"), ("batch", "CronJob"),
+        ("apps", "Deployment"),
+        ("apps", "StatefulSet"),
+        ("apps", "DaemonSet"),
+        ("apps", "ReplicaSet"),
+        ("", "Pod"),
+        ("", "ReplicationController"),
+        ("batch", "Job"),
+        ("batch", "CronJob"),
     ];
 
     /// Every kind of the table, with its group and stage, in the table's reading order.
     const TABLE: [(&str, &str, usize); 40] = [
-        ("apiextensions.k8s.io", "CustomResourceDefinition", 0), ("", "Namespace", 0),
-        ("scheduling.k8s.io", "PriorityClass", 1), ("networking.k8s.io", "NetworkPolicy", 1),
-        ("", "ResourceQuota", 1), ("", "LimitRange", 1), ("policy", "PodSecurityPolicy", 1),
+        ("apiextensions.k8s.io", "CustomResourceDefinition", 0),
+        ("", "Namespace", 0),
+        ("scheduling.k8s.io", "PriorityClass", 1),
+        ("networking.k8s.io", "NetworkPolicy", 1),
+        ("", "ResourceQuota", 1),
+        ("", "LimitRange", 1),
+        ("policy", "PodSecurityPolicy", 1),
         ("policy", "PodDisruptionBudget", 1),
-        ("", "ServiceAccount", 2), ("", "Secret", 2), ("", "ConfigMap", 2), ("storage.k8s.io", "StorageClass", 2),
-        ("", "PersistentVolume", 2), ("networking.k8s.io", "IngressClass", 2), ("node.k8s.io", "RuntimeClass", 2),
-        ("", "PersistentVolumeClaim", 3), ("rbac.authorization.k8s.io", "ClusterRole", 3),
-        ("rbac.authorization.k8s.io", "ClusterRoleBinding", 3), ("rbac.authorization.k8s.io", "Role", 3),
+        ("", "ServiceAccount", 2),
+        ("", "Secret", 2),
+        ("", "ConfigMap", 2),
+        ("storage.k8s.io", "StorageClass", 2),
+        ("", "PersistentVolume", 2),
+        ("networking.k8s.io", "IngressClass", 2),
+        ("node.k8s.io", "RuntimeClass", 2),
+        ("", "PersistentVolumeClaim", 3),
+        ("rbac.authorization.k8s.io", "ClusterRole", 3),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding", 3),
+        ("rbac.authorization.k8s.io", "Role", 3),
         ("rbac.authorization.k8s.io", "RoleBinding", 3),
-        ("", "Service", 4), ("", "Endpoints", 4), ("discovery.k8s.io", "EndpointSlice", 4),
-        ("apps", "DaemonSet", 5), ("", "Pod", 5), ("", "ReplicationController", 5), ("apps", "ReplicaSet", 5),
-        ("apps", "Deployment", 5), ("apps", "StatefulSet", 5), ("batch", "Job", 5), ("batch", "CronJob", 5),
-        ("autoscaling", "HorizontalPodAutoscaler", 6), ("networking.k8s.io", "Ingress", 6),
+        ("", "Service", 4),
+        ("", "Endpoints", 4),
+        ("discovery.k8s.io", "EndpointSlice", 4),
+        ("apps", "DaemonSet", 5),
+        ("", "Pod", 5),
+        ("", "ReplicationController", 5),
+        ("apps", "ReplicaSet", 5),
+        ("apps", "Deployment", 5),
+        ("apps", "StatefulSet", 5),
+        ("batch", "Job", 5),
+        ("batch", "CronJob", 5),
+        ("autoscaling", "HorizontalPodAutoscaler", 6),
+        ("networking.k8s.io", "Ingress", 6),
         ("apiregistration.k8s.io", "APIService", 6),
         ("admissionregistration.k8s.io", "MutatingWebhookConfiguration", 8),
         ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration", 8),
@@ -165,8 +221,12 @@ mod tests {
     fn webhooks_and_admission_policies_come_last() {
         let last = STAGES.len() - 1;
         for k in [
-            "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ValidatingAdmissionPolicy",
-            "ValidatingAdmissionPolicyBinding", "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+            "MutatingAdmissionPolicy",
+            "MutatingAdmissionPolicyBinding",
         ] {
             assert_eq!(stage_of("admissionregistration.k8s.io", k), last, "{k}");
         }
@@ -187,9 +247,15 @@ mod tests {
         }
         // and what pods need at admission: their ServiceAccount, config, claims, classes, quotas
         for (g, k) in [
-            ("", "ServiceAccount"), ("", "Secret"), ("", "ConfigMap"), ("", "PersistentVolumeClaim"),
-            ("", "ResourceQuota"), ("", "LimitRange"), ("scheduling.k8s.io", "PriorityClass"),
-            ("node.k8s.io", "RuntimeClass"), ("rbac.authorization.k8s.io", "RoleBinding"),
+            ("", "ServiceAccount"),
+            ("", "Secret"),
+            ("", "ConfigMap"),
+            ("", "PersistentVolumeClaim"),
+            ("", "ResourceQuota"),
+            ("", "LimitRange"),
+            ("scheduling.k8s.io", "PriorityClass"),
+            ("node.k8s.io", "RuntimeClass"),
+            ("rbac.authorization.k8s.io", "RoleBinding"),
         ] {
             assert!(stage_of(g, k) < stage_of("", "Pod"), "{k}");
         }
@@ -210,16 +276,36 @@ mod tests {
     /// Helm's `InstallOrder` (pkg/release/util/kind_sorter.go), without its `*List` kinds
     /// (Lists are expanded when rendering).
     const HELM_INSTALL_ORDER: [(&str, &str); 32] = [
-        ("", "Namespace"), ("networking.k8s.io", "NetworkPolicy"), ("", "ResourceQuota"), ("", "LimitRange"),
-        ("policy", "PodSecurityPolicy"), ("policy", "PodDisruptionBudget"), ("", "ServiceAccount"), ("", "Secret"),
-        ("", "ConfigMap"), ("storage.k8s.io", "StorageClass"), ("", "PersistentVolume"),
-        ("", "PersistentVolumeClaim"), ("apiextensions.k8s.io", "CustomResourceDefinition"),
-        ("rbac.authorization.k8s.io", "ClusterRole"), ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
-        ("rbac.authorization.k8s.io", "Role"), ("rbac.authorization.k8s.io", "RoleBinding"), ("", "Service"),
-        ("apps", "DaemonSet"), ("", "Pod"), ("", "ReplicationController"), ("apps", "ReplicaSet"),
-        ("apps", "Deployment"), ("autoscaling", "HorizontalPodAutoscaler"), ("apps", "StatefulSet"),
-        ("batch", "Job"), ("batch", "CronJob"), ("networking.k8s.io", "IngressClass"),
-        ("networking.k8s.io", "Ingress"), ("apiregistration.k8s.io", "APIService"),
+        ("", "Namespace"),
+        ("networking.k8s.io", "NetworkPolicy"),
+        ("", "ResourceQuota"),
+        ("", "LimitRange"),
+        ("policy", "PodSecurityPolicy"),
+        ("policy", "PodDisruptionBudget"),
+        ("", "ServiceAccount"),
+        ("", "Secret"),
+        ("", "ConfigMap"),
+        ("storage.k8s.io", "StorageClass"),
+        ("", "PersistentVolume"),
+        ("", "PersistentVolumeClaim"),
+        ("apiextensions.k8s.io", "CustomResourceDefinition"),
+        ("rbac.authorization.k8s.io", "ClusterRole"),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+        ("rbac.authorization.k8s.io", "Role"),
+        ("rbac.authorization.k8s.io", "RoleBinding"),
+        ("", "Service"),
+        ("apps", "DaemonSet"),
+        ("", "Pod"),
+        ("", "ReplicationController"),
+        ("apps", "ReplicaSet"),
+        ("apps", "Deployment"),
+        ("autoscaling", "HorizontalPodAutoscaler"),
+        ("apps", "StatefulSet"),
+        ("batch", "Job"),
+        ("batch", "CronJob"),
+        ("networking.k8s.io", "IngressClass"),
+        ("networking.k8s.io", "Ingress"),
+        ("apiregistration.k8s.io", "APIService"),
         ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
         ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
     ];
@@ -229,11 +315,8 @@ mod tests {
         // CRDs are definitions; an IngressClass must exist before an Ingress defaults to it; an
         // HPA follows every workload
         let differs = ["CustomResourceDefinition", "IngressClass", "HorizontalPodAutoscaler"];
-        let helm: Vec<(&str, (usize, usize))> = HELM_INSTALL_ORDER
-            .iter()
-            .filter(|(_, k)| !differs.contains(k))
-            .map(|(g, k)| (*k, key(g, k)))
-            .collect();
+        let helm: Vec<(&str, (usize, usize))> =
+            HELM_INSTALL_ORDER.iter().filter(|(_, k)| !differs.contains(k)).map(|(g, k)| (*k, key(g, k))).collect();
         for w in helm.windows(2) {
             assert!(w[0].1 < w[1].1, "{} sorts after {}, unlike Helm", w[0].0, w[1].0);
         }

@@ -96,13 +96,12 @@ mod tests {
     use std::collections::HashMap;
 
     fn plan_of(objects: &[(&str, &str, &str, &str)]) -> Plan {
-        let cat = Catalog::new([
-            rt("", "v1", "ConfigMap", "configmaps", true),
-            rt("coordination.k8s.io", "v1", "Lease", "leases", true),
-        ]);
+        let cat = Catalog::new([rt("", "v1", "ConfigMap", "configmaps", true), rt("coordination.k8s.io", "v1", "Lease", "leases", true)]);
         let docs = objects
             .iter()
-            .map(|(api, kind, ns, name)| manifest(&format!("{name}.yaml"), json!({"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}})))
+            .map(|(api, kind, ns, name)| {
+                manifest(&format!("{name}.yaml"), json!({"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}}))
+            })
             .collect();
         plan::build(docs, &cat, &opts()).unwrap()
     }
@@ -137,7 +136,8 @@ mod tests {
 
     #[test]
     fn another_driftless_sources_object_is_claimed_and_a_foreign_sets_is_refused() {
-        let plan = plan_of(&[("v1", "ConfigMap", "apps", "moved"), ("v1", "ConfigMap", "apps", "kubectls"), ("v1", "ConfigMap", "apps", "ours")]);
+        let plan =
+            plan_of(&[("v1", "ConfigMap", "apps", "moved"), ("v1", "ConfigMap", "apps", "kubectls"), ("v1", "ConfigMap", "apps", "ours")]);
         let holders: HashMap<&str, Holder> = HashMap::from([
             ("moved", Holder { part_of: Some("set-a"), source: Some("a"), is_parent: false }),
             // labelled by a set whose id is not the named source's: not a Driftless handover
@@ -147,8 +147,13 @@ mod tests {
         let err = check(&plan, &|id| holders.get(id.name.as_str()).copied(), &set_of, SCOPE).unwrap_err();
         assert_eq!(err.claims.iter().map(|id| id.name.as_str()).collect::<Vec<_>>(), ["moved"]);
         assert_eq!(err.problems.len(), 2);
-        assert!(err.problems.iter().any(|m| m.contains("ConfigMap apps/moved (moved.yaml:1): already belongs to another ApplySet (set-a, source a)")));
+        assert!(err
+            .problems
+            .iter()
+            .any(|m| m.contains("ConfigMap apps/moved (moved.yaml:1): already belongs to another ApplySet (set-a, source a)")));
         assert!(err.problems.iter().any(|m| m.contains("(applyset-x); not adopted")));
-        assert!(check(&plan_of(&[("v1", "ConfigMap", "apps", "ours")]), &|id| holders.get(id.name.as_str()).copied(), &set_of, SCOPE).is_ok());
+        assert!(
+            check(&plan_of(&[("v1", "ConfigMap", "apps", "ours")]), &|id| holders.get(id.name.as_str()).copied(), &set_of, SCOPE).is_ok()
+        );
     }
 }

@@ -87,14 +87,12 @@ pub enum Hold {
 impl std::fmt::Display for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Hold::EmptyRevision { members } => write!(
-                f,
-                "the revision renders no objects but the set has {members} members; set allowEmpty to prune them all"
-            ),
-            Hold::TooMany { would_delete, members, max_percent } => write!(
-                f,
-                "the revision would delete {would_delete} of {members} members, more than maxPrunePercent {max_percent}%"
-            ),
+            Hold::EmptyRevision { members } => {
+                write!(f, "the revision renders no objects but the set has {members} members; set allowEmpty to prune them all")
+            }
+            Hold::TooMany { would_delete, members, max_percent } => {
+                write!(f, "the revision would delete {would_delete} of {members} members, more than maxPrunePercent {max_percent}%")
+            }
         }
     }
 }
@@ -113,14 +111,9 @@ pub struct PrunePlan {
 }
 
 /// Plans the prune of the members that are not desired any more.
-pub fn plan_prune<'a>(
-    live: impl IntoIterator<Item = &'a LiveObject>,
-    desired: &HashSet<&ObjectRef>,
-    policy: &PrunePolicy,
-) -> PrunePlan {
+pub fn plan_prune<'a>(live: impl IntoIterator<Item = &'a LiveObject>, desired: &HashSet<&ObjectRef>, policy: &PrunePolicy) -> PrunePlan {
     let live: Vec<&LiveObject> = live.into_iter().collect();
-    let members: Vec<&LiveObject> =
-        live.iter().copied().filter(|o| o.part_of.as_deref() == Some(policy.applyset_id.as_str())).collect();
+    let members: Vec<&LiveObject> = live.iter().copied().filter(|o| o.part_of.as_deref() == Some(policy.applyset_id.as_str())).collect();
     let mut plan = PrunePlan::default();
 
     for o in live.iter().copied().filter(|o| !desired.contains(&o.id)) {
@@ -168,11 +161,7 @@ pub fn plan_prune<'a>(
     if desired.is_empty() && !policy.allow_empty {
         plan.held = Some(Hold::EmptyRevision { members: members.len() });
     } else if plan.delete.len() * 100 > policy.max_prune_percent as usize * members.len() {
-        plan.held = Some(Hold::TooMany {
-            would_delete: plan.delete.len(),
-            members: members.len(),
-            max_percent: policy.max_prune_percent,
-        });
+        plan.held = Some(Hold::TooMany { would_delete: plan.delete.len(), members: members.len(), max_percent: policy.max_prune_percent });
     }
     if plan.held.is_some() {
         plan.delete.clear();
@@ -195,7 +184,15 @@ mod tests {
     }
 
     fn member(id: ObjectRef) -> LiveObject {
-        LiveObject { id, uid: "u".into(), resource_version: "1".into(), part_of: Some("set-a".into()), prune_disabled: false, owned: true, plural: String::new() }
+        LiveObject {
+            id,
+            uid: "u".into(),
+            resource_version: "1".into(),
+            part_of: Some("set-a".into()),
+            prune_disabled: false,
+            owned: true,
+            plural: String::new(),
+        }
     }
 
     fn policy() -> PrunePolicy {
@@ -277,11 +274,7 @@ mod tests {
     fn prune_disabled_objects_the_parent_and_the_agent_namespace_are_kept() {
         let mut pinned = member(id("", "ConfigMap", "apps", "pinned"));
         pinned.prune_disabled = true;
-        let live = vec![
-            pinned,
-            member(policy().parent.clone()),
-            member(id("", "Namespace", "", "driftless-system")),
-        ];
+        let live = vec![pinned, member(policy().parent.clone()), member(id("", "Namespace", "", "driftless-system"))];
         let mut p = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
         p.prunable.insert(GroupKind::new("", "Namespace"));
         let plan = plan_prune(&live, &HashSet::new(), &p);

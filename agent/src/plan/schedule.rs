@@ -92,9 +92,8 @@ pub fn role_of(binding: &Planned) -> Option<ObjectRef> {
 /// What `p` needs before its dry-run, given which objects exist (`exists`).
 pub fn needs(plan: &Plan, p: &Planned, exists: &dyn Fn(&ObjectRef) -> bool) -> Needs {
     let created = |id: &ObjectRef| plan.get(id).is_some() && !exists(id);
-    let namespace = (!p.id.namespace.is_empty())
-        .then(|| ObjectRef::new("", "Namespace", "", p.id.namespace.as_str()))
-        .filter(|ns| created(ns));
+    let namespace =
+        (!p.id.namespace.is_empty()).then(|| ObjectRef::new("", "Namespace", "", p.id.namespace.as_str())).filter(|ns| created(ns));
     let role = role_of(p).filter(|r| created(r));
     Needs { namespace, crd: p.needs_crd, role }
 }
@@ -315,12 +314,9 @@ mod tests {
 
     #[test]
     fn a_cluster_role_binding_to_a_role_that_is_not_in_git_is_validated_at_once() {
-        let plan = plan::build(
-            vec![manifest("b.yaml", binding("ClusterRoleBinding", "", "view", "ClusterRole", "view", 0))],
-            &catalog(),
-            &opts(),
-        )
-        .unwrap();
+        let plan =
+            plan::build(vec![manifest("b.yaml", binding("ClusterRoleBinding", "", "view", "ClusterRole", "view", 0))], &catalog(), &opts())
+                .unwrap();
         let s = build(&plan, &|_| false, &|_| false);
         assert_eq!(s.validate, [0]);
         assert_eq!(s.definitions, []);

@@ -37,14 +37,7 @@ impl Inventory {
     /// Reads the annotations of a live parent.
     pub fn from_annotations(annotations: &serde_json::Value) -> Self {
         let list = |key: &str| -> Vec<String> {
-            annotations[key]
-                .as_str()
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
+            annotations[key].as_str().unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
         };
         Self {
             // an entry without a kind (`.`, `.apps`) names nothing: dropped, so a written and

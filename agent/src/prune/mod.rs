@@ -185,7 +185,8 @@ pub async fn read_claims(cluster: &Cluster, agent_namespace: &str, own: &ObjectR
 
 /// The claims annotation's value for these objects.
 pub fn encode_claims(ids: &[ObjectRef]) -> String {
-    let list: Vec<[&str; 4]> = ids.iter().map(|id| [id.group.as_str(), id.kind.as_str(), id.namespace.as_str(), id.name.as_str()]).collect();
+    let list: Vec<[&str; 4]> =
+        ids.iter().map(|id| [id.group.as_str(), id.kind.as_str(), id.namespace.as_str(), id.name.as_str()]).collect();
     serde_json::to_string(&list).unwrap_or_default()
 }
 

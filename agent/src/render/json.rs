@@ -17,9 +17,7 @@ pub(crate) fn parse_document(text: &str, budget: &Budget) -> Parsed {
         return parsed;
     }
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let result = ValueSeed::json(budget)
-        .deserialize(&mut deserializer)
-        .and_then(|value| deserializer.end().map(|()| value));
+    let result = ValueSeed::json(budget).deserialize(&mut deserializer).and_then(|value| deserializer.end().map(|()| value));
     match result {
         Ok(value) => parsed.docs.push(Doc { value, line, index: 0 }),
         Err(error) => {
@@ -28,8 +26,7 @@ pub(crate) fn parse_document(text: &str, budget: &Budget) -> Parsed {
                 Some(limit) => limit,
                 None => format!("invalid JSON: {error}"),
             };
-            parsed.failure =
-                Some(Failure { line: error_line.or(Some(line)), object: None, message });
+            parsed.failure = Some(Failure { line: error_line.or(Some(line)), object: None, message });
         }
     }
     parsed
@@ -48,10 +45,7 @@ mod tests {
     fn one_document_with_its_line() {
         let parsed = parse("\n\n  {\"a\": [1, 2]}\n", &Limits::default());
         assert!(parsed.failure.is_none());
-        assert_eq!(
-            parsed.docs,
-            vec![Doc { value: serde_json::json!({"a": [1, 2]}), line: 3, index: 0 }]
-        );
+        assert_eq!(parsed.docs, vec![Doc { value: serde_json::json!({"a": [1, 2]}), line: 3, index: 0 }]);
     }
 
     #[test]

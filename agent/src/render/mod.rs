@@ -50,13 +50,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_file_bytes: 4 << 20,
-            max_total_bytes: 64 << 20,
-            max_documents: 20_000,
-            max_depth: 64,
-            max_nodes: 200_000,
-        }
+        Self { max_file_bytes: 4 << 20, max_total_bytes: 64 << 20, max_documents: 20_000, max_depth: 64, max_nodes: 200_000 }
     }
 }
 
@@ -132,10 +126,7 @@ pub fn render(files: &[SourceFile], limits: &Limits) -> Result<Vec<Manifest>, Re
             problems.push(file_problem(
                 file,
                 None,
-                format!(
-                    "the file has {size} bytes, more than the limit of {} (max_file_bytes)",
-                    limits.max_file_bytes
-                ),
+                format!("the file has {size} bytes, more than the limit of {} (max_file_bytes)", limits.max_file_bytes),
             ));
         }
         let before = total;
@@ -169,33 +160,19 @@ pub fn render(files: &[SourceFile], limits: &Limits) -> Result<Vec<Manifest>, Re
                 continue;
             }
         };
-        let parsed = if file.path.ends_with(".json") {
-            json::parse_document(text, &budget)
-        } else {
-            yaml::parse_documents(text, &budget)
-        };
+        let parsed = if file.path.ends_with(".json") { json::parse_document(text, &budget) } else { yaml::parse_documents(text, &budget) };
         for doc in parsed.docs {
             collect(&file.path, doc, &budget, &mut manifests, &mut problems);
         }
         if let Some(failure) = parsed.failure {
-            problems.push(Problem {
-                file: file.path.clone(),
-                line: failure.line,
-                object: failure.object,
-                cause: failure.message,
-            });
+            problems.push(Problem { file: file.path.clone(), line: failure.line, object: failure.object, cause: failure.message });
         }
         if budget.exhausted() {
             break;
         }
     }
 
-    tracing::debug!(
-        files = files.len(),
-        objects = manifests.len(),
-        problems = problems.len(),
-        "rendered"
-    );
+    tracing::debug!(files = files.len(), objects = manifests.len(), problems = problems.len(), "rendered");
     if problems.is_empty() {
         Ok(manifests)
     } else {
@@ -221,20 +198,9 @@ fn decode(content: &[u8]) -> Result<&str, (usize, String)> {
 }
 
 /// Checks one document, expands it if it is a List, and adds its objects (or its problems).
-fn collect(
-    file: &str,
-    doc: Doc,
-    budget: &Budget,
-    manifests: &mut Vec<Manifest>,
-    problems: &mut Vec<Problem>,
-) {
+fn collect(file: &str, doc: Doc, budget: &Budget, manifests: &mut Vec<Manifest>, problems: &mut Vec<Problem>) {
     let origin = Origin { file: file.to_owned(), line: doc.line, doc: doc.index };
-    let problem = |object: Option<String>, cause: String| Problem {
-        file: file.to_owned(),
-        line: Some(doc.line),
-        object,
-        cause,
-    };
+    let problem = |object: Option<String>, cause: String| Problem { file: file.to_owned(), line: Some(doc.line), object, cause };
     match doc.value {
         Value::Null => {}
         Value::Object(mut object) if is_list(&object) => {
@@ -242,10 +208,7 @@ fn collect(
                 None | Some(Value::Null) => Vec::new(),
                 Some(Value::Array(items)) => items,
                 Some(_) => {
-                    problems.push(problem(
-                        Some(describe_map(&object)),
-                        "items must be a list".to_owned(),
-                    ));
+                    problems.push(problem(Some(describe_map(&object)), "items must be a list".to_owned()));
                     return;
                 }
             };
@@ -291,13 +254,7 @@ fn is_list(object: &Map<String, Value>) -> bool {
 /// messages (where known) and every problem found.
 fn check(value: &Value) -> (Option<String>, Vec<String>) {
     let Value::Object(object) = value else {
-        return (
-            None,
-            vec![format!(
-                "expected a mapping with apiVersion, kind and metadata, found {}",
-                type_name(value)
-            )],
-        );
+        return (None, vec![format!("expected a mapping with apiVersion, kind and metadata, found {}", type_name(value))]);
     };
     let mut causes = Vec::new();
     for field in ["apiVersion", "kind"] {
@@ -305,9 +262,7 @@ fn check(value: &Value) -> (Option<String>, Vec<String>) {
             None | Some(Value::Null) => causes.push(format!("{field} is required")),
             Some(Value::String(s)) if s.is_empty() => causes.push(format!("{field} is required")),
             Some(Value::String(_)) => {}
-            Some(other) => {
-                causes.push(format!("{field} must be a string, not {}", type_name(other)))
-            }
+            Some(other) => causes.push(format!("{field} must be a string, not {}", type_name(other))),
         }
     }
     match object.get("metadata") {
@@ -321,19 +276,13 @@ fn check(value: &Value) -> (Option<String>, Vec<String>) {
 fn check_metadata(metadata: &Map<String, Value>, causes: &mut Vec<String>) {
     match metadata.get("name") {
         None | Some(Value::Null) => causes.push("metadata.name is required".to_owned()),
-        Some(Value::String(s)) if s.is_empty() => {
-            causes.push("metadata.name is required".to_owned())
-        }
+        Some(Value::String(s)) if s.is_empty() => causes.push("metadata.name is required".to_owned()),
         Some(Value::String(_)) => {}
-        Some(other) => causes
-            .push(format!("metadata.name must be a string, not {} (quote it)", type_name(other))),
+        Some(other) => causes.push(format!("metadata.name must be a string, not {} (quote it)", type_name(other))),
     }
     match metadata.get("namespace") {
         None | Some(Value::Null | Value::String(_)) => {}
-        Some(other) => causes.push(format!(
-            "metadata.namespace must be a string, not {} (quote it)",
-            type_name(other)
-        )),
+        Some(other) => causes.push(format!("metadata.namespace must be a string, not {} (quote it)", type_name(other))),
     }
     for field in ["labels", "annotations"] {
         match metadata.get(field) {
@@ -341,16 +290,11 @@ fn check_metadata(metadata: &Map<String, Value>, causes: &mut Vec<String>) {
             Some(Value::Object(entries)) => {
                 for (key, value) in entries {
                     if !value.is_string() {
-                        causes.push(format!(
-                            "metadata.{field}.{key} must be a string, not {} (quote it)",
-                            type_name(value)
-                        ));
+                        causes.push(format!("metadata.{field}.{key} must be a string, not {} (quote it)", type_name(value)));
                     }
                 }
             }
-            Some(other) => {
-                causes.push(format!("metadata.{field} must be a mapping, not {}", type_name(other)))
-            }
+            Some(other) => causes.push(format!("metadata.{field} must be a mapping, not {}", type_name(other))),
         }
     }
 }
@@ -359,11 +303,7 @@ fn check_metadata(metadata: &Map<String, Value>, causes: &mut Vec<String>) {
 /// `object api (no kind)` or `object with no kind and no name`.
 fn describe_map(object: &Map<String, Value>) -> String {
     let kind = object.get("kind").and_then(Value::as_str).filter(|s| !s.is_empty());
-    let name = object
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty());
+    let name = object.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).filter(|s| !s.is_empty());
     match (kind, name) {
         (Some(kind), Some(name)) => format!("{kind} {name}"),
         (Some(kind), None) => format!("kind {kind} (no name)"),

@@ -43,12 +43,7 @@ impl Selector {
             return Err(RenderError { problems });
         }
         let ignore = builder.build().map_err(|error| RenderError {
-            problems: vec![Problem {
-                file: IGNORE_FILE.to_owned(),
-                line: None,
-                object: None,
-                cause: format!("invalid patterns: {error}"),
-            }],
+            problems: vec![Problem { file: IGNORE_FILE.to_owned(), line: None, object: None, cause: format!("invalid patterns: {error}") }],
         })?;
         Ok(Self { ignore })
     }

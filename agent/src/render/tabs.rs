@@ -216,9 +216,7 @@ fn scan(spaced: &str, original: &str) -> Scan {
         result.reached = start;
         match token.token_type() {
             TokenType::FlowSequenceStart | TokenType::FlowMappingStart => depth += 1,
-            TokenType::FlowSequenceEnd | TokenType::FlowMappingEnd => {
-                depth = depth.saturating_sub(1)
-            }
+            TokenType::FlowSequenceEnd | TokenType::FlowMappingEnd => depth = depth.saturating_sub(1),
             TokenType::Scalar(style, _) => match style {
                 ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => {
                     result.scalars.push((start, end, Kind::Quoted));
@@ -231,9 +229,7 @@ fn scan(spaced: &str, original: &str) -> Scan {
                 }
                 _ => result.scalars.push((start, end, Kind::Plain)),
             },
-            TokenType::BlockEntry if depth == 0 => {
-                check_indicator(&mut result, original, start, '-')
-            }
+            TokenType::BlockEntry if depth == 0 => check_indicator(&mut result, original, start, '-'),
             TokenType::Key if depth == 0 => check_indicator(&mut result, original, start, '?'),
             TokenType::Value if depth == 0 => check_indicator(&mut result, original, start, ':'),
             _ => {}

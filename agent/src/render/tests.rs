@@ -16,17 +16,7 @@ fn cm(name: &str) -> String {
 
 /// (kind/name, file, line, doc) of each manifest.
 fn summary(manifests: &[Manifest]) -> Vec<(String, String, usize, usize)> {
-    manifests
-        .iter()
-        .map(|m| {
-            (
-                format!("{}/{}", m.kind(), m.name()),
-                m.origin.file.clone(),
-                m.origin.line,
-                m.origin.doc,
-            )
-        })
-        .collect()
+    manifests.iter().map(|m| (format!("{}/{}", m.kind(), m.name()), m.origin.file.clone(), m.origin.line, m.origin.doc)).collect()
 }
 
 fn render_err(files: &[SourceFile], limits: &Limits) -> RenderError {
@@ -58,25 +48,16 @@ fn multi_document_yaml_with_comments_and_separators() {
             ("ConfigMap/c".to_owned(), "app/cms.yaml".to_owned(), 18, 2),
         ]
     );
-    assert_eq!(
-        manifests[0].value(),
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}})
-    );
+    assert_eq!(manifests[0].value(), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}));
 }
 
 #[test]
 fn files_keep_their_order() {
-    let files = [
-        file("b.yaml", &cm("from-b")),
-        file("a.json", r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}"#),
-    ];
+    let files = [file("b.yaml", &cm("from-b")), file("a.json", r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}"#)];
     let manifests = render(&files, &Limits::default()).unwrap();
     assert_eq!(
         summary(&manifests),
-        vec![
-            ("ConfigMap/from-b".to_owned(), "b.yaml".to_owned(), 1, 0),
-            ("Namespace/x".to_owned(), "a.json".to_owned(), 1, 0),
-        ]
+        vec![("ConfigMap/from-b".to_owned(), "b.yaml".to_owned(), 1, 0), ("Namespace/x".to_owned(), "a.json".to_owned(), 1, 0),]
     );
 }
 
@@ -91,10 +72,7 @@ fn empty_documents_and_files_are_skipped() {
         file("mixed.yaml", &text),
     ];
     let manifests = render(&files, &Limits::default()).unwrap();
-    assert_eq!(
-        summary(&manifests),
-        vec![("ConfigMap/only".to_owned(), "mixed.yaml".to_owned(), 8, 2)]
-    );
+    assert_eq!(summary(&manifests), vec![("ConfigMap/only".to_owned(), "mixed.yaml".to_owned(), 8, 2)]);
 }
 
 #[test]
@@ -136,22 +114,11 @@ fn list_items_are_checked() {
     assert_eq!(
         problems(&err),
         vec![
-            (
-                Some(1),
-                Some("kind ConfigMap (no name) (items[1])".to_owned()),
-                "metadata.name is required".to_owned()
-            ),
-            (
-                Some(1),
-                Some("items[2]".to_owned()),
-                "expected a mapping with apiVersion, kind and metadata, found a number".to_owned()
-            ),
+            (Some(1), Some("kind ConfigMap (no name) (items[1])".to_owned()), "metadata.name is required".to_owned()),
+            (Some(1), Some("items[2]".to_owned()), "expected a mapping with apiVersion, kind and metadata, found a number".to_owned()),
         ]
     );
-    let err = render_err(
-        &[file("l.yaml", "apiVersion: v1\nkind: List\nitems: {a: 1}\n")],
-        &Limits::default(),
-    );
+    let err = render_err(&[file("l.yaml", "apiVersion: v1\nkind: List\nitems: {a: 1}\n")], &Limits::default());
     assert_eq!(err.problems[0].cause, "items must be a list");
 }
 
@@ -162,8 +129,7 @@ fn json_files() {
     assert_eq!(summary(&manifests), vec![("Deployment/api".to_owned(), "d.json".to_owned(), 2, 0)]);
     assert_eq!(manifests[0].namespace(), Some("web"));
 
-    let err =
-        render_err(&[file("bad.json", "{\n\"apiVersion\": \"v1\",\n}\n")], &Limits::default());
+    let err = render_err(&[file("bad.json", "{\n\"apiVersion\": \"v1\",\n}\n")], &Limits::default());
     assert_eq!(err.problems[0].line, Some(3));
     assert!(err.problems[0].cause.starts_with("invalid JSON"), "{err}");
 
@@ -182,23 +148,11 @@ fn missing_fields_name_the_line_and_object() {
     assert_eq!(
         problems(&err),
         vec![
-            (
-                Some(7),
-                Some("kind Deployment (no name)".to_owned()),
-                "metadata.name is required".to_owned()
-            ),
+            (Some(7), Some("kind Deployment (no name)".to_owned()), "metadata.name is required".to_owned()),
             (Some(12), Some("Service web".to_owned()), "apiVersion is required".to_owned()),
             (Some(16), Some("object x (no kind)".to_owned()), "kind is required".to_owned()),
-            (
-                Some(19),
-                Some("kind Pod (no name)".to_owned()),
-                "apiVersion must be a string, not a number".to_owned()
-            ),
-            (
-                Some(19),
-                Some("kind Pod (no name)".to_owned()),
-                "metadata.name is required".to_owned()
-            ),
+            (Some(19), Some("kind Pod (no name)".to_owned()), "apiVersion must be a string, not a number".to_owned()),
+            (Some(19), Some("kind Pod (no name)".to_owned()), "metadata.name is required".to_owned()),
         ]
     );
     assert!(err.to_string().starts_with(
@@ -231,35 +185,19 @@ fn non_mapping_documents_are_errors() {
     assert_eq!(
         problems(&err),
         vec![
-            (
-                Some(1),
-                None,
-                "expected a mapping with apiVersion, kind and metadata, found a list".to_owned()
-            ),
-            (
-                Some(4),
-                None,
-                "expected a mapping with apiVersion, kind and metadata, found a string".to_owned()
-            ),
+            (Some(1), None, "expected a mapping with apiVersion, kind and metadata, found a list".to_owned()),
+            (Some(4), None, "expected a mapping with apiVersion, kind and metadata, found a string".to_owned()),
         ]
     );
 }
 
 #[test]
 fn yaml_error_in_third_document_reports_the_file_line() {
-    let text = format!(
-        "{}---\n{}---\n# third\n{}  labels:\n    a: b: c\n",
-        cm("one"),
-        cm("two"),
-        cm("three")
-    );
+    let text = format!("{}---\n{}---\n# third\n{}  labels:\n    a: b: c\n", cm("one"), cm("two"), cm("three"));
     let err = render_err(&[file("x.yaml", &text)], &Limits::default());
     assert_eq!(err.problems.len(), 1, "{err}");
     assert_eq!(err.problems[0].line, Some(17), "{err}");
-    assert!(
-        err.problems[0].cause.starts_with("invalid YAML: mapping values are not allowed"),
-        "{err}"
-    );
+    assert!(err.problems[0].cause.starts_with("invalid YAML: mapping values are not allowed"), "{err}");
     assert_eq!(err.problems[0].object.as_deref(), Some("ConfigMap three"), "{err}");
     assert!(err.to_string().starts_with("x.yaml:17: ConfigMap three: invalid YAML"), "{err}");
 }
@@ -278,8 +216,7 @@ fn parsing_stops_at_the_first_syntax_error_but_other_files_continue() {
 fn file_size_limit() {
     let limits = Limits { max_file_bytes: 100, ..Limits::default() };
     let big = format!("{}  annotations:\n    a: \"{}\"\n", cm("big"), "x".repeat(200));
-    let files =
-        [file("big.yaml", &big), file("small.yaml", &cm("small")), file("bad.yaml", "kind: X\n")];
+    let files = [file("big.yaml", &big), file("small.yaml", &cm("small")), file("bad.yaml", "kind: X\n")];
     let err = render_err(&files, &limits);
     let got: Vec<_> = err.problems.iter().map(|p| (p.file.as_str(), p.cause.as_str())).collect();
     assert_eq!(
@@ -300,12 +237,7 @@ fn total_size_limit() {
     let one = cm("a");
     let limits = Limits { max_total_bytes: one.len() as u64 * 2, ..Limits::default() };
     assert_eq!(render(&[file("1.yaml", &one), file("2.yaml", &one)], &limits).unwrap().len(), 2);
-    let files = [
-        file("1.yaml", &one),
-        file("2.yaml", &one),
-        file("3.yaml", &one),
-        file("4.yaml", "garbage: ["),
-    ];
+    let files = [file("1.yaml", &one), file("2.yaml", &one), file("3.yaml", &one), file("4.yaml", "garbage: [")];
     let err = render_err(&files, &limits);
     assert_eq!(err.problems.len(), 1, "nothing is parsed past the total limit: {err}");
     assert_eq!(err.problems[0].file, "3.yaml");
@@ -318,10 +250,7 @@ fn document_limit_counts_documents_and_list_items() {
     let three = format!("{}---\n{}---\n{}", cm("a"), cm("b"), cm("c"));
     assert_eq!(render(&[file("ok.yaml", &three)], &limits).unwrap().len(), 3);
 
-    let err = render_err(
-        &[file("ok.yaml", &three), file("more.yaml", &cm("d")), file("later.yaml", "x")],
-        &limits,
-    );
+    let err = render_err(&[file("ok.yaml", &three), file("more.yaml", &cm("d")), file("later.yaml", "x")], &limits);
     assert_eq!(err.problems.len(), 1, "{err}");
     assert_eq!(err.problems[0].file, "more.yaml");
     assert!(err.problems[0].cause.contains("max_documents"), "{err}");
@@ -346,10 +275,7 @@ fn depth_limit() {
 
     // Far deeper than any parser's own recursion limit: still a clean error.
     let very_deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let err = render_err(
-        &[file("deep.yaml", &very_deep), file("deep.json", &very_deep)],
-        &Limits::default(),
-    );
+    let err = render_err(&[file("deep.yaml", &very_deep), file("deep.json", &very_deep)], &Limits::default());
     assert_eq!(err.problems.len(), 2, "{err}");
     assert!(err.problems.iter().all(|p| p.cause.contains("max_depth")), "{err}");
 }
@@ -511,12 +437,8 @@ fn display_lists_problems_and_caps_them() {
         cause: "metadata.name is required".to_owned(),
     };
     let err = RenderError { problems: vec![problem(1), problem(2)] };
-    assert_eq!(
-        err.to_string(),
-        "f1.yaml:1: metadata.name is required; f2.yaml:2: ConfigMap c2: metadata.name is required"
-    );
-    let no_line =
-        Problem { file: "x.yaml".into(), line: None, object: None, cause: "too big".into() };
+    assert_eq!(err.to_string(), "f1.yaml:1: metadata.name is required; f2.yaml:2: ConfigMap c2: metadata.name is required");
+    let no_line = Problem { file: "x.yaml".into(), line: None, object: None, cause: "too big".into() };
     assert_eq!(no_line.to_string(), "x.yaml: too big");
     let many = RenderError { problems: (1..=25).map(problem).collect() };
     let text = many.to_string();
@@ -547,8 +469,7 @@ spec:
 
 #[test]
 fn seed_002_tab_indentation_names_the_file_line_and_cause() {
-    let files =
-        [file("k8s/postgres-deployment.yaml", SEED_002_POSTGRES), file("k8s/ok.yaml", &cm("ok"))];
+    let files = [file("k8s/postgres-deployment.yaml", SEED_002_POSTGRES), file("k8s/ok.yaml", &cm("ok"))];
     let err = render_err(&files, &Limits::default());
     assert_eq!(
         err.to_string(),
@@ -571,12 +492,8 @@ fn seed_002_tab_indentation_names_the_file_line_and_cause() {
 
     // with the tabs made spaces, it renders: the typos are for the API server to name
     let spaces = deployment.replace('\t', "    ");
-    let manifests =
-        render(&[file("k8s/postgres-deployment.yaml", &spaces)], &Limits::default()).unwrap();
-    assert_eq!(
-        manifests[0].value()["spec"]["volumes"][0]["persistenctVolumeClaim"]["claimName"],
-        "db-pvc"
-    );
+    let manifests = render(&[file("k8s/postgres-deployment.yaml", &spaces)], &Limits::default()).unwrap();
+    assert_eq!(manifests[0].value()["spec"]["volumes"][0]["persistenctVolumeClaim"]["claimName"], "db-pvc");
 }
 
 #[test]
@@ -620,6 +537,9 @@ fn underindented_continuation_lines_of_quoted_scalars_read_as_kubectl_reads_them
         assert_eq!(summary(&manifests)[1].2, text.lines().position(|l| l == "---").unwrap() + 2, "{body:?}");
     }
     // an unclosed quote is still reported as one
-    let err = render_err(&[file("a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: \"one\ntwo\n")], &Limits::default());
+    let err = render_err(
+        &[file("a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: \"one\ntwo\n")],
+        &Limits::default(),
+    );
     assert!(err.to_string().contains("quoted scalar"), "{err}");
 }

@@ -124,10 +124,7 @@ impl Budget {
         self.documents.set(documents);
         if documents > self.max_documents {
             self.exhausted.set(true);
-            return Err(format!(
-                "more than {} documents in the revision (limit max_documents)",
-                self.max_documents
-            ));
+            return Err(format!("more than {} documents in the revision (limit max_documents)", self.max_documents));
         }
         Ok(())
     }
@@ -154,10 +151,9 @@ impl Budget {
         let doc_nodes = self.doc_nodes.get() + 1;
         self.doc_nodes.set(doc_nodes);
         if doc_nodes > self.max_nodes {
-            return Err(self.fail(format!(
-                "the document has more than {} nodes after expanding YAML aliases (limit max_nodes)",
-                self.max_nodes
-            )));
+            return Err(
+                self.fail(format!("the document has more than {} nodes after expanding YAML aliases (limit max_nodes)", self.max_nodes))
+            );
         }
         let used = self.revision_nodes_used.get() + 1;
         self.revision_nodes_used.set(used);
@@ -175,10 +171,7 @@ impl Budget {
     /// Checks the nesting depth of a map or sequence.
     fn enter<E: de::Error>(&self, depth: usize) -> Result<(), E> {
         if depth > self.max_depth {
-            return Err(self.fail(format!(
-                "maps and lists are nested deeper than {} levels (limit max_depth)",
-                self.max_depth
-            )));
+            return Err(self.fail(format!("maps and lists are nested deeper than {} levels (limit max_depth)", self.max_depth)));
         }
         Ok(())
     }
@@ -251,35 +244,26 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
         match i64::try_from(v) {
             Ok(v) => self.visit_i64(v),
-            Err(_) => Err(E::custom(format!(
-                "the number {v} does not fit in 64 bits (quote it if it is meant as a string)"
-            ))),
+            Err(_) => Err(E::custom(format!("the number {v} does not fit in 64 bits (quote it if it is meant as a string)"))),
         }
     }
 
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
         match u64::try_from(v) {
             Ok(v) => self.visit_u64(v),
-            Err(_) => Err(E::custom(format!(
-                "the number {v} does not fit in 64 bits (quote it if it is meant as a string)"
-            ))),
+            Err(_) => Err(E::custom(format!("the number {v} does not fit in 64 bits (quote it if it is meant as a string)"))),
         }
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         self.budget.node()?;
         // 2^64 and -2^63: integer literals past them reach us as floats from serde-saphyr.
-        if self.yaml
-            && v.fract() == 0.0
-            && (v >= 18_446_744_073_709_551_616.0 || v <= -9_223_372_036_854_775_808.0)
-        {
+        if self.yaml && v.fract() == 0.0 && (v >= 18_446_744_073_709_551_616.0 || v <= -9_223_372_036_854_775_808.0) {
             self.budget.wide_number.set(true);
         }
         match Number::from_f64(v) {
             Some(n) => Ok(Value::Number(n)),
-            None => Err(E::custom(format!(
-                "the number {v} cannot be represented in JSON (quote it if it is meant as a string)"
-            ))),
+            None => Err(E::custom(format!("the number {v} cannot be represented in JSON (quote it if it is meant as a string)"))),
         }
     }
 
@@ -310,10 +294,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         deserializer.deserialize_any(self)
     }
 
-    fn visit_newtype_struct<D: Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Value, D::Error> {
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         deserializer.deserialize_any(self)
     }
 

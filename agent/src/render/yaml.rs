@@ -23,13 +23,8 @@ use std::panic::{self, AssertUnwindSafe};
 use serde::de::DeserializeSeed;
 use serde_json::Value;
 use serde_saphyr::budget::BudgetBreach;
-use serde_saphyr::granit_parser::{
-    ErrorKind, Event, Parser, ScalarStyle, Scanner, StrInput, TokenType,
-};
-use serde_saphyr::{
-    DefaultMessageFormatter, Error, ExternalMessageSource, Location, MessageFormatter,
-    NonFiniteFloatPolicy,
-};
+use serde_saphyr::granit_parser::{ErrorKind, Event, Parser, ScalarStyle, Scanner, StrInput, TokenType};
+use serde_saphyr::{DefaultMessageFormatter, Error, ExternalMessageSource, Location, MessageFormatter, NonFiniteFloatPolicy};
 
 use super::tabs;
 use super::value::{Budget, Doc, Failure, Parsed, ValueSeed};
@@ -52,9 +47,7 @@ pub fn parse_config(text: &str) -> Result<Value, String> {
     match (docs.next(), docs.next()) {
         (Some(doc), None) => Ok(doc.value),
         (None, _) => Err("the file holds no YAML document".to_owned()),
-        (Some(_), Some(second)) => {
-            Err(format!("line {}: the file must hold a single YAML document", second.line))
-        }
+        (Some(_), Some(second)) => Err(format!("line {}: the file must hold a single YAML document", second.line)),
     }
 }
 
@@ -67,8 +60,7 @@ pub(crate) fn parse_documents(text: &str, budget: &Budget) -> Parsed {
     for chunk in split_documents(text) {
         // The line of the chunk's first line in the file, minus one.
         let offset = chunk.first_line - 1;
-        let result =
-            panic::catch_unwind(AssertUnwindSafe(|| parse_chunk(chunk.text, offset, budget)));
+        let result = panic::catch_unwind(AssertUnwindSafe(|| parse_chunk(chunk.text, offset, budget)));
         let value = match result {
             Ok(Ok(value)) => value,
             Ok(Err(failure)) => {
@@ -113,10 +105,8 @@ fn options(budget: &Budget) -> serde_saphyr::Options {
 
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(limits);
-    options.alias_limits.max_total_replayed_events =
-        options.alias_limits.max_total_replayed_events.max(nodes.saturating_mul(2));
-    options.alias_limits.max_replay_stack_depth =
-        options.alias_limits.max_replay_stack_depth.max(depth);
+    options.alias_limits.max_total_replayed_events = options.alias_limits.max_total_replayed_events.max(nodes.saturating_mul(2));
+    options.alias_limits.max_replay_stack_depth = options.alias_limits.max_replay_stack_depth.max(depth);
     // `yes`, `on`, `y` stay strings, as serde_yaml read them (kubectl makes them booleans).
     options.strict_booleans = true;
     // `0644` is 420, as kubectl reads it (serde_yaml kept the string "0644").
@@ -168,8 +158,7 @@ fn parse_chunk(text: &str, offset: usize, budget: &Budget) -> Result<Value, Fail
     for _ in 0..MAX_QUOTED_REPAIRS {
         let Err(error) = &result else { break };
         let text = repaired.as_deref().unwrap_or(source);
-        let Some(fixed) = underindented_quoted_line(error).filter(|_| !budget.has_exceeded()).and_then(|line| reindent(text, line))
-        else {
+        let Some(fixed) = underindented_quoted_line(error).filter(|_| !budget.has_exceeded()).and_then(|line| reindent(text, line)) else {
             break;
         };
         budget.rewind(used);
@@ -178,8 +167,7 @@ fn parse_chunk(text: &str, offset: usize, budget: &Budget) -> Result<Value, Fail
     }
     let source = repaired.as_deref().unwrap_or(source);
     let wide = budget.take_wide_number();
-    let value =
-        result.map_err(|error| describe_error(&error, source, offset, budget, tabs.rejected))?;
+    let value = result.map_err(|error| describe_error(&error, source, offset, budget, tabs.rejected))?;
     if let Some((line, column)) = tabs.rejected {
         return Err(tab_failure(line + offset, column));
     }
@@ -191,13 +179,7 @@ fn parse_chunk(text: &str, offset: usize, budget: &Budget) -> Result<Value, Fail
 
 /// Turns a serde-saphyr error on `text` (which starts at line `offset + 1` of the file) into a
 /// failure with the true line. `tab` is the first tab [`tabs::check`] rejected in the text.
-fn describe_error(
-    error: &Error,
-    text: &str,
-    offset: usize,
-    budget: &Budget,
-    tab: Option<(usize, usize)>,
-) -> Failure {
+fn describe_error(error: &Error, text: &str, offset: usize, budget: &Budget, tab: Option<(usize, usize)>) -> Failure {
     let (error, location) = unwrap_error(error);
     let position = location.map(|l| (l.line() as usize, l.column() as usize));
     let limit = budget.take_exceeded();
@@ -212,9 +194,7 @@ fn describe_error(
     // about a tab is about the first one in the indentation of its line or a later one.
     let tab = match tab {
         Some(tab) if position.is_none_or(|p| tab <= p) => Some(tab),
-        _ if scan.is_some_and(is_tab_error) => {
-            indentation_tab(text, position.map_or(1, |(line, _)| line)).or(tab)
-        }
+        _ if scan.is_some_and(is_tab_error) => indentation_tab(text, position.map_or(1, |(line, _)| line)).or(tab),
         _ => None,
     };
     if let Some((tab_line, column)) = tab {
@@ -228,15 +208,12 @@ fn describe_error(
     let cause = match error {
         Error::ExternalMessage { msg, .. } => match scan {
             // libyaml's words, which the tests and users know.
-            Some(ErrorKind::UnexpectedCharacter { character }) => format!(
-                "found character `{}` that cannot start any token",
-                character.escape_default()
-            ),
+            Some(ErrorKind::UnexpectedCharacter { character }) => {
+                format!("found character `{}` that cannot start any token", character.escape_default())
+            }
             // The scanner looks ahead through nested flow collections before the seed sees
             // them; its nesting limit is above max_depth.
-            Some(ErrorKind::RecursionLimitExceeded) => {
-                breach_message(&BudgetBreach::Depth { depth: 0 }, budget)
-            }
+            Some(ErrorKind::RecursionLimitExceeded) => breach_message(&BudgetBreach::Depth { depth: 0 }, budget),
             // Found where the document ends (as libyaml reported them), pointing at the opening.
             Some(ErrorKind::UnclosedFlowCollection { open }) => {
                 unclosed = true;
@@ -252,13 +229,8 @@ fn describe_error(
         Error::UnsupportedTag { tag, .. } => format!("YAML tag `{tag}` is not supported"),
         Error::DuplicateMappingKey { key: Some(key), .. } => format!("duplicate key `{key}`"),
         Error::DuplicateMappingKey { key: None, .. } => "duplicate key".to_owned(),
-        Error::MergeValueNotMapOrSeqOfMaps { .. } => {
-            "a merge key `<<` needs a mapping or a list of mappings".to_owned()
-        }
-        Error::NullIntoString { .. } => {
-            "a mapping key is null (`~`, `null` or nothing); quote it if it is meant as a string"
-                .to_owned()
-        }
+        Error::MergeValueNotMapOrSeqOfMaps { .. } => "a merge key `<<` needs a mapping or a list of mappings".to_owned(),
+        Error::NullIntoString { .. } => "a mapping key is null (`~`, `null` or nothing); quote it if it is meant as a string".to_owned(),
         Error::Unexpected { expected: "string scalar", .. } => {
             let found = match position.and_then(|(line, column)| char_at(text, line, column)) {
                 Some('[' | '-') => "sequence",
@@ -267,31 +239,19 @@ fn describe_error(
             format!("invalid type: {found}, expected a string or other scalar as mapping key")
         }
         Error::InvalidScalar { ty, .. } => format!("the value is not a valid {ty} for its tag"),
-        Error::TaggedScalarCannotDeserializeIntoString { .. } => {
-            "the YAML tag of this scalar is not supported".to_owned()
-        }
-        Error::RecursiveReferencesRequireWeakTypes { .. } => {
-            "a YAML alias refers to a node that contains it".to_owned()
-        }
+        Error::TaggedScalarCannotDeserializeIntoString { .. } => "the YAML tag of this scalar is not supported".to_owned(),
+        Error::RecursiveReferencesRequireWeakTypes { .. } => "a YAML alias refers to a node that contains it".to_owned(),
         Error::AliasReplayCounterOverflow { .. }
         | Error::AliasReplayLimitExceeded { .. }
         | Error::AliasExpansionLimitExceeded { .. }
-        | Error::AliasReplayStackDepthExceeded { .. } => {
-            "too many YAML alias expansions in this document (a YAML bomb?)".to_owned()
-        }
+        | Error::AliasReplayStackDepthExceeded { .. } => "too many YAML alias expansions in this document (a YAML bomb?)".to_owned(),
         Error::Budget { breach, .. } => breach_message(breach, budget),
         other => DefaultMessageFormatter.format_message(other).into_owned(),
     };
     let message = match position {
         // In the text's lines, then moved (with any the cause names) to lines of the file.
-        Some((at, column)) if unclosed => relocate(
-            &format!("invalid YAML: {cause} at line {at} column {column} is closed"),
-            text,
-            offset,
-        ),
-        Some((at, column)) => {
-            relocate(&format!("invalid YAML: {cause} at line {at} column {column}"), text, offset)
-        }
+        Some((at, column)) if unclosed => relocate(&format!("invalid YAML: {cause} at line {at} column {column} is closed"), text, offset),
+        Some((at, column)) => relocate(&format!("invalid YAML: {cause} at line {at} column {column}"), text, offset),
         None => format!("invalid YAML: {cause}"),
     };
     let line = if unclosed { Some(end_line(text) + offset) } else { line };
@@ -334,9 +294,9 @@ fn reindent(text: &str, line: usize) -> Option<String> {
     let above = lines.get(..index)?.iter().rev().find(|l| !l.trim().is_empty())?;
     let depth = above.len() - above.trim_start_matches([' ', '-']).len() + 1;
     let content = target.trim_start_matches([' ', '\t']);
-    let marker = ["---", "..."].iter().any(|m| {
-        target.strip_prefix(m).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
-    });
+    let marker = ["---", "..."]
+        .iter()
+        .any(|m| target.strip_prefix(m).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n'])));
     if marker {
         // a document marker ends the document, inside a quoted scalar too (libyaml's error)
         return None;
@@ -402,8 +362,7 @@ fn end_line(text: &str) -> usize {
             return line;
         }
         // as the parser counts them: `\r\n`, `\n` and a lone `\r` each end a line
-        line += raw.matches('\r').count() + usize::from(raw.ends_with('\n'))
-            - usize::from(raw.ends_with("\r\n"));
+        line += raw.matches('\r').count() + usize::from(raw.ends_with('\n')) - usize::from(raw.ends_with("\r\n"));
     }
     line
 }
@@ -416,14 +375,10 @@ fn char_at(text: &str, line: usize, column: usize) -> Option<char> {
 /// A message for a limit of serde-saphyr's own budget (see [`options`]).
 fn breach_message(breach: &BudgetBreach, budget: &Budget) -> String {
     match breach {
-        BudgetBreach::Depth { .. } => format!(
-            "maps and lists are nested deeper than {} levels (limit max_depth)",
-            budget.max_depth()
-        ),
-        BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => format!(
-            "the document has more than {} nodes after expanding YAML aliases (limit max_nodes)",
-            budget.max_nodes()
-        ),
+        BudgetBreach::Depth { .. } => format!("maps and lists are nested deeper than {} levels (limit max_depth)", budget.max_depth()),
+        BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => {
+            format!("the document has more than {} nodes after expanding YAML aliases (limit max_nodes)", budget.max_nodes())
+        }
         other => {
             format!("the document passes a limit of the YAML parser ({other:?}; a YAML bomb?)")
         }
@@ -665,11 +620,7 @@ fn split_documents(text: &str) -> Vec<Chunk<'_>> {
         pos += line.len();
         if let Some(rest) = marker_rest(line, "---") {
             if let Some(content_line) = content {
-                chunks.push(Chunk {
-                    text: &text[start..line_start],
-                    first_line: start_line,
-                    content_line,
-                });
+                chunks.push(Chunk { text: &text[start..line_start], first_line: start_line, content_line });
             }
             // A chunk with content ends here; so does an explicit empty document (`---` with
             // nothing after it). Comments and directives before a first `---` stay with it.
@@ -681,11 +632,7 @@ fn split_documents(text: &str) -> Vec<Chunk<'_>> {
             marker = true;
         } else if marker_rest(line, "...").is_some_and(|rest| !is_content(rest)) {
             if let Some(content_line) = content {
-                chunks.push(Chunk {
-                    text: &text[start..pos],
-                    first_line: start_line,
-                    content_line,
-                });
+                chunks.push(Chunk { text: &text[start..pos], first_line: start_line, content_line });
             }
             start = pos;
             start_line = number + 1;
@@ -761,12 +708,7 @@ mod tests {
         let got: Vec<_> = parsed.docs.iter().map(|d| (d.value.clone(), d.line, d.index)).collect();
         assert_eq!(
             got,
-            vec![
-                (serde_json::json!({"a": 1}), 1, 0),
-                (serde_json::json!({"b": 2}), 4, 1),
-                (Value::Null, 5, 2),
-                (Value::Null, 7, 3),
-            ]
+            vec![(serde_json::json!({"a": 1}), 1, 0), (serde_json::json!({"b": 2}), 4, 1), (Value::Null, 5, 2), (Value::Null, 7, 3),]
         );
     }
 
@@ -793,17 +735,10 @@ mod tests {
     fn merge_keys_tags_and_keys() {
         let parsed = parse("base: &b {x: 1, y: 2}\nobj:\n  <<: *b\n  y: 3\n1: one\ntrue: yes\n");
         assert!(parsed.failure.is_none(), "{:?}", parsed.failure);
-        assert_eq!(
-            parsed.docs[0].value,
-            serde_json::json!({"base": {"x": 1, "y": 2}, "obj": {"x": 1, "y": 3}, "1": "one", "true": "yes"})
-        );
+        assert_eq!(parsed.docs[0].value, serde_json::json!({"base": {"x": 1, "y": 2}, "obj": {"x": 1, "y": 3}, "1": "one", "true": "yes"}));
 
         let failure = parse("a: 1\nb: !Secret x\n").failure.expect("tag error");
-        assert!(
-            failure.message.contains("YAML tag `!Secret` is not supported"),
-            "{}",
-            failure.message
-        );
+        assert!(failure.message.contains("YAML tag `!Secret` is not supported"), "{}", failure.message);
         assert_eq!(failure.line, Some(2));
 
         let failure = parse("a: .nan\n").failure.expect("nan");
@@ -821,15 +756,9 @@ mod tests {
 
     #[test]
     fn config_files_hold_one_document() {
-        assert_eq!(
-            parse_config("# c\nsources:\n- name: a\n"),
-            Ok(serde_json::json!({"sources": [{"name": "a"}]}))
-        );
+        assert_eq!(parse_config("# c\nsources:\n- name: a\n"), Ok(serde_json::json!({"sources": [{"name": "a"}]})));
         assert_eq!(parse_config("# nothing\n"), Err("the file holds no YAML document".to_owned()));
-        assert_eq!(
-            parse_config("a: 1\n---\nb: 2\n"),
-            Err("line 3: the file must hold a single YAML document".to_owned())
-        );
+        assert_eq!(parse_config("a: 1\n---\nb: 2\n"), Err("line 3: the file must hold a single YAML document".to_owned()));
         let err = parse_config("a: 1\nb: [\n").unwrap_err();
         assert!(err.starts_with("line 3: invalid YAML: "), "{err}");
     }
@@ -877,16 +806,10 @@ mod tests {
             named("a: 1\n---\nkind: 'Deployment'\nmetadata:\n  name: api\nspec:\n  template:\n    metadata:\n      name: other\n  x: [\n"),
             Some("Deployment api".to_owned())
         );
-        assert_eq!(
-            named("kind: Service\nspec:\n  name: not-metadata\n\tx: 1\n"),
-            Some("kind Service".to_owned())
-        );
+        assert_eq!(named("kind: Service\nspec:\n  name: not-metadata\n\tx: 1\n"), Some("kind Service".to_owned()));
         assert_eq!(named("metadata:\n  name: n\nspec: [\n"), Some("object n".to_owned()));
         assert_eq!(named("kind: {a\nmetadata:\n  name: *x\n"), None);
-        assert_eq!(
-            named("kind: ConfigMap\nmetadata:\n  name: broken: really\n"),
-            Some("kind ConfigMap".to_owned())
-        );
+        assert_eq!(named("kind: ConfigMap\nmetadata:\n  name: broken: really\n"), Some("kind ConfigMap".to_owned()));
         assert_eq!(named("spec:\n\tx: 1\n"), None);
     }
 
@@ -914,14 +837,8 @@ mod tests {
             serde_json::json!({"mode": 420, "b": 420, "c": 1000, "d": 31, "e": -10, "f": 1500.0})
         );
         // quoted, they are strings; keys keep their spelling
-        assert_eq!(
-            value("\"0644\": '0644'\n0x1F: a\n1.50: b\n"),
-            serde_json::json!({"0644": "0644", "0x1F": "a", "1.50": "b"})
-        );
-        assert_eq!(
-            value("a: !!binary AAAA\nb: ! 12\nc: !!str 1\n"),
-            serde_json::json!({"a": "AAAA", "b": "12", "c": "1"})
-        );
+        assert_eq!(value("\"0644\": '0644'\n0x1F: a\n1.50: b\n"), serde_json::json!({"0644": "0644", "0x1F": "a", "1.50": "b"}));
+        assert_eq!(value("a: !!binary AAAA\nb: ! 12\nc: !!str 1\n"), serde_json::json!({"a": "AAAA", "b": "12", "c": "1"}));
     }
 
     #[test]
@@ -950,10 +867,7 @@ mod tests {
             })
         );
         // as kubectl: a hexadecimal number too wide is a string (serde_yaml: an error)
-        assert_eq!(
-            value("a: 0x10000000000000000\n"),
-            serde_json::json!({"a": "0x10000000000000000"})
-        );
+        assert_eq!(value("a: 0x10000000000000000\n"), serde_json::json!({"a": "0x10000000000000000"}));
     }
 
     #[test]
@@ -962,44 +876,26 @@ mod tests {
         assert_eq!(null_key.line, Some(2));
         assert!(null_key.message.contains("a mapping key is null"), "{}", null_key.message);
         // a quoted `<<` is an ordinary key (serde_yaml merged it)
-        assert_eq!(
-            value("b: &b {x: 1}\no:\n  \"<<\": *b\n  <<: *b\n"),
-            serde_json::json!({"b": {"x": 1}, "o": {"<<": {"x": 1}, "x": 1}})
-        );
+        assert_eq!(value("b: &b {x: 1}\no:\n  \"<<\": *b\n  <<: *b\n"), serde_json::json!({"b": {"x": 1}, "o": {"<<": {"x": 1}, "x": 1}}));
         let merge = failure("a: 1\nb:\n  <<: [1]\n");
         assert_eq!(merge.line, Some(3));
         assert!(merge.message.contains("a merge key `<<` needs a mapping"), "{}", merge.message);
-        for (text, tag) in [
-            ("a: !!python/object x\n", "!!python/object"),
-            ("!Thing {a: 1}\n", "!Thing"),
-            ("a: 1\nb: !t [1]\n", "!t"),
-            ("!k a: 1\n", "!k"),
-        ] {
+        for (text, tag) in
+            [("a: !!python/object x\n", "!!python/object"), ("!Thing {a: 1}\n", "!Thing"), ("a: 1\nb: !t [1]\n", "!t"), ("!k a: 1\n", "!k")]
+        {
             let tagged = failure(text);
-            assert!(
-                tagged.message.contains(&format!("YAML tag `{tag}` is not supported")),
-                "{text:?}: {}",
-                tagged.message
-            );
+            assert!(tagged.message.contains(&format!("YAML tag `{tag}` is not supported")), "{text:?}: {}", tagged.message);
         }
         let recursive = failure("a: 1\nb: &b [*b]\n");
         assert_eq!(recursive.line, Some(2));
-        assert!(
-            recursive.message.contains("alias refers to a node that contains it"),
-            "{}",
-            recursive.message
-        );
+        assert!(recursive.message.contains("alias refers to a node that contains it"), "{}", recursive.message);
     }
 
     #[test]
     fn duplicate_keys_are_reported_at_the_duplicate() {
         let duplicate = failure("a: 1\nb:\n  c: 2\n  c: 3\n");
         assert_eq!(duplicate.line, Some(4));
-        assert!(
-            duplicate.message.starts_with("invalid YAML: duplicate key `c` at line 4"),
-            "{}",
-            duplicate.message
-        );
+        assert!(duplicate.message.starts_with("invalid YAML: duplicate key `c` at line 4"), "{}", duplicate.message);
         // integer keys are compared as integers
         assert!(failure("0xB: a\n11: b\n").message.contains("duplicate key"));
     }
@@ -1008,10 +904,7 @@ mod tests {
     fn unclosed_collections_are_reported_where_the_document_ends() {
         let unclosed = failure("a: 1\n---\nb: {x: 1,\n  y: 2\n---\nc: 3\n");
         assert_eq!(unclosed.line, Some(5));
-        assert_eq!(
-            unclosed.message,
-            "invalid YAML: the document ends before the `{` at line 3 column 4 is closed"
-        );
+        assert_eq!(unclosed.message, "invalid YAML: the document ends before the `{` at line 3 column 4 is closed");
         let unclosed = failure("a: \"x\n...\n");
         assert_eq!(unclosed.line, Some(2), "{}", unclosed.message);
     }
@@ -1023,15 +916,11 @@ mod tests {
         assert_eq!(value(&text)["l"].as_array().map(Vec::len), Some(500));
         // serde_yaml's repetition limit: a small bomb under max_nodes still fails
         let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n";
-        assert_eq!(
-            failure(bomb).message,
-            "too many YAML alias expansions in this document (a YAML bomb?)"
-        );
+        assert_eq!(failure(bomb).message, "too many YAML alias expansions in this document (a YAML bomb?)");
         // a bomb far over max_nodes fails before anything is expanded, at the line that passes it
         let limits = Limits { max_nodes: 100, ..Limits::default() };
         let text = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n";
-        let over =
-            parse_documents(text, &Budget::new(&limits, text.len() as u64)).failure.expect("over");
+        let over = parse_documents(text, &Budget::new(&limits, text.len() as u64)).failure.expect("over");
         assert_eq!(over.line, Some(2));
         assert!(over.message.contains("more than 100 nodes"), "{}", over.message);
     }
@@ -1057,9 +946,7 @@ mod tests {
         };
         // rejected: after a sequence's `-`, before a document's first key, and after the spaces
         // that set a block scalar's indentation (serde-saphyr accepts all three)
-        for (text, line, column) in
-            [("a:\n- x\n-\ty\n", 3, 2), ("\ta: 1\n", 1, 1), ("a: 1\nb: |-\n   \tx\n    y\n", 3, 4)]
-        {
+        for (text, line, column) in [("a:\n- x\n-\ty\n", 3, 2), ("\ta: 1\n", 1, 1), ("a: 1\nb: |-\n   \tx\n    y\n", 3, 4)] {
             let tab = failure(text);
             assert_eq!((tab.line, tab.message), (Some(line), cause(column)), "{text:?}");
         }

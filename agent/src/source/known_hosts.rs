@@ -379,10 +379,7 @@ mod tests {
         let err = kh.verify("git.example", 22, "ssh-rsa", &rsa).unwrap_err();
         assert!(matches!(err, SourceError::HostKeyUnknown { .. }), "{err}");
         // The same bytes under another type name do not match either.
-        assert_eq!(
-            kh.check("git.example", 22, "ssh-rsa", &known),
-            HostKeyStatus::OtherTypes(vec!["ssh-ed25519".into()])
-        );
+        assert_eq!(kh.check("git.example", 22, "ssh-rsa", &known), HostKeyStatus::OtherTypes(vec!["ssh-ed25519".into()]));
     }
 
     #[test]

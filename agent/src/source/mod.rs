@@ -108,9 +108,7 @@ impl SourceSpec {
     /// (a URL that does not parse is reported when the source is opened).
     pub fn check_plain_http(&self) -> Result<(), SourceError> {
         match location::plain_http_credentials(&self.url, &self.auth) {
-            Some(what) if !self.insecure_http => {
-                Err(SourceError::InsecureHttp { url: redact_url(&self.url), what: what.to_string() })
-            }
+            Some(what) if !self.insecure_http => Err(SourceError::InsecureHttp { url: redact_url(&self.url), what: what.to_string() }),
             _ => Ok(()),
         }
     }
@@ -160,9 +158,7 @@ pub enum SourceError {
     #[error("no complete answer from {url} within the fetch timeout of {timeout}{detail}")]
     Timeout { url: String, timeout: String, detail: String },
     /// The fetch downloaded more than [`SourceSpec::max_fetch_bytes`].
-    #[error(
-        "fetching from {url} was stopped after {received} bytes: over the fetch size limit of {limit} bytes (maxFetchBytes)"
-    )]
+    #[error("fetching from {url} was stopped after {received} bytes: over the fetch size limit of {limit} bytes (maxFetchBytes)")]
     FetchTooLarge { url: String, received: u64, limit: u64 },
     /// Credentials over plain `http://` without [`SourceSpec::insecure_http`].
     #[error("refusing to send {what} over plain http to {url}: use https, or set insecureHttp: true on the source")]
@@ -318,9 +314,8 @@ pub fn redact_url(url: &str) -> String {
         };
         let userinfo = &rest[..at];
         let host_and_path = &rest[at + 1..];
-        let keep_user = location::is_ssh_scheme(scheme)
-            .then(|| userinfo.split(':').next().unwrap_or_default())
-            .filter(|user| !user.is_empty());
+        let keep_user =
+            location::is_ssh_scheme(scheme).then(|| userinfo.split(':').next().unwrap_or_default()).filter(|user| !user.is_empty());
         return match keep_user {
             Some(user) => format!("{scheme}://{user}@{host_and_path}"),
             None => format!("{scheme}://{host_and_path}"),

@@ -24,8 +24,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorClass, ErrorCode, FetchOptions,
-    Remote, RemoteCallbacks,
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorClass, ErrorCode, FetchOptions, Remote, RemoteCallbacks,
 };
 
 use super::known_hosts::{key_type_of_blob, KnownHosts};
@@ -70,8 +69,7 @@ impl Secrets {
                     path: key_file.display().to_string(),
                     reason: e.to_string(),
                 })?;
-                let passphrase =
-                    passphrase_file.as_deref().map(|p| read_secret(p, "ssh key passphrase", true)).transpose()?;
+                let passphrase = passphrase_file.as_deref().map(|p| read_secret(p, "ssh key passphrase", true)).transpose()?;
                 Secrets::SshKey { key_file: key_file.clone(), passphrase }
             }
         })
@@ -172,8 +170,7 @@ impl<'a> Session<'a> {
         let total = self.received();
         let limit = self.repo.spec.max_fetch_bytes;
         if total > limit {
-            *self.failure.borrow_mut() =
-                Some(SourceError::FetchTooLarge { url: self.repo.display_url(), received: total, limit });
+            *self.failure.borrow_mut() = Some(SourceError::FetchTooLarge { url: self.repo.display_url(), received: total, limit });
             return false;
         }
         self.in_time()
@@ -210,10 +207,8 @@ impl<'a> Session<'a> {
                 }));
             };
             let Some(key_type) = key_type_of_blob(key) else {
-                return Err(self.fail(SourceError::Connect {
-                    url: self.repo.display_url(),
-                    reason: "the ssh server's host key is malformed".into(),
-                }));
+                return Err(self
+                    .fail(SourceError::Connect { url: self.repo.display_url(), reason: "the ssh server's host key is malformed".into() }));
             };
             match known_hosts.verify(host, port, key_type, key) {
                 Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
@@ -223,12 +218,7 @@ impl<'a> Session<'a> {
         cb
     }
 
-    fn credentials(
-        &self,
-        url: &str,
-        username_from_url: Option<&str>,
-        allowed: CredentialType,
-    ) -> Result<Cred, git2::Error> {
+    fn credentials(&self, url: &str, username_from_url: Option<&str>, allowed: CredentialType) -> Result<Cred, git2::Error> {
         self.check_deadline().map_err(|e| self.fail(e))?;
         let ssh_user = || username_from_url.filter(|u| !u.is_empty()).unwrap_or("git").to_string();
         // libgit2's ssh transport first asks for just the user name when the URL has none.
@@ -271,10 +261,7 @@ impl<'a> Session<'a> {
             return failure;
         }
         let message = scrub(err.message());
-        if err.code() == ErrorCode::Timeout
-            || message.to_ascii_lowercase().contains("timed out")
-            || Instant::now() >= self.deadline
-        {
+        if err.code() == ErrorCode::Timeout || message.to_ascii_lowercase().contains("timed out") || Instant::now() >= self.deadline {
             return self.timeout_error();
         }
         if err.code() == ErrorCode::Auth || (err.class() == ErrorClass::Http && message.contains("authentication")) {
@@ -363,10 +350,8 @@ pub(crate) fn remote_commit(repo: &Repo) -> Result<String, SourceError> {
     let session = Session::new(repo)?;
     let advertised = list_remote(&session)?;
     let wanted = reference.as_deref();
-    let commit = resolve_ref(&advertised, wanted).ok_or_else(|| SourceError::RefNotFound {
-        reference: wanted.unwrap_or("HEAD").to_string(),
-        url: repo.display_url(),
-    })?;
+    let commit = resolve_ref(&advertised, wanted)
+        .ok_or_else(|| SourceError::RefNotFound { reference: wanted.unwrap_or("HEAD").to_string(), url: repo.display_url() })?;
     tracing::debug!(url = %repo.display_url(), reference = wanted.unwrap_or("HEAD"), commit = %commit, "resolved remote ref");
     Ok(commit)
 }
@@ -375,11 +360,9 @@ pub(crate) fn remote_commit(repo: &Repo) -> Result<String, SourceError> {
 fn list_remote(session: &Session<'_>) -> Result<Vec<Advertised>, SourceError> {
     let repo = session.repo;
     let connect_error = |reason: String| SourceError::Connect { url: repo.display_url(), reason };
-    let mut remote =
-        Remote::create_detached(repo.location.fetch_url()).map_err(|e| session.error(&e, connect_error))?;
-    let connection = remote
-        .connect_auth(Direction::Fetch, Some(session.callbacks()), None)
-        .map_err(|e| session.error(&e, connect_error))?;
+    let mut remote = Remote::create_detached(repo.location.fetch_url()).map_err(|e| session.error(&e, connect_error))?;
+    let connection =
+        remote.connect_auth(Direction::Fetch, Some(session.callbacks()), None).map_err(|e| session.error(&e, connect_error))?;
     let heads = connection.list().map_err(|e| session.error(&e, connect_error))?;
     // git2 panics on ref names that are not UTF-8; a remote could send one.
     catch_unwind(AssertUnwindSafe(|| {
@@ -432,11 +415,8 @@ pub(crate) fn resolve_ref(advertised: &[Advertised], reference: Option<&str>) ->
 /// The advertised ref to fetch `commit` by name: one whose id (or peeled id) is the commit,
 /// preferring the configured reference's own names. `None` when the commit is no ref's tip.
 fn advertised_name_for(advertised: &[Advertised], commit: &str, reference: Option<&str>) -> Option<String> {
-    let matching: Vec<&str> = advertised
-        .iter()
-        .filter(|a| a.oid.eq_ignore_ascii_case(commit))
-        .map(|a| a.name.strip_suffix("^{}").unwrap_or(&a.name))
-        .collect();
+    let matching: Vec<&str> =
+        advertised.iter().filter(|a| a.oid.eq_ignore_ascii_case(commit)).map(|a| a.name.strip_suffix("^{}").unwrap_or(&a.name)).collect();
     let preferred: Vec<String> = match reference {
         None => vec!["HEAD".into()],
         Some(r) if r.starts_with("refs/") || r == "HEAD" => vec![r.to_string()],
@@ -502,30 +482,17 @@ pub(crate) fn fetch(repo: &Repo, commit: &str) -> Result<(), SourceError> {
     Err(match last_error {
         Some(SourceError::Fetch { reason, .. }) => SourceError::Fetch { url, commit, reason },
         Some(other) => other,
-        None => SourceError::CommitNotFound {
-            commit,
-            url,
-            detail: " (not reachable from the remote's branches and tags)".into(),
-        },
+        None => SourceError::CommitNotFound { commit, url, detail: " (not reachable from the remote's branches and tags)".into() },
     })
 }
 
 /// One fetch of `refspecs` at `depth` (0 = full history).
-fn fetch_once(
-    git: &git2::Repository,
-    session: &Session<'_>,
-    refspecs: &[String],
-    depth: i32,
-) -> Result<(), SourceError> {
+fn fetch_once(git: &git2::Repository, session: &Session<'_>, refspecs: &[String], depth: i32) -> Result<(), SourceError> {
     let repo = session.repo;
     let fetch_error = |reason: String| SourceError::Fetch { url: repo.display_url(), commit: String::new(), reason };
     let mut remote = git.remote_anonymous(repo.location.fetch_url()).map_err(|e| session.error(&e, fetch_error))?;
     let mut options = FetchOptions::new();
-    options
-        .remote_callbacks(session.callbacks())
-        .download_tags(AutotagOption::None)
-        .update_fetchhead(false)
-        .depth(depth);
+    options.remote_callbacks(session.callbacks()).download_tags(AutotagOption::None).update_fetchhead(false).depth(depth);
     remote.fetch(refspecs, Some(&mut options), None).map_err(|e| session.error(&e, fetch_error))
 }
 
@@ -664,8 +631,7 @@ mod tests {
     #[test]
     fn fetch_and_read_via_plain_path_and_file_url() {
         let tmp = tempfile::tempdir().unwrap();
-        let origin =
-            make_repo(tmp.path(), "origin", &[("deploy/a.yaml", File(b"a: 1\n")), ("deploy/b.json", File(b"{}"))]);
+        let origin = make_repo(tmp.path(), "origin", &[("deploy/a.yaml", File(b"a: 1\n")), ("deploy/b.json", File(b"{}"))]);
         let file_url = format!("file://{}", origin.display());
         for (i, url) in [origin.to_str().unwrap(), file_url.as_str()].into_iter().enumerate() {
             let cache = tmp.path().join(format!("cache{i}"));
@@ -679,8 +645,7 @@ mod tests {
             assert_eq!(got, vec![("deploy/a.yaml", &b"a: 1\n"[..]), ("deploy/b.json", &b"{}"[..])], "url {url}");
             // Fetched into the private namespace only.
             let cache_repo = Repository::open_bare(repo.cache_path()).unwrap();
-            let refs: Vec<String> =
-                cache_repo.references().unwrap().map(|r| r.unwrap().name().unwrap().to_string()).collect();
+            let refs: Vec<String> = cache_repo.references().unwrap().map(|r| r.unwrap().name().unwrap().to_string()).collect();
             assert!(!refs.is_empty() && refs.iter().all(|r| r.starts_with(PRIVATE_NS)), "{refs:?}");
         }
     }
@@ -1031,9 +996,7 @@ mod tests {
 
     /// A server on `ip` that answers 401 (Basic) to everything.
     fn asks_for_credentials(ip: &str) -> TestServer {
-        TestServer::start(ip, |_| {
-            Answer::Send(http_response("401 Unauthorized", &["WWW-Authenticate: Basic realm=\"test\""], b""))
-        })
+        TestServer::start(ip, |_| Answer::Send(http_response("401 Unauthorized", &["WWW-Authenticate: Basic realm=\"test\""], b"")))
     }
 
     /// A server on 127.0.0.1 that redirects (302) every request to the same path on `to`;

@@ -252,10 +252,8 @@ fn read_request(stream: &mut TcpStream) -> Option<Received> {
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next()?.split_whitespace();
     let (method, target) = (request_line.next()?.to_string(), request_line.next()?.to_string());
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
     let mut body = data[head_end + 4..].to_vec();
     while body.len() < length {

@@ -85,12 +85,7 @@ fn normalize_source_path(path: &str) -> Result<Vec<String>, SourceError> {
     for part in path.trim().split('/') {
         match part {
             "" | "." => {}
-            ".." => {
-                return Err(SourceError::InvalidPath {
-                    path: path.to_string(),
-                    reason: "it must not contain \"..\"".into(),
-                })
-            }
+            ".." => return Err(SourceError::InvalidPath { path: path.to_string(), reason: "it must not contain \"..\"".into() }),
             p => parts.push(p.to_string()),
         }
     }
@@ -154,18 +149,12 @@ impl Reader<'_> {
     }
 
     /// Walks the tree iteratively and returns the selected files (unsorted).
-    fn walk(
-        &mut self,
-        base_tree: &Tree<'_>,
-        base_path: &str,
-        selector: &Selector,
-    ) -> Result<Vec<SourceFile>, SourceError> {
+    fn walk(&mut self, base_tree: &Tree<'_>, base_path: &str, selector: &Selector) -> Result<Vec<SourceFile>, SourceError> {
         let mut files = Vec::new();
         // (tree id, path of the tree relative to the source path)
         let mut pending: Vec<(Oid, String)> = vec![(base_tree.id(), String::new())];
         while let Some((tree_id, rel_dir)) = pending.pop() {
-            let tree =
-                self.git.find_tree(tree_id).map_err(|e| object_error(&join(base_path, &rel_dir), self.commit, &e))?;
+            let tree = self.git.find_tree(tree_id).map_err(|e| object_error(&join(base_path, &rel_dir), self.commit, &e))?;
             for entry in tree.iter() {
                 let Ok(name) = entry.name() else {
                     tracing::warn!(dir = %join(base_path, &rel_dir), "skipping an entry whose name is not valid UTF-8");
@@ -197,8 +186,7 @@ impl Reader<'_> {
                                     return Err(SourceError::Symlink {
                                         link: path,
                                         target,
-                                        reason: "it points to a directory; symlinks to directories are not followed"
-                                            .into(),
+                                        reason: "it points to a directory; symlinks to directories are not followed".into(),
                                     });
                                 }
                             }
@@ -240,11 +228,7 @@ impl Reader<'_> {
         }
         let total = self.total.saturating_add(size);
         if total > self.limits.max_total_bytes {
-            return Err(SourceError::TotalTooLarge {
-                file: path.to_string(),
-                total,
-                limit: self.limits.max_total_bytes,
-            });
+            return Err(SourceError::TotalTooLarge { file: path.to_string(), total, limit: self.limits.max_total_bytes });
         }
         let content = self.blob_content(path, oid)?;
         self.total = total;
@@ -254,11 +238,7 @@ impl Reader<'_> {
     /// The target text of the symlink blob.
     fn link_target(&self, link: &str, oid: Oid) -> Result<String, SourceError> {
         let size = self.blob_size(link, oid)?;
-        let broken = |reason: &str| SourceError::Symlink {
-            link: link.to_string(),
-            target: String::new(),
-            reason: reason.into(),
-        };
+        let broken = |reason: &str| SourceError::Symlink { link: link.to_string(), target: String::new(), reason: reason.into() };
         if size > MAX_SYMLINK_TARGET as u64 {
             return Err(broken("its target is too long"));
         }
@@ -272,11 +252,7 @@ impl Reader<'_> {
         for _ in 0..MAX_SYMLINK_HOPS {
             let target = self.link_target(&current, current_oid)?;
             let escape = || SourceError::SymlinkEscape { link: link.to_string(), target: target.clone() };
-            let broken = |reason: &str| SourceError::Symlink {
-                link: link.to_string(),
-                target: target.clone(),
-                reason: reason.into(),
-            };
+            let broken = |reason: &str| SourceError::Symlink { link: link.to_string(), target: target.clone(), reason: reason.into() };
             if target.starts_with('/') {
                 return Err(escape());
             }
@@ -288,10 +264,7 @@ impl Reader<'_> {
                 return Ok(LinkTarget::Directory);
             }
             let resolved_path = resolved.join("/");
-            let entry = self
-                .root
-                .get_path(Path::new(&resolved_path))
-                .map_err(|_| broken("its target does not exist in the commit"))?;
+            let entry = self.root.get_path(Path::new(&resolved_path)).map_err(|_| broken("its target does not exist in the commit"))?;
             match entry.filemode() {
                 mode if is_regular_file(mode) => return Ok(LinkTarget::File(entry.id())),
                 MODE_TREE => return Ok(LinkTarget::Directory),
@@ -432,8 +405,7 @@ mod tests {
     #[test]
     fn file_size_limit() {
         let tmp = tempfile::tempdir().unwrap();
-        let (repo, commit) =
-            fetched(tmp.path(), "", &[("small.yaml", File(b"a: 1\n")), ("big.yaml", File(&[b'x'; 100]))]);
+        let (repo, commit) = fetched(tmp.path(), "", &[("small.yaml", File(b"a: 1\n")), ("big.yaml", File(&[b'x'; 100]))]);
         let lim = Limits { max_file_bytes: 99, ..Limits::default() };
         let err = repo.read(&commit, &lim).unwrap_err();
         match &err {
@@ -450,11 +422,8 @@ mod tests {
     #[test]
     fn total_size_limit() {
         let tmp = tempfile::tempdir().unwrap();
-        let (repo, commit) = fetched(
-            tmp.path(),
-            "",
-            &[("a.yaml", File(&[b'a'; 40])), ("b.yaml", File(&[b'b'; 40])), ("c.yaml", File(&[b'c'; 40]))],
-        );
+        let (repo, commit) =
+            fetched(tmp.path(), "", &[("a.yaml", File(&[b'a'; 40])), ("b.yaml", File(&[b'b'; 40])), ("c.yaml", File(&[b'c'; 40]))]);
         let lim = Limits { max_total_bytes: 100, ..Limits::default() };
         let err = repo.read(&commit, &lim).unwrap_err();
         assert!(matches!(err, SourceError::TotalTooLarge { total: 120, limit: 100, .. }), "{err}");
@@ -486,17 +455,11 @@ mod tests {
     #[test]
     fn symlink_escaping_the_path_is_rejected() {
         let tmp = tempfile::tempdir().unwrap();
-        for (i, target) in
-            ["../outside.yaml", "/etc/passwd.yaml", "../../../x.yaml", "./../app2/x.yaml"].iter().enumerate()
-        {
+        for (i, target) in ["../outside.yaml", "/etc/passwd.yaml", "../../../x.yaml", "./../app2/x.yaml"].iter().enumerate() {
             let (repo, commit) = fetched(
                 &tmp.path().join(i.to_string()),
                 "app",
-                &[
-                    ("app/link.yaml", Link(target)),
-                    ("outside.yaml", File(b"secret: 1\n")),
-                    ("app2/x.yaml", File(b"x: 1\n")),
-                ],
+                &[("app/link.yaml", Link(target)), ("outside.yaml", File(b"secret: 1\n")), ("app2/x.yaml", File(b"x: 1\n"))],
             );
             let err = repo.read(&commit, &limits()).unwrap_err();
             assert!(matches!(err, SourceError::SymlinkEscape { .. }), "{target}: {err}");
@@ -512,11 +475,7 @@ mod tests {
         let cases: [Case<'_>; 3] = [
             ("dangling", &[("app/a.yaml", Link("missing.yaml"))], "does not exist"),
             ("loop", &[("app/a.yaml", Link("b.yaml")), ("app/b.yaml", Link("a.yaml"))], "levels of symlinks"),
-            (
-                "dir",
-                &[("app/a.yaml", Link("sub")), ("app/sub/x.yaml", File(b"x: 1\n"))],
-                "directories are not followed",
-            ),
+            ("dir", &[("app/a.yaml", Link("sub")), ("app/sub/x.yaml", File(b"x: 1\n"))], "directories are not followed"),
         ];
         for (name, tree, want) in cases {
             let (repo, commit) = fetched(&tmp.path().join(name), "app", tree);
@@ -566,16 +525,14 @@ mod tests {
     #[test]
     fn ignore_file_outside_the_source_path_has_no_effect() {
         let tmp = tempfile::tempdir().unwrap();
-        let (repo, commit) =
-            fetched(tmp.path(), "app", &[(".driftlessignore", File(b"*.yaml\n")), ("app/keep.yaml", File(b"k: 1\n"))]);
+        let (repo, commit) = fetched(tmp.path(), "app", &[(".driftlessignore", File(b"*.yaml\n")), ("app/keep.yaml", File(b"k: 1\n"))]);
         assert_eq!(paths(&repo.read(&commit, &limits()).unwrap()), vec!["app/keep.yaml"]);
     }
 
     #[test]
     fn oversized_ignore_file_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
-        let (repo, commit) =
-            fetched(tmp.path(), "", &[(".driftlessignore", File(&[b'#'; 64])), ("a.yaml", File(b"a: 1\n"))]);
+        let (repo, commit) = fetched(tmp.path(), "", &[(".driftlessignore", File(&[b'#'; 64])), ("a.yaml", File(b"a: 1\n"))]);
         let err = repo.read(&commit, &Limits { max_file_bytes: 10, ..Limits::default() }).unwrap_err();
         assert!(err.to_string().contains(".driftlessignore"), "{err}");
     }

@@ -47,7 +47,13 @@ pub async fn from_server(url: &str) -> Result<Vec<Row>, String> {
 
 /// Rows from the ApplySet parents in the agent's namespace.
 pub async fn from_cluster(cluster: &Cluster, namespace: &str) -> Result<Vec<Row>, kube::Error> {
-    let cm = ResourceType { group: String::new(), version: "v1".into(), kind: "ConfigMap".into(), plural: "configmaps".into(), namespaced: true };
+    let cm = ResourceType {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "ConfigMap".into(),
+        plural: "configmaps".into(),
+        namespaced: true,
+    };
     let parents = cluster.list(&cm, namespace, &format!("app.kubernetes.io/managed-by=driftless,{}", crate::keys::APPLYSET_ID)).await?;
     let mut rows: Vec<Row> = parents
         .iter()
@@ -167,8 +173,22 @@ mod tests {
     #[test]
     fn the_table_aligns_columns() {
         let rows = vec![
-            Row { name: "shop".into(), revision: "abc".into(), state: "Synced".into(), health: "Healthy".into(), age_seconds: Some(5), message: String::new() },
-            Row { name: "payments-prod".into(), revision: String::new(), state: "Failed".into(), health: String::new(), age_seconds: None, message: "fetch failed".into() },
+            Row {
+                name: "shop".into(),
+                revision: "abc".into(),
+                state: "Synced".into(),
+                health: "Healthy".into(),
+                age_seconds: Some(5),
+                message: String::new(),
+            },
+            Row {
+                name: "payments-prod".into(),
+                revision: String::new(),
+                state: "Failed".into(),
+                health: String::new(),
+                age_seconds: None,
+                message: "fetch failed".into(),
+            },
         ];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();

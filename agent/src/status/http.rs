@@ -36,7 +36,13 @@ const REFUSAL_BURST: u32 = 10;
 const REFUSAL_EVERY: Duration = Duration::from_secs(6);
 
 /// Takes (`take`) or looks at a source's token in one of the budgets.
-fn budget(limits: &std::sync::Mutex<std::collections::HashMap<String, RateLimit>>, source: &str, take: bool, burst: u32, every: Duration) -> bool {
+fn budget(
+    limits: &std::sync::Mutex<std::collections::HashMap<String, RateLimit>>,
+    source: &str,
+    take: bool,
+    burst: u32,
+    every: Duration,
+) -> bool {
     let mut limits = limits.lock().unwrap_or_else(|p| p.into_inner());
     let limit = limits.entry(source.to_string()).or_insert_with(|| RateLimit::new(burst, every));
     if take {
@@ -78,8 +84,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     // deadline it has is
     let now = std::time::SystemTime::now();
     let statuses = shared.statuses.read().unwrap_or_else(|p| p.into_inner());
-    let stuck: Vec<String> =
-        statuses.values().filter_map(|s| s.stuck(now).map(|what| format!("{} ({what})", s.name))).collect();
+    let stuck: Vec<String> = statuses.values().filter_map(|s| s.stuck(now).map(|what| format!("{} ({what})", s.name))).collect();
     if stuck.is_empty() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
@@ -102,11 +107,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        shared.metrics.encode(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], shared.metrics.encode()).into_response()
 }
 
 async fn all_statuses(State(shared): State<Arc<Shared>>) -> Response {

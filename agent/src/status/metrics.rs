@@ -2,8 +2,8 @@
 //! health, reason, version, revision (one series per source: the old revision's is removed).
 //! No URL, secret or object name ever becomes a label.
 
-use std::sync::Mutex;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

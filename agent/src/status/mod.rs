@@ -111,7 +111,14 @@ impl Telemetry {
 /// Reports a reconcile where Kubernetes users look: an Event on the parent (Synced, SyncFailed,
 /// HealthCheckFailed, PruneHeld, and Pruned when members were deleted) and its status
 /// annotations.
-pub async fn publish_report(cluster: &Cluster, events: Option<&Events>, source: &str, agent_namespace: &str, report: &crate::sync::Report, health: Option<&str>) {
+pub async fn publish_report(
+    cluster: &Cluster,
+    events: Option<&Events>,
+    source: &str,
+    agent_namespace: &str,
+    report: &crate::sync::Report,
+    health: Option<&str>,
+) {
     use crate::apply::changeset::Action;
     use crate::sync::State;
     let parent = crate::prune::applyset::parent_ref(source, agent_namespace);
@@ -119,7 +126,9 @@ pub async fn publish_report(cluster: &Cluster, events: Option<&Events>, source: 
     if let Some(events) = events {
         match report.state {
             State::Synced => {
-                events.publish(cluster, &parent, false, reasons::SYNCED, &format!("revision {revision}: {}", report.changes.summary())).await
+                events
+                    .publish(cluster, &parent, false, reasons::SYNCED, &format!("revision {revision}: {}", report.changes.summary()))
+                    .await
             }
             State::PruneHeld => {
                 events.publish(cluster, &parent, true, reasons::PRUNE_HELD, &format!("revision {revision}: {}", report.message)).await
@@ -129,8 +138,7 @@ pub async fn publish_report(cluster: &Cluster, events: Option<&Events>, source: 
                 events.publish(cluster, &parent, true, reason, &format!("revision {revision}: {}: {}", report.reason, report.message)).await
             }
         }
-        let pruned: Vec<String> =
-            report.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
+        let pruned: Vec<String> = report.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
         if !pruned.is_empty() {
             let note = format!("revision {revision}: pruned {} object(s): {}", pruned.len(), pruned.join(", "));
             events.publish(cluster, &parent, false, reasons::PRUNED, &note).await;
