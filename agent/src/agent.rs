@@ -6,172 +6,30 @@
 //! request at all.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::apply::api_message;
-use crate::apply::changeset::{Action, ChangeSet};
+use crate::cluster::api_message;
+use crate::cluster::apply::ApplyOptions;
 use crate::config::Source;
+use crate::inventory::applyset;
 use crate::live::drift::{self, Drift, Expected, Verdict};
 use crate::live::health::{self, Health};
 use crate::live::watch::Watches;
 use crate::live::LiveState;
 use crate::manifest::ObjectRef;
 use crate::plan::Plan;
-use crate::source::redact_url;
+use crate::report::changes::{Action, ChangeSet};
+use crate::report::{Heartbeat, Reason, Report, State};
+use crate::source::{self, Fetched};
 use crate::status::metrics::{ActionLabels, FailureLabels, KindLabels, Metrics, ResultLabels};
+use crate::status::model::{ObjectStatus, SourceStatus, SyncState};
 use crate::status::{self, reasons, Telemetry};
-use crate::sync::{self, Context, Fetched, Heartbeat, Mode, Options, State};
-
-/// A source's sync state as users read it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum SyncState {
-    /// Not reconciled yet.
-    Pending,
-    /// The revision is applied and every member is Healthy.
-    Synced,
-    /// The revision is applied; members are not all Healthy yet.
-    Progressing,
-    /// Owned objects drifted and are not corrected (self-heal off, or backing off a fight).
-    OutOfSync,
-    /// The last reconcile failed; the last good state stays in place.
-    Failed,
-    /// Applied, but a prune safeguard held the prune.
-    PruneHeld,
-}
-
-/// One object in a source's status.
-#[derive(Clone, Debug, Serialize)]
-pub struct ObjectStatus {
-    #[serde(flatten)]
-    pub id: ObjectRef,
-    pub action: Action,
-    pub health: Health,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub message: String,
-}
-
-/// What a source looks like from outside: the status API, the CLI and the metrics read this.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SourceStatus {
-    pub name: String,
-    /// The repository URL with any credentials removed.
-    pub repo: String,
-    #[serde(rename = "ref")]
-    pub reference: Option<String>,
-    pub path: String,
-    pub last_fetched_commit: Option<String>,
-    pub last_applied_commit: Option<String>,
-    pub state: SyncState,
-    pub health: Health,
-    pub reason: String,
-    pub message: String,
-    #[serde(with = "unix_seconds")]
-    pub last_sync_time: Option<SystemTime>,
-    pub last_sync_duration_seconds: Option<f64>,
-    pub counts: HashMap<Action, usize>,
-    pub objects: Vec<ObjectStatus>,
-    /// Drift corrections and fights since the agent started.
-    pub drift_corrections: u64,
-    pub fights: u64,
-    /// From noticing the last applied commit to every member Healthy.
-    pub commit_to_healthy_seconds: Option<f64>,
-    /// Reconciled once and every watch synced (readiness).
-    pub ready: bool,
-    /// When the remote check (and fetch) in progress started; none when idle.
-    #[serde(with = "unix_seconds")]
-    pub fetch_started: Option<SystemTime>,
-    /// A fetch in progress longer than this (three intervals, and at least twice the fetch
-    /// timeout and a minute more) is stuck: `/healthz` fails for it.
-    #[serde(skip)]
-    pub stuck_after: Duration,
-    /// The reconcile in progress (`{started, lastProgress}`), none when idle.
-    #[serde(serialize_with = "heartbeat")]
-    pub reconcile: Arc<Heartbeat>,
-    /// A reconcile without progress for longer than this (three intervals, and at least ten
-    /// minutes: every API request is bounded by a minute) is stuck: `/healthz` fails for it.
-    #[serde(skip)]
-    pub stalled_after: Duration,
-}
-
-/// The least time without progress before a reconcile counts as stuck.
-const MIN_STALL: Duration = Duration::from_secs(600);
-
-/// A reconcile's heartbeat as `{"started": unix s, "lastProgress": unix s}`, or null when idle.
-fn heartbeat<S: serde::Serializer>(h: &Arc<Heartbeat>, s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Progress {
-        #[serde(with = "unix_seconds")]
-        started: Option<SystemTime>,
-        #[serde(with = "unix_seconds")]
-        last_progress: Option<SystemTime>,
-    }
-    h.running().map(|(started, last)| Progress { started: Some(started), last_progress: Some(last) }).serialize(s)
-}
-
-mod unix_seconds {
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-        match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
-            Some(d) => s.serialize_some(&d.as_secs()),
-            None => s.serialize_none(),
-        }
-    }
-}
-
-impl SourceStatus {
-    pub fn new(source: &Source) -> Self {
-        SourceStatus {
-            name: source.name.clone(),
-            repo: redact_url(&source.spec.url),
-            reference: source.spec.reference.clone(),
-            path: source.spec.path.clone(),
-            last_fetched_commit: None,
-            last_applied_commit: None,
-            state: SyncState::Pending,
-            health: Health::Unknown,
-            reason: String::new(),
-            message: String::new(),
-            last_sync_time: None,
-            last_sync_duration_seconds: None,
-            counts: HashMap::new(),
-            objects: Vec::new(),
-            drift_corrections: 0,
-            fights: 0,
-            commit_to_healthy_seconds: None,
-            ready: false,
-            fetch_started: None,
-            stuck_after: (source.interval * 3).max(source.spec.timeout * 2 + Duration::from_secs(60)),
-            reconcile: Arc::default(),
-            stalled_after: (source.interval * 3).max(MIN_STALL),
-        }
-    }
-
-    /// What is stuck in this source's loop, if anything: a fetch running too long, or a
-    /// reconcile that made no progress for too long.
-    pub fn stuck(&self, now: SystemTime) -> Option<String> {
-        let fetching = self.fetch_started.and_then(|t| now.duration_since(t).ok()).filter(|d| *d > self.stuck_after);
-        if let Some(running) = fetching {
-            return Some(format!("fetching for {}s", running.as_secs()));
-        }
-        let (_, last) = self.reconcile.running()?;
-        let quiet = now.duration_since(last).ok().filter(|d| *d > self.stalled_after)?;
-        Some(format!("reconciling, no progress for {}s", quiet.as_secs()))
-    }
-}
-
-/// The statuses of every source, shared with whatever reports them.
-pub type Statuses = Arc<RwLock<std::collections::BTreeMap<String, SourceStatus>>>;
+use crate::sync::{self, Context, Mode, Options};
 
 /// The interval plus or minus up to 10%, so sources and replicas do not poll in lockstep.
 pub fn jittered(interval: Duration) -> Duration {
@@ -185,6 +43,7 @@ pub fn jittered(interval: Duration) -> Duration {
 
 /// Hands memory freed by a reconcile (its listings, renders and plans) back to the system;
 /// glibc's allocator otherwise keeps the peak of the largest reconcile resident for good.
+#[allow(unsafe_code)]
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it touches no live data.
@@ -242,7 +101,7 @@ fn set_panicked(telemetry: &Telemetry, source: &str, message: &str) {
     let mut all = telemetry.statuses.write().unwrap_or_else(|p| p.into_inner());
     if let Some(s) = all.get_mut(source) {
         s.state = SyncState::Failed;
-        s.reason = "Panicked".into();
+        s.reason = Some(Reason::Panicked);
         s.message = format!("the reconcile panicked: {message}");
         s.last_sync_time = Some(SystemTime::now());
     }
@@ -332,8 +191,8 @@ impl SourceLoop {
         for result in ["success", "failure", "prune_held"] {
             let _ = m.sync_total.get_or_create(&ResultLabels { source: self.source.name.clone(), result: result.into() });
         }
-        for reason in ["FetchFailed", "RenderFailed", "ValidationFailed", "ApplyFailed", "HealthCheckFailed", "PruneFailed"] {
-            let _ = m.sync_failures_total.get_or_create(&FailureLabels { source: self.source.name.clone(), reason: reason.into() });
+        for reason in Reason::STAGE_FAILURES {
+            let _ = m.sync_failures_total.get_or_create(&FailureLabels { source: self.source.name.clone(), reason });
         }
         let _ = m.fights_total.get_or_create(&name);
         let _ = m.prune_held_total.get_or_create(&name);
@@ -359,7 +218,7 @@ impl SourceLoop {
                 _ = tokio::time::sleep_until(next_poll), if fetching.is_empty() => self.start_fetch(&mut fetching),
                 Some(()) = triggers.recv(), if fetching.is_empty() => self.start_fetch(&mut fetching),
                 Some(joined) = fetching.join_next() => {
-                    let result = joined.unwrap_or_else(|e| Err(crate::Error::Validation(format!("the git worker stopped: {e}"))));
+                    let result = joined.unwrap_or_else(|e| Err(crate::Error::Fetch(source::SourceError::Worker(e.to_string()))));
                     self.on_fetched(result).await;
                     next_poll = tokio::time::Instant::now() + jittered(self.source.interval);
                 }
@@ -397,12 +256,12 @@ impl SourceLoop {
             Err(e) => {
                 // a sync that failed at its first stage: counted, shown and reported like any other
                 self.attempted = true;
-                warn!(source = %self.source.name, reason = e.reason(), error = %e, "remote check failed; the last good state stays in place");
-                let report = sync::Report {
+                warn!(source = %self.source.name, reason = %e.reason(), error = %e, "remote check failed; the last good state stays in place");
+                let report = Report {
                     source: self.source.name.clone(),
                     commit: None,
                     state: State::Failed,
-                    reason: e.reason().into(),
+                    reason: Some(e.reason()),
                     message: e.to_string(),
                     changes: ChangeSet::default(),
                     duration: noticed.elapsed(),
@@ -417,7 +276,7 @@ impl SourceLoop {
                 let duration = report.duration.as_secs_f64();
                 self.update_status(|s| {
                     s.state = SyncState::Failed;
-                    s.reason = report.reason.clone();
+                    s.reason = report.reason;
                     s.message = report.message.clone();
                     s.last_sync_time = Some(SystemTime::now());
                     s.last_sync_duration_seconds = Some(duration);
@@ -472,11 +331,11 @@ impl SourceLoop {
         let (state, reason, message) = match report.state {
             State::Synced if !drifted.is_empty() => {
                 let drifted: Vec<(ObjectRef, Option<Drift>)> = drifted.into_iter().map(|id| (id, None)).collect();
-                (SyncState::OutOfSync, "DriftDetected".to_string(), drift_message(&drifted))
+                (SyncState::OutOfSync, Some(Reason::DriftDetected), drift_message(&drifted))
             }
-            State::Synced => (SyncState::Progressing, String::new(), String::new()),
-            State::PruneHeld => (SyncState::PruneHeld, report.reason.clone(), report.message.clone()),
-            State::Failed => (SyncState::Failed, report.reason.clone(), report.message.clone()),
+            State::Synced => (SyncState::Progressing, None, String::new()),
+            State::PruneHeld => (SyncState::PruneHeld, report.reason, report.message.clone()),
+            State::Failed => (SyncState::Failed, report.reason, report.message.clone()),
         };
         let duration = report.duration.as_secs_f64();
         self.update_status(|s| {
@@ -511,7 +370,7 @@ impl SourceLoop {
             all.sort_by(|a, b| a.0.cmp(&b.0));
             self.update_status(|s| {
                 s.state = SyncState::OutOfSync;
-                s.reason = "DriftDetected".into();
+                s.reason = Some(Reason::DriftDetected);
                 s.message = drift_message(&all);
             });
             return;
@@ -527,7 +386,7 @@ impl SourceLoop {
             return;
         }
         self.live.begin_apply(&id);
-        match self.ctx.cluster.apply(planned, false).await {
+        match self.ctx.cluster.apply(&planned.resource, &planned.id, &planned.object, ApplyOptions::default()).await {
             Ok(object) => {
                 self.live.applied(&id, Expected::from_object(&object));
                 let fight = self.live.corrected(&id, now);
@@ -548,8 +407,8 @@ impl SourceLoop {
                     }
                 });
                 if let Some(events) = &self.telemetry.events {
-                    let parent = crate::prune::applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
-                    let revision = self.applied_commit.as_deref().map(sync::short).unwrap_or("-");
+                    let parent = applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
+                    let revision = self.applied_commit.as_deref().map(source::short).unwrap_or("-");
                     let mut note = format!("revision {revision}: {id} {found}; re-applied");
                     if fight {
                         note.push_str(&format!(
@@ -568,13 +427,13 @@ impl SourceLoop {
     }
 
     /// Reports a reconcile as an Event and annotations on the source's parent.
-    async fn publish(&self, report: &sync::Report) {
+    async fn publish(&self, report: &Report) {
         let events = self.telemetry.events.as_deref();
         status::publish_report(&self.ctx.cluster, events, &self.source.name, &self.ctx.agent_namespace, report, None).await;
     }
 
     /// Updates the metrics of a finished reconcile.
-    fn record_sync(&self, report: &sync::Report) {
+    fn record_sync(&self, report: &Report) {
         let m = self.metrics();
         let name = Metrics::source(&self.source.name);
         let result = match report.state {
@@ -588,10 +447,10 @@ impl SourceLoop {
         m.last_sync_timestamp.get_or_create(&name).set(now);
         match report.state {
             State::Failed => {
-                m.sync_failures_total
-                    .get_or_create(&FailureLabels { source: self.source.name.clone(), reason: report.reason.clone() })
-                    .inc();
-                if report.reason == "FetchFailed" {
+                // a failed report always has its reason; a stage failure is the least surprising default
+                let reason = report.reason.unwrap_or(Reason::ValidationFailed);
+                m.sync_failures_total.get_or_create(&FailureLabels { source: self.source.name.clone(), reason }).inc();
+                if reason == Reason::FetchFailed {
                     m.git_fetch_errors_total.get_or_create(&name).inc();
                 }
             }
@@ -659,8 +518,8 @@ impl SourceLoop {
                 } else {
                     SyncState::Progressing
                 };
-                if drifted == 0 && s.reason == "DriftDetected" {
-                    s.reason.clear();
+                if drifted == 0 && s.reason == Some(Reason::DriftDetected) {
+                    s.reason = None;
                     s.message.clear();
                 }
             }
@@ -690,7 +549,7 @@ impl SourceLoop {
         }
         self.annotated = Some((state, health));
         let cluster = self.ctx.cluster.clone();
-        let parent = crate::prune::applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
+        let parent = applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
         let state_text = format!("{state:?}");
         tokio::spawn(async move {
             let _ = status::annotate(&cluster, &parent, &state_text, Some(health.as_str()), &message, SystemTime::now()).await;
@@ -708,51 +567,6 @@ impl SourceLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_fetch_is_stuck_only_past_three_intervals_and_twice_its_deadline() {
-        let source: Source =
-            crate::config::parse("sources:\n  - name: shop\n    repo: file:///nowhere\n    interval: 10s\n    timeout: 30s\n")
-                .unwrap()
-                .remove(0);
-        let mut status = SourceStatus::new(&source);
-        assert_eq!(status.stuck_after, Duration::from_secs(120), "2 x 30 s + 60 s is more than 3 x 10 s");
-        let now = SystemTime::now();
-        assert_eq!(status.stuck(now), None, "idle");
-        status.fetch_started = Some(now - Duration::from_secs(100));
-        assert_eq!(status.stuck(now), None, "slow, within its deadlines");
-        status.fetch_started = Some(now - Duration::from_secs(121));
-        assert_eq!(status.stuck(now).as_deref(), Some("fetching for 121s"));
-    }
-
-    #[test]
-    fn a_reconcile_is_stuck_only_when_it_stops_making_progress() {
-        let source: Source =
-            crate::config::parse("sources:\n  - name: shop\n    repo: file:///nowhere\n    interval: 5m\n").unwrap().remove(0);
-        let status = SourceStatus::new(&source);
-        assert_eq!(status.stalled_after, Duration::from_secs(900), "three intervals of 5 min, more than 10 min");
-        let json = |s: &SourceStatus| serde_json::to_value(s).unwrap()["reconcile"].clone();
-        assert_eq!(json(&status), serde_json::Value::Null, "idle");
-        status.reconcile.start();
-        let running = json(&status);
-        assert!(running["started"].is_u64() && running["lastProgress"] == running["started"], "{running}");
-        let now = SystemTime::now();
-        // long, but beating: a reconcile that waits on health for an hour is not stuck
-        assert_eq!(status.stuck(now + Duration::from_secs(899)), None);
-        assert_eq!(
-            status.stuck(now + Duration::from_secs(3600)).as_deref().map(|s| s.starts_with("reconciling, no progress for ")),
-            Some(true)
-        );
-        status.reconcile.beat();
-        assert_eq!(status.stuck(SystemTime::now() + Duration::from_secs(600)), None, "a beat starts the count again");
-        status.reconcile.stop();
-        assert_eq!(status.stuck(now + Duration::from_secs(3600)), None, "ended");
-        assert_eq!(json(&status), serde_json::Value::Null);
-        // a short interval: ten minutes at least
-        let quick: Source =
-            crate::config::parse("sources:\n  - name: q\n    repo: file:///nowhere\n    interval: 10s\n").unwrap().remove(0);
-        assert_eq!(SourceStatus::new(&quick).stalled_after, MIN_STALL);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_panicking_loop_reports_failed_and_restarts_with_backoff() {
@@ -791,7 +605,7 @@ mod tests {
         assert!(notes[0].contains("index out of bounds") && notes[0].contains("restarting in 1s"), "{notes:?}");
         assert!(notes[1].contains("restarting in 2s"), "backoff doubles: {notes:?}");
         let status = telemetry.statuses.read().unwrap().get("shop").cloned().unwrap();
-        assert_eq!((status.state, status.reason.as_str()), (SyncState::Failed, "Panicked"));
+        assert_eq!((status.state, status.reason), (SyncState::Failed, Some(Reason::Panicked)));
         assert!(status.message.contains("index out of bounds"), "{}", status.message);
         assert!(started.elapsed() >= Duration::from_secs(3), "waited 1 s and 2 s between restarts");
     }

@@ -10,21 +10,23 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::agent::SourceLoop;
-use crate::apply::{Cluster, ConnectOptions};
 use crate::cli::{ClusterArgs, Output, RunArgs, StatusArgs, SyncArgs};
+use crate::cluster::fence::Fence;
+use crate::cluster::{Cluster, ConnectOptions};
 use crate::config::{self, Source};
-use crate::leader::{Elector, Fence};
+use crate::leader::Elector;
 use crate::render::Limits;
+use crate::report::{Reason, Report, State};
 use crate::status::metrics::Metrics;
 use crate::status::{self, Events, LoopGuard, Shared, Telemetry};
-use crate::sync::{self, Context, Report, State};
+use crate::sync::{self, Context};
 
 /// Exit code of a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
 
 async fn context(args: &ClusterArgs, fence: Fence) -> Result<Context, crate::Error> {
     let opts = ConnectOptions { allow_exec_plugins: args.allow_exec_plugins, fence, ..ConnectOptions::default() };
-    let cluster = Cluster::connect_with(args.kubeconfig.as_deref(), &opts).await?;
+    let cluster = Cluster::connect_with(args.kubeconfig.as_deref(), &opts).await.map_err(|e| crate::Error::Config(e.to_string()))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("driftless"));
     Ok(Context {
         cluster,
@@ -92,7 +94,7 @@ pub fn print_report(report: &Report, output: Output) {
             let state = match report.state {
                 State::Synced => "Synced".to_string(),
                 State::PruneHeld => format!("PruneHeld: {}", report.message),
-                State::Failed => format!("Failed ({}): {}", report.reason, report.message),
+                State::Failed => format!("Failed ({}): {}", report.reason.map_or("", Reason::as_str), report.message),
             };
             let _ = writeln!(
                 out,
@@ -211,7 +213,7 @@ fn start_loops(ctx: &Context, sources: &[Source], telemetry: &Telemetry, shared:
         let triggers = Arc::new(tokio::sync::Mutex::new(rx));
         tasks.spawn(async move {
             let _guard = guard;
-            let parent = crate::prune::applyset::parent_ref(&source.name, &ctx.agent_namespace);
+            let parent = crate::inventory::applyset::parent_ref(&source.name, &ctx.agent_namespace);
             let run = || SourceLoop::new(ctx.clone(), source.clone(), telemetry.clone()).run(triggers.clone());
             let publish = |note: String| {
                 let (cluster, events, parent) = (ctx.cluster.clone(), telemetry.events.clone(), parent.clone());

@@ -13,6 +13,8 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
 use tracing::{debug, info, warn};
 
+use crate::cluster::fence::Fence;
+
 /// How long a lease is valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How long a leader keeps leading without a successful renewal.
@@ -206,44 +208,6 @@ impl Elector {
     }
 }
 
-/// Until when this replica may write: every write checks it, so a leader that could not renew
-/// stops writing at the renew deadline even if a task of it runs on (after a pause, say) before
-/// the loops are stopped. Without leader election it never closes.
-#[derive(Clone, Debug, Default)]
-pub struct Fence {
-    /// `None`: no election, always open.
-    until: Option<std::sync::Arc<std::sync::Mutex<Option<Instant>>>>,
-}
-
-impl Fence {
-    /// A fence that opens only while a lease is held.
-    pub fn elected() -> Self {
-        Fence { until: Some(Default::default()) }
-    }
-
-    /// Writing is allowed until `deadline`.
-    pub fn lead_until(&self, deadline: Instant) {
-        if let Some(until) = &self.until {
-            *until.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
-        }
-    }
-
-    /// Writing stops now.
-    pub fn stop(&self) {
-        if let Some(until) = &self.until {
-            *until.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        }
-    }
-
-    /// Whether a write may be sent now.
-    pub fn is_open(&self) -> bool {
-        match &self.until {
-            None => true,
-            Some(until) => until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|d| Instant::now() < d),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,20 +257,6 @@ mod tests {
     fn a_released_lease_expires_within_a_second() {
         let released = spec(Some("b"), 1_000_000, 1);
         assert_eq!(decide(Some(&released), "a", S(1)), Decision::Acquire);
-    }
-
-    #[test]
-    fn a_fence_closes_at_its_deadline_and_on_stop() {
-        assert!(Fence::default().is_open(), "without election, always open");
-        let fence = Fence::elected();
-        assert!(!fence.is_open(), "closed until a lease is held");
-        fence.lead_until(Instant::now() + S(10));
-        assert!(fence.is_open());
-        fence.lead_until(Instant::now());
-        assert!(!fence.is_open(), "closed at the deadline");
-        fence.lead_until(Instant::now() + S(10));
-        fence.stop();
-        assert!(!fence.is_open());
     }
 
     #[test]

@@ -1,32 +1,42 @@
 //! Driftless: a GitOps reconciliation agent.
 //!
-//! One revision flows through the stages in this order; each module is one stage.
+//! One revision flows through the stages in this order; each module is one stage, and each
+//! depends only on the stages before it and on the shared layers below.
 //!
 //! | stage      | module        | what it does                                                            |
 //! |------------|---------------|-------------------------------------------------------------------------|
 //! | source     | [`source`]    | git2: check the remote ref, fetch, read the tree from the object database |
 //! | render     | [`render`]    | YAML/JSON documents to objects, with limits                             |
 //! | plan       | [`plan`]      | discovery data, namespaces, ordering, waves, hashes, prune set (pure)   |
-//! | apply      | [`apply`]     | server-side dry-run of the whole revision, then server-side apply        |
-//! | prune      | [`prune`]     | ApplySet inventory and safeguarded deletion                              |
-//! | live state | [`live`]      | watches of owned objects: drift, self-heal, health                       |
-//! | status     | [`status`]    | HTTP (health, metrics, status, webhooks), Events, `driftless status`     |
+//! | live state | [`live`]      | the live objects a reconcile reads; watches of owned objects: drift, self-heal, health |
+//! | apply      | [`apply`]     | server-side dry-run of the whole revision, then server-side apply in waves |
+//! | prune      | [`inventory`] | the ApplySet inventory, and safeguarded deletion ([`inventory::prune`]) |
 //! | reconcile  | [`sync`]      | the stages above, in order, for one source                              |
+//! | status     | [`status`]    | HTTP (health, metrics, status, webhooks), Events, `driftless status`     |
 //!
-//! [`agent`] runs the stages for each source in `driftless run`; [`config`] holds the sources'
-//! settings, [`cli`] and [`commands`] the command line.
+//! Shared by the stages: [`manifest`] (the object model), [`cluster`] (the Kubernetes client:
+//! one file per verb, throttled and fenced), [`report`] (what a reconcile did and why it failed:
+//! [`report::Reason`]). [`agent`] runs the stages for each source in `driftless run`, under
+//! [`leader`] election; [`config`] holds the sources' settings, [`cli`] and [`commands`] the
+//! command line.
+
+// Unsafe code only where an allow names it, each block with its SAFETY reason.
+#![deny(unsafe_code)]
+#![warn(rust_2018_idioms, clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod apply;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod inventory;
 pub mod leader;
 pub mod live;
 pub mod manifest;
 pub mod plan;
-pub mod prune;
 pub mod render;
+pub mod report;
 pub mod source;
 pub mod status;
 pub mod sync;
@@ -62,9 +72,17 @@ pub mod keys {
     pub const APPLYSET_TOOLING: &str = "applyset.kubernetes.io/tooling";
     pub const APPLYSET_GROUP_KINDS: &str = "applyset.kubernetes.io/contains-group-kinds";
     pub const APPLYSET_NAMESPACES: &str = "applyset.kubernetes.io/additional-namespaces";
+
+    /// Annotations on an ApplySet parent that tell a source's status to `kubectl` users.
+    pub const REVISION: &str = "driftless.dev/revision";
+    pub const STATE: &str = "driftless.dev/state";
+    pub const HEALTH: &str = "driftless.dev/health";
+    pub const MESSAGE: &str = "driftless.dev/message";
+    pub const LAST_SYNC: &str = "driftless.dev/last-sync-time";
 }
 
-/// Why a reconcile failed. Status, Events and metrics all use [`Error::reason`].
+/// Why a reconcile failed. Each stage maps its own errors to its own variant; status, Events and
+/// metrics read [`Error::reason`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Checking the remote ref, fetching or reading the commit failed.
@@ -73,7 +91,7 @@ pub enum Error {
     /// Files could not be turned into objects.
     #[error("render failed: {0}")]
     Render(#[from] render::RenderError),
-    /// The plan or the server-side dry-run rejected the revision.
+    /// The plan, the live state or the server-side dry-run rejected the revision.
     #[error("validation failed: {0}")]
     Validation(String),
     /// A server-side apply failed.
@@ -82,30 +100,41 @@ pub enum Error {
     /// A wave did not become Healthy within the source's health timeout.
     #[error("health check failed: {0}")]
     HealthCheck(String),
-    /// Pruning failed or was held back by a safeguard.
+    /// Pruning failed.
     #[error("prune failed: {0}")]
     Prune(String),
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// Talking to the API server failed outside of a specific stage.
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    /// A request a stage made failed: the stage's reason, what it was doing, the API's error.
+    #[error("{doing}: {}", cluster::api_message(.source))]
+    Request {
+        reason: report::Reason,
+        doing: &'static str,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
-    /// A bounded reason, shared by status, Events and metric labels.
-    pub fn reason(&self) -> &'static str {
+    /// The bounded reason, shared by status, Events and metric labels.
+    pub fn reason(&self) -> report::Reason {
+        use report::Reason;
         match self {
-            Error::Fetch(_) => "FetchFailed",
-            Error::Render(_) => "RenderFailed",
-            Error::Validation(_) => "ValidationFailed",
-            Error::Apply(_) => "ApplyFailed",
-            Error::HealthCheck(_) => "HealthCheckFailed",
-            Error::Prune(_) => "PruneFailed",
-            Error::Config(_) => "ConfigInvalid",
-            Error::Kube(_) => "ApiError",
+            Error::Fetch(_) => Reason::FetchFailed,
+            Error::Render(_) => Reason::RenderFailed,
+            Error::Validation(_) => Reason::ValidationFailed,
+            Error::Apply(_) => Reason::ApplyFailed,
+            Error::HealthCheck(_) => Reason::HealthCheckFailed,
+            Error::Prune(_) => Reason::PruneFailed,
+            Error::Config(_) => Reason::ConfigInvalid,
+            Error::Request { reason, .. } => *reason,
         }
+    }
+
+    /// A stage's request failed: its reason and what it was doing.
+    pub fn request(reason: report::Reason, doing: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Request { reason, doing, source }
     }
 }
 

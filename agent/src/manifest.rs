@@ -204,6 +204,30 @@ pub struct ResourceType {
 }
 
 impl ResourceType {
+    /// A kind of the core group (`v1`).
+    fn core(kind: &str, plural: &str, namespaced: bool) -> Self {
+        ResourceType { group: String::new(), version: "v1".into(), kind: kind.into(), plural: plural.into(), namespaced }
+    }
+
+    /// ConfigMaps, the kind of every ApplySet parent.
+    pub fn config_maps() -> Self {
+        Self::core("ConfigMap", "configmaps", true)
+    }
+
+    pub fn namespaces() -> Self {
+        Self::core("Namespace", "namespaces", false)
+    }
+
+    pub fn custom_resource_definitions() -> Self {
+        ResourceType {
+            group: "apiextensions.k8s.io".into(),
+            version: "v1".into(),
+            kind: "CustomResourceDefinition".into(),
+            plural: "customresourcedefinitions".into(),
+            namespaced: false,
+        }
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()

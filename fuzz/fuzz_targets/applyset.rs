@@ -6,7 +6,7 @@
 
 use driftless::keys;
 use driftless::manifest::GroupKind;
-use driftless::prune::applyset::Inventory;
+use driftless::inventory::applyset::Inventory;
 use libfuzzer_sys::fuzz_target;
 
 fn round_trip(inventory: &Inventory) {

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use driftless::apply::Cluster;
+use driftless::cluster::Cluster;
 use driftless::config::{Source, SourceConfig};
 use driftless::render::Limits;
-use driftless::sync::{self, Context, Report};
+use driftless::report::Report;
+use driftless::sync::{self, Context};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
@@ -145,7 +146,7 @@ where
 
 /// A `driftless run` loop for one source, running in this process until dropped.
 pub struct RunningSource {
-    pub statuses: driftless::agent::Statuses,
+    pub statuses: driftless::status::model::Statuses,
     pub trigger: tokio::sync::mpsc::Sender<()>,
     pub name: String,
     task: tokio::task::JoinHandle<()>,
@@ -164,12 +165,12 @@ impl RunningSource {
     }
 
     /// The source's current status.
-    pub fn status(&self) -> driftless::agent::SourceStatus {
+    pub fn status(&self) -> driftless::status::model::SourceStatus {
         self.statuses.read().unwrap().get(&self.name).cloned().expect("the source has a status")
     }
 
     /// Waits until the status satisfies `f`.
-    pub async fn wait(&self, what: &str, timeout: Duration, f: impl Fn(&driftless::agent::SourceStatus) -> bool) {
+    pub async fn wait(&self, what: &str, timeout: Duration, f: impl Fn(&driftless::status::model::SourceStatus) -> bool) {
         crate::wait_for(what, timeout, || async { f(&self.status()).then_some(()) }).await
     }
 }

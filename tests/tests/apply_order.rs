@@ -2,8 +2,8 @@
 //! PodDisruptionBudgets (and the config the pods read) before the workloads behind them, the HPA
 //! after its Deployment (README "Apply order").
 
-use driftless::apply::changeset::Action;
-use driftless::sync::State;
+use driftless::report::changes::Action;
+use driftless::report::State;
 use driftless_tests::agent::{audit_events, is_write, Agent};
 use driftless_tests::{GitFixture, TestNamespace};
 use serde_json::Value;
@@ -103,7 +103,7 @@ async fn services_network_policies_and_budgets_are_written_before_workloads_and_
     // when the repository is synced once (driftless sync)
     let audit_start = audit_events().len();
     let report = agent.sync(&source).await;
-    assert_eq!(report.state, State::Synced, "{}: {}", report.reason, report.message);
+    assert_eq!(report.state, State::Synced, "{:?}: {}", report.reason, report.message);
     assert_eq!(report.changes.count(Action::Created), 6, "{:#?}", report.changes);
 
     // then the audit log holds one apply (patch, not a dry-run) per object, in stage order

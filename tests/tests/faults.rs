@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use driftless::apply::changeset::Action;
-use driftless::sync::State;
+use driftless::report::changes::Action;
+use driftless::report::{Reason, State};
 use driftless_tests::agent::{configmap, configmaps, eventually_ok as eventually, is_write, tail, Agent, AgentProcess};
 use driftless_tests::cluster::{by_driftless, code, AuditTail, PrivateCluster};
 use driftless_tests::{audit_log_path, client, unique_name, GitFixture, TestNamespace};
@@ -700,7 +700,7 @@ async fn a_quota_that_rejects_one_object_at_apply_reports_it_and_prunes_nothing(
     let mut audit = audit_since;
     let report = agent.sync(&source).await;
     assert_eq!(report.state, State::Failed, "{}", report.message);
-    assert_eq!(report.reason, "ApplyFailed", "{}", report.message);
+    assert_eq!(report.reason, Some(Reason::ApplyFailed), "{}", report.message);
 
     // exactly one of new-a and new-b was rejected, by the quota, and named
     let live = uids(&agent.client, ns.name()).await;
@@ -742,7 +742,7 @@ async fn a_quota_that_rejects_one_object_at_apply_reports_it_and_prunes_nothing(
         if report.state == State::Synced {
             break report;
         }
-        assert!(Instant::now() < deadline, "no convergence within 30s after the quota was raised: {} {}", report.reason, report.message);
+        assert!(Instant::now() < deadline, "no convergence within 30s after the quota was raised: {:?} {}", report.reason, report.message);
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let deleted: Vec<String> =

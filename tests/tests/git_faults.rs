@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use driftless::apply::changeset::Action;
 use driftless::config::Source;
+use driftless::report::changes::Action;
+use driftless::report::{Reason, State};
 use driftless::source::Auth;
-use driftless::sync::State;
 use driftless_tests::agent::{self, configmap, configmaps, driftless_requests_since, is_write, Agent, AgentProcess};
 use driftless_tests::git_http::{GitHttpServer, REPO_PATH};
 use driftless_tests::{unique_name, GitFixture, TestNamespace};
@@ -214,9 +214,9 @@ async fn a_git_server_that_accepts_and_never_answers_fails_the_sync_in_time_and_
     let started = Instant::now();
     let report = agent.sync(&source).await;
     let took = started.elapsed();
-    eprintln!("sync against a hung git server: {:?} {} after {took:?}: {}", report.state, report.reason, report.message);
+    eprintln!("sync against a hung git server: {:?} {:?} after {took:?}: {}", report.state, report.reason, report.message);
     assert_eq!(report.state, State::Failed, "{}", report.message);
-    assert_eq!(report.reason, "FetchFailed", "{}", report.message);
+    assert_eq!(report.reason, Some(Reason::FetchFailed), "{}", report.message);
     assert!(report.message.contains("within the fetch timeout of 3s"), "{}", report.message);
     assert!(took < timeout + Duration::from_secs(3), "the sync took {took:?} with a timeout of {timeout:?}");
     assert!(served.gate.accepted() > accepted, "the hung server was not reached");
@@ -261,9 +261,9 @@ async fn a_pack_over_max_fetch_bytes_fails_the_sync_naming_the_limit_and_changes
     served.change();
     let since = agent::audit_events().len();
     let report = agent.sync(&source).await;
-    eprintln!("sync of an oversized pack: {:?} {}: {}", report.state, report.reason, report.message);
+    eprintln!("sync of an oversized pack: {:?} {:?}: {}", report.state, report.reason, report.message);
     assert_eq!(report.state, State::Failed, "{}", report.message);
-    assert_eq!(report.reason, "FetchFailed", "{}", report.message);
+    assert_eq!(report.reason, Some(Reason::FetchFailed), "{}", report.message);
     assert!(report.message.contains("over the fetch size limit of 1048576 bytes (maxFetchBytes)"), "{}", report.message);
     assert_eq!(configmaps(&agent.client, ns.name()).await, before);
     let writes = writes_since(since, ns.name(), &source.name);

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use driftless::agent::SyncState;
 use driftless::live::health::Health;
-use driftless::sync::State;
+use driftless::report::{Reason, State};
+use driftless::status::model::SyncState;
 use driftless_tests::agent::{
     audit_events, configmap, driftless_requests_since, dynamic_api, get, is_dry_run, is_write, Agent, RunningSource,
 };
@@ -258,12 +258,12 @@ async fn a_health_timeout_fails_the_sync_and_prunes_nothing() {
     repo.commit("stuck rollout");
     let report = agent.sync(&source).await;
     assert_eq!(report.state, State::Failed);
-    assert_eq!(report.reason, "HealthCheckFailed", "{}", report.message);
+    assert_eq!(report.reason, Some(Reason::HealthCheckFailed), "{}", report.message);
     assert!(report.message.contains("stuck"), "{}", report.message);
     let cms = driftless_tests::agent::configmaps(&agent.client, ns.name()).await;
     assert!(cms.contains_key("c0"), "nothing pruned");
     assert!(!cms.contains_key("late"), "wave 1 not applied");
-    assert_eq!(report.changes.count(driftless::apply::changeset::Action::Deleted), 0);
+    assert_eq!(report.changes.count(driftless::report::changes::Action::Deleted), 0);
     ns.cleanup().await;
 }
 
@@ -297,7 +297,7 @@ async fn a_resync_with_nothing_new_sends_no_write_and_no_dry_run() {
     let since = audit_events().len();
     repo.write("c3.yaml", configmap("c3", "2"));
     repo.commit("change c3");
-    run.wait("the new commit", Duration::from_secs(10), |s| s.counts.get(&driftless::apply::changeset::Action::Configured) == Some(&1))
+    run.wait("the new commit", Duration::from_secs(10), |s| s.counts.get(&driftless::report::changes::Action::Configured) == Some(&1))
         .await;
     let requests = driftless_requests_since(since, ns.name(), &run.name);
     let names: Vec<&str> = requests

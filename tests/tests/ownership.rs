@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use driftless::apply::changeset::Action;
 use driftless::config::Source;
+use driftless::inventory::{self, applyset};
 use driftless::keys;
 use driftless::manifest::ObjectRef;
-use driftless::prune::{self as inventory, applyset};
-use driftless::sync::{Report, State};
+use driftless::report::changes::Action;
+use driftless::report::{Reason, Report, State};
 use driftless_tests::agent::{
     self, audit_events, configmap, configmaps, driftless_requests_since, dynamic_api, get, is_write, Agent, AGENT_NAMESPACE,
 };
@@ -58,11 +58,11 @@ fn writes_to_agent_object_since(since: usize, resource: &str, name: &str) -> usi
 }
 
 fn assert_synced(report: &Report) {
-    assert_eq!(report.state, State::Synced, "{}: {}\n{:#?}", report.reason, report.message, report.changes);
+    assert_eq!(report.state, State::Synced, "{:?}: {}\n{:#?}", report.reason, report.message, report.changes);
 }
 
 fn assert_validation_failed(report: &Report) {
-    assert_eq!((report.state, report.reason.as_str()), (State::Failed, "ValidationFailed"), "{}\n{:#?}", report.message, report.changes);
+    assert_eq!((report.state, report.reason), (State::Failed, Some(Reason::ValidationFailed)), "{}\n{:#?}", report.message, report.changes);
 }
 
 fn part_of(object: &Value) -> Option<&str> {
@@ -323,7 +323,7 @@ async fn an_object_moved_between_sources_keeps_its_uid() {
     assert!(get(&cms, "b1").await.is_none(), "b1 was created");
     let moved = get(&cms, "moved").await.expect("moved exists");
     assert_eq!((part_of(&moved), moved["data"]["value"].as_str()), (Some(applyset_id_of(&source_a).as_str()), Some("from-a")));
-    let claims = |parent: &Value| parent["metadata"]["annotations"][keys::CLAIMS].as_str().map(inventory::decode_claims);
+    let claims = |parent: &Value| parent["metadata"]["annotations"][keys::CLAIMS].as_str().map(inventory::prune::decode_claims);
     let parent = get(&agent_cms, &parent_b).await.expect("B's parent exists");
     assert_eq!(
         claims(&parent),

@@ -16,10 +16,10 @@
 
 use std::time::Duration;
 
-use driftless::apply::changeset::Action;
 use driftless::config::Source;
 use driftless::manifest::GroupKind;
-use driftless::sync::{Report, State};
+use driftless::report::changes::Action;
+use driftless::report::{Reason, Report, State};
 use driftless_tests::agent::{audit_events, configmap, configmaps, dynamic_api, get, is_dry_run, is_write, Agent, AGENT_NAMESPACE};
 use driftless_tests::{cluster_bin, kubeconfig_path, unique_name, wait_for, GitFixture, TestNamespace};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -92,7 +92,7 @@ async fn a_failed_fetch_prunes_nothing() {
     let audit = audit_events().len();
     let report = agent.sync(&source).await;
     assert_eq!(report.state, State::Failed);
-    assert_eq!(report.reason, "FetchFailed", "{}", report.message);
+    assert_eq!(report.reason, Some(Reason::FetchFailed), "{}", report.message);
     assert_eq!(deleted(&report), 0);
     assert_eq!(deletes_since(audit, ns.name()), 0);
     assert_eq!(configmaps(&agent.client, ns.name()).await, before, "nothing changed");
@@ -305,7 +305,7 @@ async fn a_failed_delete_stays_in_the_inventory_and_is_retried() {
     repo.commit("drop sticky");
     let failed = agent.sync(&source).await;
     assert_eq!(failed.state, State::Failed);
-    assert_eq!(failed.reason, "PruneFailed", "{}", failed.message);
+    assert_eq!(failed.reason, Some(Reason::PruneFailed), "{}", failed.message);
     assert!(failed.message.contains("protected by policy"), "{}", failed.message);
     assert_eq!(deleted(&failed), 0);
     let sticky = get(&cms, "sticky").await.expect("sticky is still there");
@@ -392,7 +392,7 @@ async fn a_crd_removed_from_git_is_kept_with_its_custom_resources_unless_prunabl
     let mut source = driftless_tests::agent::source("crd", &repo.url(), ns.name());
     source.max_prune_percent = 100;
     let first = agent.sync(&source).await;
-    assert_eq!(first.state, State::Synced, "{}: {}", first.reason, first.message);
+    assert_eq!(first.state, State::Synced, "{:?}: {}", first.reason, first.message);
     assert_eq!(first.changes.count(Action::Created), 4, "{:#?}", first.changes);
     let crds = dynamic_api(&agent.client, "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", "");
     let gadgets = dynamic_api(&agent.client, &format!("{group}/v1"), "Gadget", &plural, ns.name());
@@ -409,7 +409,7 @@ async fn a_crd_removed_from_git_is_kept_with_its_custom_resources_unless_prunabl
 
     // then the sync is Synced; the CRD is kept as a protected kind, and its custom resources stay
     // with it (the definition's data): nothing deleted
-    assert_eq!(kept.state, State::Synced, "{}: {}", kept.reason, kept.message);
+    assert_eq!(kept.state, State::Synced, "{:?}: {}", kept.reason, kept.message);
     let mut skipped: Vec<(String, String)> =
         kept.changes.entries.iter().filter(|c| c.action == Action::Skipped).map(|c| (c.id.to_string(), c.message.clone())).collect();
     skipped.sort();
@@ -438,7 +438,7 @@ async fn a_crd_removed_from_git_is_kept_with_its_custom_resources_unless_prunabl
     source.prunable.insert(GroupKind::parse("CustomResourceDefinition.apiextensions.k8s.io"));
     let audit = audit_events().len();
     let pruned = agent.sync(&source).await;
-    assert_eq!(pruned.state, State::Synced, "{}: {}", pruned.reason, pruned.message);
+    assert_eq!(pruned.state, State::Synced, "{:?}: {}", pruned.reason, pruned.message);
     let gone: Vec<String> = pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
     assert_eq!(
         gone,
@@ -471,7 +471,7 @@ async fn an_admission_policy_rejecting_one_of_n_objects_at_dry_run_applies_nothi
     repo.commit("three configmaps");
     let source = driftless_tests::agent::source("vap", &repo.url(), ns.name());
     let first = agent.sync(&source).await;
-    assert_eq!(first.state, State::Synced, "{}: {}", first.reason, first.message);
+    assert_eq!(first.state, State::Synced, "{:?}: {}", first.reason, first.message);
     assert_eq!(first.changes.count(Action::Created), 3);
     let before = configmaps(&agent.client, ns.name()).await;
     assert_eq!(before.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
@@ -535,7 +535,7 @@ async fn an_admission_policy_rejecting_one_of_n_objects_at_dry_run_applies_nothi
 
     // then the sync fails validation naming the object, its file and the policy's message
     assert_eq!(report.state, State::Failed, "{:#?}", report);
-    assert_eq!(report.reason, "ValidationFailed", "{}", report.message);
+    assert_eq!(report.reason, Some(Reason::ValidationFailed), "{}", report.message);
     let m = &report.message;
     assert!(m.contains(&format!("rejected-1.yaml:1: ConfigMap {}/rejected-1: ", ns.name())), "file and object: {m}");
     assert!(m.contains(message), "the policy's message: {m}");

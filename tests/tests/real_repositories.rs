@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use driftless::apply::changeset::Action;
-use driftless::sync::{Report, State};
+use driftless::report::changes::Action;
+use driftless::report::{Report, State};
 use driftless_tests::agent::{self, audit_events, configmap, driftless_requests_since, dynamic_api, get, is_write, Agent, AgentProcess};
 use driftless_tests::{cluster_bin, kubeconfig_path, unique_name, wait_for, GitFixture, TestNamespace, TEST_LABEL};
 use serde_json::{json, Value};
@@ -22,7 +22,7 @@ use tempfile::TempDir;
 // ----- helpers -------------------------------------------------------------------------------
 
 fn assert_synced(report: &Report) {
-    assert_eq!(report.state, State::Synced, "{}: {}\n{:#?}", report.reason, report.message, report.changes);
+    assert_eq!(report.state, State::Synced, "{:?}: {}\n{:#?}", report.reason, report.message, report.changes);
 }
 
 /// `kubectl <args>` on the test cluster; panics with its stderr when it fails.

@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use driftless::config::Source;
+use driftless::report::{Reason, State};
 use driftless::source::Auth;
-use driftless::sync::State;
 use driftless_tests::agent::{configmap, configmaps, Agent};
 use driftless_tests::{wait_for, GitFixture, TestNamespace};
 use tempfile::TempDir;
@@ -102,7 +102,7 @@ async fn a_known_host_key_syncs_and_a_changed_or_unknown_one_is_refused() {
     let good = sshd.known_hosts("known_hosts", &sshd.path("host_key.pub"), "127.0.0.1");
     let source = sshd.source(&repo, ns.name(), good);
     let report = agent.sync(&source).await;
-    assert_eq!(report.state, State::Synced, "{}: {}", report.reason, report.message);
+    assert_eq!(report.state, State::Synced, "{:?}: {}", report.reason, report.message);
     wait_for("the ConfigMap", Duration::from_secs(5), || async {
         configmaps(&agent.client, ns.name()).await.contains_key("over-ssh").then_some(())
     })
@@ -117,7 +117,7 @@ async fn a_known_host_key_syncs_and_a_changed_or_unknown_one_is_refused() {
     mitm.name = source.name.clone();
     let report = agent.sync(&mitm).await;
     assert_eq!(report.state, State::Failed);
-    assert_eq!(report.reason, "FetchFailed");
+    assert_eq!(report.reason, Some(Reason::FetchFailed));
     assert!(report.message.contains("does not match"), "{}", report.message);
 
     // the host is not in known_hosts at all: refused, nothing changes
@@ -126,7 +126,7 @@ async fn a_known_host_key_syncs_and_a_changed_or_unknown_one_is_refused() {
     stranger.name = source.name.clone();
     let report = agent.sync(&stranger).await;
     assert_eq!(report.state, State::Failed);
-    assert_eq!(report.reason, "FetchFailed");
+    assert_eq!(report.reason, Some(Reason::FetchFailed));
     assert!(report.message.contains("not in known_hosts"), "{}", report.message);
     assert_eq!(configmaps(&agent.client, ns.name()).await, before, "nothing changed");
     ns.cleanup().await;

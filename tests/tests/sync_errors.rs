@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use driftless::apply::changeset::Action;
 use driftless::config::Source;
+use driftless::inventory::applyset;
 use driftless::keys;
-use driftless::prune::applyset;
+use driftless::report::changes::Action;
+use driftless::report::{Reason, Report, State};
 use driftless::source::Auth;
-use driftless::sync::{Report, State};
 use driftless_tests::agent::{self, configmap, configmaps, dynamic_api, get, Agent, AGENT_NAMESPACE};
 use driftless_tests::{cluster_bin, kubeconfig_path, unique_name, GitFixture, TestNamespace};
 use kube::api::{DynamicObject, PostParams};
@@ -62,9 +62,9 @@ fn ordinary_changes(repo: &GitFixture, dir: &str) {
 impl Given {
     /// Then the sync failed with `reason`, wrote nothing, and the ConfigMaps are exactly as before:
     /// `b` not edited, `c` not pruned, `d` not created.
-    async fn assert_failed_and_nothing_changed(&self, report: &Report, reason: &str) {
+    async fn assert_failed_and_nothing_changed(&self, report: &Report, reason: Reason) {
         assert_eq!(report.state, State::Failed, "{report:#?}");
-        assert_eq!(report.reason, reason, "{}", report.message);
+        assert_eq!(report.reason, Some(reason), "{}", report.message);
         assert!(report.error.is_some());
         let writes: Vec<String> =
             report.changes.entries.iter().filter(|c| c.action.is_write()).map(|c| format!("{} {}", c.action, c.id)).collect();
@@ -85,7 +85,7 @@ impl Given {
 }
 
 fn assert_synced(report: &Report) {
-    assert_eq!(report.state, State::Synced, "{}: {}\n{:#?}", report.reason, report.message, report.changes);
+    assert_eq!(report.state, State::Synced, "{:?}: {}\n{:#?}", report.reason, report.message, report.changes);
 }
 
 fn part_of(object: &Value) -> Option<&str> {
@@ -108,7 +108,7 @@ async fn invalid_yaml_fails_render_naming_file_and_line_and_changes_nothing() {
     let report = given.agent.sync(&given.source).await;
 
     // then the render fails naming the file and the line, and nothing changed
-    given.assert_failed_and_nothing_changed(&report, "RenderFailed").await;
+    given.assert_failed_and_nothing_changed(&report, Reason::RenderFailed).await;
     assert_eq!(report.commit.as_deref(), Some(bad.as_str()), "the failing commit is reported");
     assert!(report.message.starts_with("render failed: broken.yaml:4: "), "file and line: {}", report.message);
     assert!(report.message.contains("invalid YAML"), "{}", report.message);
@@ -140,7 +140,7 @@ async fn objects_the_server_rejects_fail_validation_with_the_servers_message_and
     let report = given.agent.sync(&given.source).await;
 
     // then the dry-run refuses the revision, naming each object with the server's message
-    given.assert_failed_and_nothing_changed(&report, "ValidationFailed").await;
+    given.assert_failed_and_nothing_changed(&report, Reason::ValidationFailed).await;
     assert_eq!(report.commit.as_deref(), Some(bad.as_str()));
     let ns = given.ns.name();
     let m = &report.message;
@@ -168,7 +168,7 @@ async fn an_unknown_kind_fails_validation_naming_file_and_object_and_changes_not
     let report = given.agent.sync(&given.source).await;
 
     // then the plan refuses it: file, object and "unknown kind"
-    given.assert_failed_and_nothing_changed(&report, "ValidationFailed").await;
+    given.assert_failed_and_nothing_changed(&report, Reason::ValidationFailed).await;
     let m = &report.message;
     assert!(m.contains("widget.yaml:1"), "the file is named: {m}");
     assert!(m.contains("UndefinedWidget w") && m.contains("example.com/v1"), "the object is named: {m}");
@@ -193,7 +193,7 @@ async fn a_symlink_escaping_the_source_path_fails_the_fetch_and_changes_nothing(
     let report = given.agent.sync(&given.source).await;
 
     // then the fetch refuses the link by name and target
-    given.assert_failed_and_nothing_changed(&report, "FetchFailed").await;
+    given.assert_failed_and_nothing_changed(&report, Reason::FetchFailed).await;
     let m = &report.message;
     assert!(m.contains("symlink apps/x.yaml"), "the link is named: {m}");
     assert!(m.contains("../secret.yaml") && m.contains("outside the source path"), "{m}");
@@ -219,7 +219,7 @@ async fn a_source_path_missing_from_the_commit_fails_the_fetch_and_changes_nothi
 
     // then the fetch fails naming the path and the commit; nothing is pruned although no object
     // is left
-    given.assert_failed_and_nothing_changed(&report, "FetchFailed").await;
+    given.assert_failed_and_nothing_changed(&report, Reason::FetchFailed).await;
     let m = &report.message;
     assert!(m.contains("\"apps\"") && m.contains("does not exist"), "{m}");
     assert!(m.contains(&bad), "the commit is named: {m}");
@@ -242,7 +242,7 @@ async fn a_ref_missing_from_the_remote_fails_the_fetch_naming_the_ref_and_change
     let report = given.agent.sync(&given.source).await;
 
     // then the fetch fails naming the ref
-    given.assert_failed_and_nothing_changed(&report, "FetchFailed").await;
+    given.assert_failed_and_nothing_changed(&report, Reason::FetchFailed).await;
     assert_eq!(report.commit, None);
     let m = &report.message;
     assert!(m.contains("release-x") && m.contains("not found"), "{m}");
@@ -265,7 +265,7 @@ async fn an_ssh_source_without_known_hosts_is_refused_before_connecting_and_chan
     let report = given.agent.sync(&source).await;
 
     // then it fails before connecting, saying known_hosts is required
-    given.assert_failed_and_nothing_changed(&report, "FetchFailed").await;
+    given.assert_failed_and_nothing_changed(&report, Reason::FetchFailed).await;
     assert_eq!(report.commit, None);
     let m = &report.message;
     assert!(m.contains("known_hosts"), "{m}");
@@ -284,7 +284,7 @@ async fn the_same_object_in_two_files_fails_validation_naming_both_files_and_cha
     let report = given.agent.sync(&given.source).await;
 
     // then the plan refuses it, naming both places
-    given.assert_failed_and_nothing_changed(&report, "ValidationFailed").await;
+    given.assert_failed_and_nothing_changed(&report, Reason::ValidationFailed).await;
     let m = &report.message;
     let ns = given.ns.name();
     assert!(m.contains(&format!("ConfigMap {ns}/a is defined twice")), "{m}");
@@ -319,7 +319,7 @@ async fn an_object_of_another_applyset_is_never_taken_over() {
 
     // then B fails, naming the object and its file, and applies nothing at all
     assert_eq!(report.state, State::Failed, "{report:#?}");
-    assert_eq!(report.reason, "ValidationFailed");
+    assert_eq!(report.reason, Some(Reason::ValidationFailed));
     let m = &report.message;
     assert!(m.contains(&format!("ConfigMap {}/shared (shared.yaml:1)", ns.name())), "{m}");
     assert!(m.contains("belongs to another ApplySet"), "{m}");
@@ -469,7 +469,7 @@ async fn an_invalid_custom_resource_of_a_new_crd_applies_no_ordinary_object() {
     let report = given.agent.sync(&given.source).await;
 
     // then validation fails naming the Widget, and no ConfigMap was written (the CRD may exist)
-    assert_eq!((report.state, report.reason.as_str()), (State::Failed, "ValidationFailed"), "{}", report.message);
+    assert_eq!((report.state, report.reason), (State::Failed, Some(Reason::ValidationFailed)), "{}", report.message);
     assert!(report.message.contains(&format!("Widget.{group} {}/w", given.ns.name())), "{}", report.message);
     assert!(report.message.contains(".spec.size"), "{}", report.message);
     let after = configmaps(&given.agent.client, given.ns.name()).await;
@@ -533,7 +533,7 @@ async fn a_job_annotated_for_recreation_is_recreated_and_one_without_is_refused(
 
     // then validation fails with the server's immutable-field message, and nothing changed
     assert_eq!(refused.state, State::Failed, "{refused:#?}");
-    assert_eq!(refused.reason, "ValidationFailed");
+    assert_eq!(refused.reason, Some(Reason::ValidationFailed));
     let m = &refused.message;
     assert!(m.contains(&format!("Job.batch {}/plain", ns.name())), "{m}");
     assert!(m.contains("spec.template") && m.contains("field is immutable"), "{m}");

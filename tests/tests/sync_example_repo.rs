@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use driftless::apply::changeset::Action;
 use driftless::manifest::GroupKind;
-use driftless::plan::order::stage_of;
-use driftless::sync::State;
+use driftless::plan::order::tier_of;
+use driftless::report::changes::Action;
+use driftless::report::State;
 use driftless_tests::agent::{audit_events, dynamic_api, get, remove_example, Agent};
 use driftless_tests::{repo_root, wait_for, GitFixture};
 use serde_json::Value;
@@ -25,7 +25,7 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
     // given the example repo, when it is synced, then every object is created in order
     let audit_start = audit_events().len();
     let report = agent.sync(&source).await;
-    assert_eq!(report.state, State::Synced, "{}: {}", report.reason, report.message);
+    assert_eq!(report.state, State::Synced, "{:?}: {}", report.reason, report.message);
     assert_eq!(report.commit.as_deref(), Some(first.as_str()));
     assert_eq!(report.changes.entries.len(), 20, "{:#?}", report.changes);
     assert!(report.changes.entries.iter().all(|c| c.action == Action::Created), "{:#?}", report.changes);
@@ -44,21 +44,21 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
         })
         .collect();
     assert_eq!(writes.len(), 20, "one server-side apply per object: {writes:?}");
-    // (wave, stage): the migration Job is wave 1, the app wave 2, the rest wave 0; definitions
+    // (wave, tier): the migration Job is wave 1, the app wave 2, the rest wave 0; definitions
     // (CRDs and Namespaces, and the new ClusterRole its binding names) go first whatever their
-    // wave, in stage order
+    // wave, in tier order
     let keys: Vec<(i64, usize)> = writes
         .iter()
         .map(|(gk, name)| {
-            let stage = stage_of(&gk.group, &gk.kind);
-            let definition = stage == 0 || (gk.kind == "ClusterRole" && name == "shop-prometheus");
-            (if definition { -1 } else { wave_of(&gk.kind, name) }, stage)
+            let tier = tier_of(&gk.group, &gk.kind);
+            let definition = tier == 0 || (gk.kind == "ClusterRole" && name == "shop-prometheus");
+            (if definition { -1 } else { wave_of(&gk.kind, name) }, tier)
         })
         .collect();
     assert!(keys.windows(2).all(|w| w[0] <= w[1]), "writes out of order: {writes:?}");
 
     // ...each with field manager driftless (Apply)
-    let catalog = agent.ctx.cluster.discover().await.unwrap();
+    let catalog = driftless::plan::Catalog::new(agent.ctx.cluster.discover().await.unwrap());
     for c in &report.changes.entries {
         let rt = catalog.preferred(&c.id.group_kind()).unwrap();
         let live = get(&dynamic_api(&agent.client, &rt.api_version(), &rt.kind, &rt.plural, &c.id.namespace), &c.id.name)
@@ -130,8 +130,8 @@ fn resource_matches(kind: &str, resource: &str) -> bool {
     plural == resource
 }
 
-async fn resource_versions(agent: &Agent, report: &driftless::sync::Report) -> Vec<(String, String)> {
-    let catalog = agent.ctx.cluster.discover().await.unwrap();
+async fn resource_versions(agent: &Agent, report: &driftless::report::Report) -> Vec<(String, String)> {
+    let catalog = driftless::plan::Catalog::new(agent.ctx.cluster.discover().await.unwrap());
     let mut out = Vec::new();
     for c in &report.changes.entries {
         let rt = catalog.preferred(&c.id.group_kind()).unwrap();

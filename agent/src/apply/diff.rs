@@ -8,11 +8,8 @@
 use serde_json::{Map, Value};
 
 use crate::live::drift::Expected;
+use crate::live::object;
 use crate::FIELD_MANAGER;
-
-/// Metadata the server changes on every write, or that a dry-run fills in differently; not a
-/// difference in desired state.
-const VOLATILE_METADATA: [&str; 4] = ["managedFields", "resourceVersion", "generation", "creationTimestamp"];
 
 /// Whether applying would change the live object: compares the dry-run result with the live
 /// object, ignoring volatile metadata and status.
@@ -22,7 +19,7 @@ pub fn differs(live: &Value, dry_run: &Value) -> bool {
 
 fn strip(object: &Value) -> Value {
     let mut o = object.clone();
-    strip_in_place(&mut o);
+    object::strip(&mut o);
     o
 }
 
@@ -75,22 +72,6 @@ fn project(value: &Value, fields: &Value) -> Value {
     Value::Object(out)
 }
 
-/// Removes from an object what [`differs`] ignores.
-pub fn strip_in_place(o: &mut Value) {
-    if let Some(map) = o.as_object_mut() {
-        // Identity is known from the plan; list items come without apiVersion and kind, and a
-        // dry-run through another served version describes the same object.
-        map.remove("apiVersion");
-        map.remove("kind");
-        map.remove("status");
-        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-            for key in VOLATILE_METADATA {
-                meta.remove(key);
-            }
-        }
-    }
-}
-
 /// The paths (like `spec.replicas` or `data.key`) where the dry-run result differs from the live
 /// object, at most `limit` of them. Only paths: values never appear, so Secrets stay secret.
 pub fn changed_paths(live: &Value, dry_run: &Value, limit: usize) -> Vec<String> {
@@ -132,6 +113,20 @@ pub fn is_immutable_field_error(message: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn what_a_live_object_drops_when_read_is_what_the_differ_ignores() {
+        let full = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "resourceVersion": "7", "generation": 2,
+                "managedFields": [{"manager": "driftless", "operation": "Apply", "apiVersion": "apps/v1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+            "spec": {"replicas": 3}, "status": {"availableReplicas": 3}});
+        let read = crate::live::object::LiveObject::read(serde_json::from_value(full.clone()).unwrap());
+        let body = read.body.unwrap();
+        assert!(!differs(&body, &full), "what is dropped is what the differ ignores");
+        let mut changed = full.clone();
+        changed["spec"]["replicas"] = json!(4);
+        assert!(differs(&body, &changed));
+    }
 
     #[test]
     fn only_volatile_metadata_and_status_changed_is_no_difference() {
@@ -198,7 +193,7 @@ mod tests {
         let live_owned = Expected::from_object(&dry);
         // listed before the controller set its revision annotation and status
         let mut listed = deployment("nginx:1", 2, "1");
-        strip_in_place(&mut listed);
+        object::strip(&mut listed);
         assert!(differs(&listed, &dry), "the whole objects differ");
         assert!(!owned_differs(&listed, &live_owned, &dry), "what Driftless owns does not");
     }

@@ -7,6 +7,7 @@
 
 pub mod drift;
 pub mod health;
+pub mod object;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};

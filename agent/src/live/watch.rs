@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::drift::Entry;
 use super::LiveState;
-use crate::apply::Cluster;
+use crate::cluster::Cluster;
 use crate::keys;
 use crate::manifest::{ObjectRef, ResourceType};
 

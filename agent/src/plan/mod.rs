@@ -1,5 +1,5 @@
 //! Plan: decisions without I/O. Given the rendered objects and what discovery knows about the
-//! server's kinds, decide each object's resource and namespace, its apply order (wave, stage,
+//! server's kinds, decide each object's resource and namespace, its apply order (wave, tier,
 //! kind), its desired hash, and the labels that make it a member of the source's ApplySet.
 //! [`prune`] decides, from the live members, what may be deleted.
 
@@ -99,7 +99,7 @@ pub struct Planned {
     pub hash: String,
     pub origin: Origin,
     pub wave: i64,
-    pub stage: usize,
+    pub tier: usize,
     /// Annotated `driftless.dev/recreate: "true"`.
     pub recreate: bool,
     /// Its kind is defined by a CRD of this same revision that the server does not serve yet.
@@ -117,7 +117,7 @@ impl Planned {
     }
 }
 
-/// All objects of a revision in apply order: by wave, then stage, then kind, namespace and name.
+/// All objects of a revision in apply order: by wave, then tier, then kind, namespace and name.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     objects: Vec<Planned>,
@@ -234,17 +234,17 @@ pub fn build(manifests: Vec<Manifest>, catalog: &Catalog, opts: &PlanOptions) ->
                 continue;
             }
         };
-        objects.push(Planned { stage: order::stage_of(&group, &kind), id, resource, object, hash, origin, wave, recreate, needs_crd });
+        objects.push(Planned { tier: order::tier_of(&group, &kind), id, resource, object, hash, origin, wave, recreate, needs_crd });
     }
 
     if !problems.is_empty() {
         return Err(PlanError { problems });
     }
     objects.sort_by(|a, b| {
-        (a.wave, a.stage, order::rank_in_stage(&a.id.kind), &a.id.kind, &a.id.group, &a.id.namespace, &a.id.name).cmp(&(
+        (a.wave, a.tier, order::rank_in_tier(&a.id.kind), &a.id.kind, &a.id.group, &a.id.namespace, &a.id.name).cmp(&(
             b.wave,
-            b.stage,
-            order::rank_in_stage(&b.id.kind),
+            b.tier,
+            order::rank_in_tier(&b.id.kind),
             &b.id.kind,
             &b.id.group,
             &b.id.namespace,

@@ -1,9 +1,9 @@
-//! The kind order of an apply. Stages run in increasing order, the objects of one stage
+//! The kind order of an apply. Tiers run in increasing order, the objects of one tier
 //! concurrently; deletion runs in reverse. The order is Helm's install order (`InstallOrder` in
-//! Helm's `kind_sorter.go`) cut into stages, so that whatever must exist before another kind is
-//! in an earlier stage:
+//! Helm's `kind_sorter.go`) cut into tiers, so that whatever must exist before another kind is
+//! in an earlier tier:
 //!
-//! | stage | name                | kinds                                                                          |
+//! | tier  | name                | kinds                                                                          |
 //! |-------|---------------------|--------------------------------------------------------------------------------|
 //! | 0     | definitions         | CustomResourceDefinition, Namespace (CRDs are waited on until Established)     |
 //! | 1     | policies            | PriorityClass, NetworkPolicy, ResourceQuota, LimitRange, PodSecurityPolicy, PodDisruptionBudget |
@@ -18,17 +18,17 @@
 //! Services, NetworkPolicies and PodDisruptionBudgets exist before any workload (a pod started
 //! first misses its Services' `*_SERVICE_HOST` variables and runs unfenced); quotas, limit ranges,
 //! priority and runtime classes before the pods and claims they admit; a StorageClass before the
-//! claims it may default. Where this differs from Helm's list: CRDs go with Namespaces in stage 0
+//! claims it may default. Where this differs from Helm's list: CRDs go with Namespaces in tier 0
 //! (everything else is checked against them); an IngressClass precedes every Ingress (the API
 //! server gives an Ingress the default class only if it exists when the Ingress is created); an
 //! HPA follows every workload, not only Deployments. A binding to a Role of the same revision is
-//! safe within its stage: new roles that bindings name are applied first (see `plan::schedule`).
+//! safe within its tier: new roles that bindings name are applied first (see `plan::schedule`).
 //!
 //! Webhook configurations come last so a webhook whose backing Service is in the same revision
 //! cannot block the apply of everything before it.
 
-/// Every stage, in apply order, with its name for reports.
-pub const STAGES: [&str; 9] = [
+/// Every tier, in apply order, with its name for reports.
+pub const TIERS: [&str; 9] = [
     "definitions",
     "policies",
     "config-and-classes",
@@ -40,12 +40,12 @@ pub const STAGES: [&str; 9] = [
     "webhooks",
 ];
 
-/// The stage of custom resources and of every kind the table does not name.
+/// The tier of custom resources and of every kind the table does not name.
 pub const OTHER: usize = 7;
 
-/// The stage of a kind (group-insensitive for built-ins, which is how kubectl and Flux sort too;
+/// The tier of a kind (group-insensitive for built-ins, which is how kubectl and Flux sort too;
 /// a custom resource that reuses a built-in kind name in its own group sorts to "other").
-pub fn stage_of(group: &str, kind: &str) -> usize {
+pub fn tier_of(group: &str, kind: &str) -> usize {
     let builtin = |groups: &[&str]| groups.contains(&group);
     match kind {
         "CustomResourceDefinition" if builtin(&["apiextensions.k8s.io"]) => 0,
@@ -78,10 +78,10 @@ pub fn stage_of(group: &str, kind: &str) -> usize {
     }
 }
 
-/// Rank of a kind inside its stage (the table's reading order, which is Helm's), so that e.g. a
-/// ClusterRole precedes its binding in plans and reports. Objects of one stage are applied
-/// concurrently: an order that must hold needs a stage, not a rank.
-pub fn rank_in_stage(kind: &str) -> usize {
+/// Rank of a kind inside its tier (the table's reading order, which is Helm's), so that e.g. a
+/// ClusterRole precedes its binding in plans and reports. Objects of one tier are applied
+/// concurrently: an order that must hold needs a tier, not a rank.
+pub fn rank_in_tier(kind: &str) -> usize {
     const ORDER: &[&str] = &[
         "CustomResourceDefinition",
         "Namespace",
@@ -133,7 +133,7 @@ mod tests {
 
     /// The apply key of a built-in kind, as the plan sorts (wave aside).
     fn key(group: &str, kind: &str) -> (usize, usize) {
-        (stage_of(group, kind), rank_in_stage(kind))
+        (tier_of(group, kind), rank_in_tier(kind))
     }
 
     const WORKLOADS: [(&str, &str); 8] = [
@@ -147,7 +147,7 @@ mod tests {
         ("batch", "CronJob"),
     ];
 
-    /// Every kind of the table, with its group and stage, in the table's reading order.
+    /// Every kind of the table, with its group and tier, in the table's reading order.
     const TABLE: [(&str, &str, usize); 40] = [
         ("apiextensions.k8s.io", "CustomResourceDefinition", 0),
         ("", "Namespace", 0),
@@ -193,22 +193,22 @@ mod tests {
 
     #[test]
     fn the_documented_table_holds_in_reading_order() {
-        for (g, k, stage) in TABLE {
-            assert_eq!(stage_of(g, k), stage, "{k}.{g}");
-            assert!(stage < STAGES.len(), "{k}: stage {stage} has no name");
+        for (g, k, tier) in TABLE {
+            assert_eq!(tier_of(g, k), tier, "{k}.{g}");
+            assert!(tier < TIERS.len(), "{k}: tier {tier} has no name");
         }
         let keys: Vec<(usize, usize)> = TABLE.iter().map(|(g, k, _)| key(g, k)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "the table is not in apply order: {keys:?}");
-        assert_eq!(stage_of("example.com", "Widget"), OTHER);
-        assert_eq!(STAGES[OTHER], "other");
-        assert_eq!(STAGES[0], "definitions");
-        assert_eq!(STAGES[STAGES.len() - 1], "webhooks");
+        assert_eq!(tier_of("example.com", "Widget"), OTHER);
+        assert_eq!(TIERS[OTHER], "other");
+        assert_eq!(TIERS[0], "definitions");
+        assert_eq!(TIERS[TIERS.len() - 1], "webhooks");
     }
 
     #[test]
     fn definitions_come_first() {
-        let firsts: Vec<&str> = TABLE.iter().filter(|(g, k, _)| stage_of(g, k) == 0).map(|(_, k, _)| *k).collect();
-        assert_eq!(firsts, ["CustomResourceDefinition", "Namespace"], "stage 0 is exactly the definitions");
+        let firsts: Vec<&str> = TABLE.iter().filter(|(g, k, _)| tier_of(g, k) == 0).map(|(_, k, _)| *k).collect();
+        assert_eq!(firsts, ["CustomResourceDefinition", "Namespace"], "tier 0 is exactly the definitions");
         let crd = key("apiextensions.k8s.io", "CustomResourceDefinition");
         let ns = key("", "Namespace");
         for (g, k, _) in TABLE.iter().skip(2) {
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn webhooks_and_admission_policies_come_last() {
-        let last = STAGES.len() - 1;
+        let last = TIERS.len() - 1;
         for k in [
             "MutatingWebhookConfiguration",
             "ValidatingWebhookConfiguration",
@@ -228,12 +228,12 @@ mod tests {
             "MutatingAdmissionPolicy",
             "MutatingAdmissionPolicyBinding",
         ] {
-            assert_eq!(stage_of("admissionregistration.k8s.io", k), last, "{k}");
+            assert_eq!(tier_of("admissionregistration.k8s.io", k), last, "{k}");
         }
         // custom resources go after every other built-in and before the webhooks
         assert!(OTHER < last);
-        for (g, k, stage) in TABLE.iter().filter(|(_, _, s)| *s < last) {
-            assert!(*stage < OTHER, "{k}.{g} sorts with the custom resources");
+        for (g, k, tier) in TABLE.iter().filter(|(_, _, s)| *s < last) {
+            assert!(*tier < OTHER, "{k}.{g} sorts with the custom resources");
         }
     }
 
@@ -241,8 +241,8 @@ mod tests {
     fn services_network_policies_and_disruption_budgets_precede_every_workload() {
         for (g, k) in [("", "Service"), ("networking.k8s.io", "NetworkPolicy"), ("policy", "PodDisruptionBudget")] {
             for (wg, wk) in WORKLOADS {
-                // a strictly earlier stage: the objects of one stage are applied concurrently
-                assert!(stage_of(g, k) < stage_of(wg, wk), "{k} is not in a stage before {wk}");
+                // a strictly earlier tier: the objects of one tier are applied concurrently
+                assert!(tier_of(g, k) < tier_of(wg, wk), "{k} is not in a tier before {wk}");
             }
         }
         // and what pods need at admission: their ServiceAccount, config, claims, classes, quotas
@@ -257,7 +257,7 @@ mod tests {
             ("node.k8s.io", "RuntimeClass"),
             ("rbac.authorization.k8s.io", "RoleBinding"),
         ] {
-            assert!(stage_of(g, k) < stage_of("", "Pod"), "{k}");
+            assert!(tier_of(g, k) < tier_of("", "Pod"), "{k}");
         }
     }
 
@@ -265,12 +265,12 @@ mod tests {
     fn autoscalers_and_ingresses_follow_every_workload() {
         for (g, k) in [("autoscaling", "HorizontalPodAutoscaler"), ("networking.k8s.io", "Ingress")] {
             for (wg, wk) in WORKLOADS {
-                assert!(stage_of(g, k) > stage_of(wg, wk), "{k} is not after {wk}");
+                assert!(tier_of(g, k) > tier_of(wg, wk), "{k} is not after {wk}");
             }
         }
-        assert!(stage_of("networking.k8s.io", "IngressClass") < stage_of("networking.k8s.io", "Ingress"));
-        assert!(stage_of("storage.k8s.io", "StorageClass") < stage_of("", "PersistentVolumeClaim"));
-        assert!(stage_of("", "LimitRange") < stage_of("", "PersistentVolumeClaim"));
+        assert!(tier_of("networking.k8s.io", "IngressClass") < tier_of("networking.k8s.io", "Ingress"));
+        assert!(tier_of("storage.k8s.io", "StorageClass") < tier_of("", "PersistentVolumeClaim"));
+        assert!(tier_of("", "LimitRange") < tier_of("", "PersistentVolumeClaim"));
     }
 
     /// Helm's `InstallOrder` (pkg/release/util/kind_sorter.go), without its `*List` kinds
@@ -325,7 +325,7 @@ mod tests {
     #[test]
     fn a_custom_kind_named_like_a_builtin_is_a_custom_resource() {
         for (g, k, _) in TABLE {
-            assert_eq!(stage_of("example.com", k), OTHER, "{k}.example.com sorts as a {k}.{g}");
+            assert_eq!(tier_of("example.com", k), OTHER, "{k}.example.com sorts as a {k}.{g}");
         }
         assert!(key("example.com", "Service") > key("apps", "Deployment"));
         assert!(key("example.com", "Deployment") < key("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"));
@@ -334,10 +334,10 @@ mod tests {
 
     #[test]
     fn within_a_stage_the_table_order_ranks_and_unknown_kinds_tie() {
-        assert!(rank_in_stage("ClusterRole") < rank_in_stage("ClusterRoleBinding"));
-        assert!(rank_in_stage("Role") < rank_in_stage("RoleBinding"));
-        assert!(rank_in_stage("Secret") < rank_in_stage("ConfigMap"));
-        assert!(rank_in_stage("Namespace") > rank_in_stage("CustomResourceDefinition"));
-        assert_eq!(rank_in_stage("Widget"), rank_in_stage("Gadget"));
+        assert!(rank_in_tier("ClusterRole") < rank_in_tier("ClusterRoleBinding"));
+        assert!(rank_in_tier("Role") < rank_in_tier("RoleBinding"));
+        assert!(rank_in_tier("Secret") < rank_in_tier("ConfigMap"));
+        assert!(rank_in_tier("Namespace") > rank_in_tier("CustomResourceDefinition"));
+        assert_eq!(rank_in_tier("Widget"), rank_in_tier("Gadget"));
     }
 }

@@ -138,7 +138,7 @@ mod tests {
     fn another_driftless_sources_object_is_claimed_and_a_foreign_sets_is_refused() {
         let plan =
             plan_of(&[("v1", "ConfigMap", "apps", "moved"), ("v1", "ConfigMap", "apps", "kubectls"), ("v1", "ConfigMap", "apps", "ours")]);
-        let holders: HashMap<&str, Holder> = HashMap::from([
+        let holders: HashMap<&str, Holder<'_>> = HashMap::from([
             ("moved", Holder { part_of: Some("set-a"), source: Some("a"), is_parent: false }),
             // labelled by a set whose id is not the named source's: not a Driftless handover
             ("kubectls", Holder { part_of: Some("applyset-x"), source: Some("a"), is_parent: false }),

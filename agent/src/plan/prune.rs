@@ -8,9 +8,9 @@ use serde::Serialize;
 use super::order;
 use crate::manifest::{GroupKind, ObjectRef};
 
-/// A live object as the inventory listing saw it.
+/// A member of the set as the prune planner sees it: plain data from the inventory listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LiveObject {
+pub struct Member {
     pub id: ObjectRef,
     pub uid: String,
     pub resource_version: String,
@@ -18,7 +18,7 @@ pub struct LiveObject {
     pub part_of: Option<String>,
     /// Annotated `driftless.dev/prune: disabled`.
     pub prune_disabled: bool,
-    /// Driftless's field manager applied it (see [`crate::apply::Live::owned`]).
+    /// Driftless's field manager applied it (see [`crate::live::object::LiveObject::owned`]).
     pub owned: bool,
     /// Its resource's plural name (`widgets`): with the group, the name of the CRD defining it.
     pub plural: String,
@@ -101,9 +101,9 @@ impl std::fmt::Display for Hold {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PrunePlan {
     /// To delete, in deletion order (reverse of apply order).
-    pub delete: Vec<LiveObject>,
+    pub delete: Vec<Member>,
     /// To hand over to the set that claims them (its id), instead of deleting them.
-    pub handover: Vec<(LiveObject, String)>,
+    pub handover: Vec<(Member, String)>,
     /// Left in place, with the reason.
     pub kept: Vec<(ObjectRef, KeepReason)>,
     /// When set, nothing is deleted.
@@ -111,9 +111,9 @@ pub struct PrunePlan {
 }
 
 /// Plans the prune of the members that are not desired any more.
-pub fn plan_prune<'a>(live: impl IntoIterator<Item = &'a LiveObject>, desired: &HashSet<&ObjectRef>, policy: &PrunePolicy) -> PrunePlan {
-    let live: Vec<&LiveObject> = live.into_iter().collect();
-    let members: Vec<&LiveObject> = live.iter().copied().filter(|o| o.part_of.as_deref() == Some(policy.applyset_id.as_str())).collect();
+pub fn plan_prune<'a>(live: impl IntoIterator<Item = &'a Member>, desired: &HashSet<&ObjectRef>, policy: &PrunePolicy) -> PrunePlan {
+    let live: Vec<&Member> = live.into_iter().collect();
+    let members: Vec<&Member> = live.iter().copied().filter(|o| o.part_of.as_deref() == Some(policy.applyset_id.as_str())).collect();
     let mut plan = PrunePlan::default();
 
     for o in live.iter().copied().filter(|o| !desired.contains(&o.id)) {
@@ -148,7 +148,7 @@ pub fn plan_prune<'a>(live: impl IntoIterator<Item = &'a LiveObject>, desired: &
         .map(|(id, _)| id.name.as_str())
         .collect();
     if !kept_crds.is_empty() {
-        let (defined, rest): (Vec<LiveObject>, Vec<LiveObject>) =
+        let (defined, rest): (Vec<Member>, Vec<Member>) =
             std::mem::take(&mut plan.delete).into_iter().partition(|o| kept_crds.contains(format!("{}.{}", o.plural, o.id.group).as_str()));
         plan.delete = rest;
         let defined: Vec<(ObjectRef, KeepReason)> = defined.into_iter().map(|o| (o.id, KeepReason::DefinitionKept)).collect();
@@ -169,7 +169,7 @@ pub fn plan_prune<'a>(live: impl IntoIterator<Item = &'a LiveObject>, desired: &
     }
     // Reverse apply order: webhooks and custom resources first, namespaces and CRDs last.
     plan.delete.sort_by(|a, b| {
-        let key = |o: &LiveObject| (order::stage_of(&o.id.group, &o.id.kind), order::rank_in_stage(&o.id.kind));
+        let key = |o: &Member| (order::tier_of(&o.id.group, &o.id.kind), order::rank_in_tier(&o.id.kind));
         key(b).cmp(&key(a)).then_with(|| a.id.cmp(&b.id))
     });
     plan
@@ -183,8 +183,8 @@ mod tests {
         ObjectRef::new(group, kind, ns, name)
     }
 
-    fn member(id: ObjectRef) -> LiveObject {
-        LiveObject {
+    fn member(id: ObjectRef) -> Member {
+        Member {
             id,
             uid: "u".into(),
             resource_version: "1".into(),
@@ -207,11 +207,11 @@ mod tests {
         }
     }
 
-    fn cms(n: usize) -> Vec<LiveObject> {
+    fn cms(n: usize) -> Vec<Member> {
         (0..n).map(|i| member(id("", "ConfigMap", "apps", &format!("c{i}")))).collect()
     }
 
-    fn desired(live: &[LiveObject], keep: usize) -> HashSet<&ObjectRef> {
+    fn desired(live: &[Member], keep: usize) -> HashSet<&ObjectRef> {
         live.iter().take(keep).map(|o| &o.id).collect()
     }
 
@@ -354,7 +354,7 @@ mod tests {
             let mut desired_ids = Vec::new();
             for (i, (kind, label, owned, pinned, claim, desired)) in objects.iter().enumerate() {
                 let (group, kind) = kinds[*kind as usize];
-                let o = LiveObject {
+                let o = Member {
                     id: id(group, kind, if kind == "Namespace" { "" } else { "apps" }, &format!("o{i}")),
                     uid: format!("u{i}"),
                     resource_version: "1".into(),
@@ -400,8 +400,8 @@ mod tests {
     #[test]
     fn the_custom_resources_of_a_kept_crd_stay_with_it() {
         let crd = member(id("apiextensions.k8s.io", "CustomResourceDefinition", "", "gadgets.example.com"));
-        let gadget = LiveObject { plural: "gadgets".into(), ..member(id("example.com", "Gadget", "apps", "g")) };
-        let other = LiveObject { plural: "widgets".into(), ..member(id("example.com", "Widget", "apps", "w")) };
+        let gadget = Member { plural: "gadgets".into(), ..member(id("example.com", "Gadget", "apps", "g")) };
+        let other = Member { plural: "widgets".into(), ..member(id("example.com", "Widget", "apps", "w")) };
         let live = vec![crd.clone(), gadget.clone(), other];
         let lenient = PrunePolicy { allow_empty: true, max_prune_percent: 100, ..policy() };
         let plan = plan_prune(&live, &HashSet::new(), &lenient);

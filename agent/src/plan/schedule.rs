@@ -35,15 +35,15 @@ pub struct Schedule {
     /// Dry-run as a create in an existing namespace before any write (objects in new namespaces);
     /// each is also decided later, in place.
     pub precheck: Vec<usize>,
-    /// Applied first, group by group (wave, then stage, as in the plan).
+    /// Applied first, group by group (wave, then tier, as in the plan).
     pub definitions: Vec<Group>,
     /// Dry-run once every definition is applied.
     pub deferred: Vec<usize>,
-    /// Applied after the definitions, group by group (wave, then stage).
+    /// Applied after the definitions, group by group (wave, then tier).
     pub rest: Vec<Group>,
 }
 
-/// Objects applied together: one wave and stage.
+/// Objects applied together: one wave and tier.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Group {
     pub wave: i64,
@@ -105,7 +105,7 @@ pub fn build(plan: &Plan, exists: &dyn Fn(&ObjectRef) -> bool, unchanged: &dyn F
     let needs: Vec<Needs> = objects.iter().map(|p| needs(plan, p, exists)).collect();
 
     // definitions: new namespaces and CRDs, and the new roles bindings name
-    let mut definition: HashSet<usize> = objects.iter().enumerate().filter(|(_, p)| p.stage == 0).map(|(i, _)| i).collect();
+    let mut definition: HashSet<usize> = objects.iter().enumerate().filter(|(_, p)| p.tier == 0).map(|(i, _)| i).collect();
     for n in &needs {
         if let Some(i) = n.role.as_ref().and_then(|r| plan.index.get(r)) {
             definition.insert(*i);
@@ -132,22 +132,22 @@ pub fn build(plan: &Plan, exists: &dyn Fn(&ObjectRef) -> bool, unchanged: &dyn F
         }
     }
 
-    // definitions by stage first: a Role of wave 0 still needs its Namespace of wave 1
+    // definitions by tier first: a Role of wave 0 still needs its Namespace of wave 1
     let mut in_order: Vec<usize> = definition.iter().copied().collect();
-    in_order.sort_unstable_by_key(|&i| objects.get(i).map(|p| (p.stage, p.wave, i)));
+    in_order.sort_unstable_by_key(|&i| objects.get(i).map(|p| (p.tier, p.wave, i)));
     s.definitions = groups(objects, in_order, &checked_in_group);
     s.rest = groups(objects, (0..objects.len()).filter(|i| !definition.contains(i)).collect(), &HashSet::new());
     s
 }
 
-/// Consecutive objects (by plan order) of the same wave and stage.
+/// Consecutive objects (by plan order) of the same wave and tier.
 fn groups(objects: &[Planned], indices: Vec<usize>, check_first: &HashSet<usize>) -> Vec<Group> {
     let mut out: Vec<(usize, Group)> = Vec::new();
     for i in indices {
         let Some(p) = objects.get(i) else { continue };
-        let same = out.last().is_some_and(|(stage, g)| g.wave == p.wave && *stage == p.stage);
+        let same = out.last().is_some_and(|(tier, g)| g.wave == p.wave && *tier == p.tier);
         if !same {
-            out.push((p.stage, Group { wave: p.wave, ..Group::default() }));
+            out.push((p.tier, Group { wave: p.wave, ..Group::default() }));
         }
         if let Some((_, g)) = out.last_mut() {
             g.objects.push(i);

@@ -1,6 +1,6 @@
 //! Render: files of a revision to objects.
 //!
-//! The source hands over the selected files (see [`Selector`]) sorted by path; [`render`] turns
+//! The source hands over the selected files (see [`crate::source::Selector`]) sorted by path; [`render`] turns
 //! them into [`Manifest`]s in file order, then document order:
 //!
 //! - `.yaml`/`.yml` files may hold many documents, separated by `---` lines as kubectl splits
@@ -18,7 +18,6 @@
 //! Duplicate objects are not detected here: the planner does that after namespace defaulting.
 
 mod json;
-mod select;
 mod tabs;
 mod value;
 pub mod yaml;
@@ -28,8 +27,8 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::manifest::{Manifest, Origin, SourceFile};
+use crate::source::ReadLimits;
 
-pub use select::{Selector, IGNORE_FILE};
 use value::{Budget, Doc};
 
 /// Limits on what one revision may contain.
@@ -48,9 +47,23 @@ pub struct Limits {
     pub max_nodes: usize,
 }
 
+impl Limits {
+    /// The limits on reading the tree: file sizes, one by one and in total.
+    pub fn read(&self) -> ReadLimits {
+        ReadLimits { max_file_bytes: self.max_file_bytes, max_total_bytes: self.max_total_bytes }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_file_bytes: 4 << 20, max_total_bytes: 64 << 20, max_documents: 20_000, max_depth: 64, max_nodes: 200_000 }
+        let read = ReadLimits::default();
+        Self {
+            max_file_bytes: read.max_file_bytes,
+            max_total_bytes: read.max_total_bytes,
+            max_documents: 20_000,
+            max_depth: 64,
+            max_nodes: 200_000,
+        }
     }
 }
 

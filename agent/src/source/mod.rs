@@ -12,7 +12,7 @@
 //! 2. [`Repo::fetch`] downloads that commit into the cache unless it is already there, into a
 //!    private ref namespace (`refs/driftless/...`), shallow where the transport allows;
 //! 3. [`Repo::read`] walks the commit's tree under the source path and returns the files the
-//!    [`Selector`](crate::render::Selector) wants, with size limits, symlink containment and
+//!    [`Selector`] wants, with size limits, symlink containment and
 //!    submodules skipped.
 //!
 //! Credentials are read from files when connecting and are never put in URLs, logs or errors.
@@ -29,6 +29,7 @@
 mod known_hosts;
 mod location;
 mod remote;
+pub mod select;
 mod tree;
 
 #[cfg(test)]
@@ -41,10 +42,25 @@ use git2::{Oid, Repository};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::SourceFile;
-use crate::render::Limits;
 
 pub use known_hosts::{HostKeyStatus, KnownHosts};
 use location::Location;
+pub use select::{Selector, IGNORE_FILE};
+
+/// Limits on reading a commit's tree: the selected files' sizes, one by one and in total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Largest single file, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest sum of all selected files, in bytes.
+    pub max_total_bytes: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits { max_file_bytes: 4 << 20, max_total_bytes: 64 << 20 }
+    }
+}
 
 /// The default of [`SourceSpec::timeout`].
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -118,6 +134,9 @@ impl SourceSpec {
 /// always shown through [`redact_url`] and messages from libgit2 are scrubbed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The blocking git work stopped before it answered (it panicked or was cancelled).
+    #[error("the git worker stopped: {0}")]
+    Worker(String),
     /// The URL is not one this module can fetch from.
     #[error("invalid source URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
@@ -184,10 +203,10 @@ pub enum SourceError {
     /// A symlink cannot be followed (dangling, to a directory, a loop...).
     #[error("symlink {link} -> {target:?}: {reason}")]
     Symlink { link: String, target: String, reason: String },
-    /// One file is over [`Limits::max_file_bytes`].
+    /// One file is over [`ReadLimits::max_file_bytes`].
     #[error("file {file} is {size} bytes, over the limit of {limit} bytes per file")]
     FileTooLarge { file: String, size: u64, limit: u64 },
-    /// The selected files together are over [`Limits::max_total_bytes`].
+    /// The selected files together are over [`ReadLimits::max_total_bytes`].
     #[error("reading {file} brings the revision to {total} bytes, over the limit of {limit} bytes")]
     TotalTooLarge { file: String, total: u64, limit: u64 },
     /// `.driftlessignore` could not be used.
@@ -208,6 +227,44 @@ pub struct Repo {
     spec: SourceSpec,
     location: Location,
     cache: PathBuf,
+}
+
+/// What a remote check found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The ref still names the commit already applied.
+    Unchanged(String),
+    /// A new commit, fetched, with the files of the source's path.
+    New { commit: String, files: Vec<SourceFile> },
+}
+
+/// Asks the remote which commit the source's ref names and, unless it is `applied`, fetches it
+/// into the cache under `cache` and reads its files, all of it blocking git work run off the
+/// async worker threads. Holds nothing of its caller, so the agent runs it beside its loop: a
+/// slow remote never holds up drift correction.
+pub async fn check_and_fetch(
+    spec: SourceSpec,
+    cache: PathBuf,
+    applied: Option<String>,
+    limits: ReadLimits,
+) -> Result<Fetched, SourceError> {
+    let joined = tokio::task::spawn_blocking(move || {
+        let repo = Repo::open(spec, &cache)?;
+        let commit = repo.remote_commit()?;
+        if applied.as_deref() == Some(commit.as_str()) {
+            return Ok(Fetched::Unchanged(commit));
+        }
+        repo.fetch(&commit)?;
+        let files = repo.read(&commit, &limits)?;
+        Ok(Fetched::New { commit, files })
+    })
+    .await;
+    joined.unwrap_or_else(|e| Err(SourceError::Worker(e.to_string())))
+}
+
+/// The first 12 characters of a commit, as reports and logs name it.
+pub fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
 }
 
 impl Repo {
@@ -246,7 +303,7 @@ impl Repo {
     }
 
     /// Reads the manifest files under the source path at `commit`, sorted by path.
-    pub fn read(&self, commit: &str, limits: &Limits) -> Result<Vec<SourceFile>, SourceError> {
+    pub fn read(&self, commit: &str, limits: &ReadLimits) -> Result<Vec<SourceFile>, SourceError> {
         tree::read(self, commit, limits)
     }
 

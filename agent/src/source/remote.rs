@@ -292,6 +292,7 @@ impl<'a> Session<'a> {
 /// the server may last) by `timeout`. Both are process-wide settings read when a connection is
 /// made, so they are the smallest `timeout` of any source seen so far (sources with a longer
 /// `timeout` tolerate no longer silence than that), and only ever lowered.
+#[allow(unsafe_code)]
 fn bound_socket_waits(timeout: Duration) {
     static CURRENT: Mutex<Option<Duration>> = Mutex::new(None);
     let mut current = CURRENT.lock().unwrap_or_else(PoisonError::into_inner);
@@ -512,9 +513,9 @@ mod tests {
     use git2::Repository;
 
     use super::*;
-    use crate::render::Limits;
     use crate::source::location::Location;
     use crate::source::testutil::*;
+    use crate::source::ReadLimits;
     use crate::source::SourceSpec;
 
     fn adv(name: &str, oid: &str) -> Advertised {
@@ -638,9 +639,9 @@ mod tests {
             let spec = SourceSpec { path: "deploy".into(), ..spec_for(url) };
             let repo = Repo::open(spec, &cache).unwrap();
             let commit = repo.remote_commit().unwrap();
-            assert!(matches!(repo.read(&commit, &Limits::default()), Err(SourceError::CommitNotFound { .. })));
+            assert!(matches!(repo.read(&commit, &ReadLimits::default()), Err(SourceError::CommitNotFound { .. })));
             repo.fetch(&commit).unwrap();
-            let files = repo.read(&commit, &Limits::default()).unwrap();
+            let files = repo.read(&commit, &ReadLimits::default()).unwrap();
             let got: Vec<(&str, &[u8])> = files.iter().map(|f| (f.path.as_str(), f.content.as_slice())).collect();
             assert_eq!(got, vec![("deploy/a.yaml", &b"a: 1\n"[..]), ("deploy/b.json", &b"{}"[..])], "url {url}");
             // Fetched into the private namespace only.
@@ -660,7 +661,7 @@ mod tests {
         // The remote is gone: a second fetch of the same commit must not need it.
         std::fs::rename(&origin, tmp.path().join("moved")).unwrap();
         repo.fetch(&commit).unwrap();
-        assert_eq!(repo.read(&commit, &Limits::default()).unwrap().len(), 1);
+        assert_eq!(repo.read(&commit, &ReadLimits::default()).unwrap().len(), 1);
         // Whereas a commit that is not cached does.
         let err = repo.fetch(&"1".repeat(40)).unwrap_err();
         assert!(matches!(err, SourceError::Connect { .. }), "{err}");
@@ -679,15 +680,15 @@ mod tests {
         let second = commit_on(&origin, "main", &[("a.yaml", File(b"v: 2\n"))]).to_string();
         assert_eq!(repo.remote_commit().unwrap(), second);
         repo.fetch(&second).unwrap();
-        assert_eq!(repo.read(&second, &Limits::default()).unwrap()[0].content, b"v: 2\n");
-        assert_eq!(repo.read(&first, &Limits::default()).unwrap()[0].content, b"v: 1\n");
+        assert_eq!(repo.read(&second, &ReadLimits::default()).unwrap()[0].content, b"v: 2\n");
+        assert_eq!(repo.read(&first, &ReadLimits::default()).unwrap()[0].content, b"v: 1\n");
 
         // A commit that is no tip, pinned by SHA, in a fresh cache.
         commit_on(&origin, "main", &[("a.yaml", File(b"v: 3\n"))]);
         let pinned = Repo::open(with_ref(url, &second), &tmp.path().join("cache2")).unwrap();
         assert_eq!(pinned.remote_commit().unwrap(), second);
         pinned.fetch(&second).unwrap();
-        assert_eq!(pinned.read(&second, &Limits::default()).unwrap()[0].content, b"v: 2\n");
+        assert_eq!(pinned.read(&second, &ReadLimits::default()).unwrap()[0].content, b"v: 2\n");
         // Fetched by its id (the local transport allows it), not through the all-branches fallback.
         let cache = Repository::open_bare(pinned.cache_path()).unwrap();
         assert!(cache.find_reference(&format!("{PRIVATE_NS}commits/{second}")).is_ok());
@@ -712,7 +713,7 @@ mod tests {
         let commit = repo.remote_commit().unwrap();
         assert_eq!(commit, head.to_string());
         repo.fetch(&commit).unwrap();
-        assert_eq!(repo.read(&commit, &Limits::default()).unwrap()[0].content, b"v: 1\n");
+        assert_eq!(repo.read(&commit, &ReadLimits::default()).unwrap()[0].content, b"v: 1\n");
     }
 
     fn ssh_auth(dir: &std::path::Path, known_hosts: Option<&str>) -> Auth {
@@ -956,7 +957,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("within the fetch timeout of 2s (stopped after "), "{msg}");
         assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
-        assert!(repo.read(&commit, &Limits::default()).is_err(), "the commit must not be in the cache");
+        assert!(repo.read(&commit, &ReadLimits::default()).is_err(), "the commit must not be in the cache");
     }
 
     #[test]
@@ -971,7 +972,7 @@ mod tests {
         assert!(matches!(err, SourceError::FetchTooLarge { limit: 262144, .. }), "{err}");
         let msg = err.to_string();
         assert!(msg.contains("over the fetch size limit of 262144 bytes (maxFetchBytes)"), "{msg}");
-        assert!(repo.read(&commit, &Limits::default()).is_err(), "the commit must not be in the cache");
+        assert!(repo.read(&commit, &ReadLimits::default()).is_err(), "the commit must not be in the cache");
         // and the part that was downloaded is not kept
         let pack_dir = repo.cache_path().join("objects/pack");
         let kept: u64 = std::fs::read_dir(&pack_dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
@@ -991,7 +992,7 @@ mod tests {
         // Under the limit, it fetches.
         let roomy = Repo::open(SourceSpec { max_fetch_bytes: 4 << 20, ..spec }, &tmp.path().join("c3")).unwrap();
         roomy.fetch(&commit).unwrap();
-        assert_eq!(roomy.read(&commit, &Limits::default()).unwrap().len(), 1);
+        assert_eq!(roomy.read(&commit, &ReadLimits::default()).unwrap().len(), 1);
     }
 
     /// A server on `ip` that answers 401 (Basic) to everything.

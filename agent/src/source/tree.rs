@@ -5,7 +5,7 @@
 //! exhaust the stack). `.driftlessignore` at the source path's root feeds the
 //! [`Selector`], which decides which directories are entered and which files are taken. Each
 //! blob's size is read from its header before its content is loaded, and checked against
-//! [`Limits::max_file_bytes`] and the running total against [`Limits::max_total_bytes`].
+//! [`ReadLimits::max_file_bytes`] and the running total against [`ReadLimits::max_total_bytes`].
 //!
 //! Symlinks are resolved inside the commit: the target is taken relative to the link's
 //! directory, `..` is normalized, and a target that is absolute or leaves the source path is an
@@ -19,8 +19,8 @@ use std::path::Path;
 
 use git2::{Oid, Repository, Tree};
 
+use super::{ReadLimits, Selector};
 use crate::manifest::SourceFile;
-use crate::render::{Limits, Selector};
 
 use super::{parse_commit, Repo, SourceError};
 
@@ -45,7 +45,7 @@ fn is_regular_file(mode: i32) -> bool {
 }
 
 /// See [`Repo::read`].
-pub(crate) fn read(repo: &Repo, commit: &str, limits: &Limits) -> Result<Vec<SourceFile>, SourceError> {
+pub(crate) fn read(repo: &Repo, commit: &str, limits: &ReadLimits) -> Result<Vec<SourceFile>, SourceError> {
     let oid = parse_commit(commit)?;
     let commit = oid.to_string();
     let git = repo.git()?;
@@ -119,7 +119,7 @@ struct Reader<'a> {
     /// The source path's components.
     base: &'a [String],
     commit: &'a str,
-    limits: &'a Limits,
+    limits: &'a ReadLimits,
     /// Bytes of the files taken so far.
     total: u64,
 }
@@ -307,8 +307,8 @@ mod tests {
     use super::*;
     use crate::source::testutil::*;
 
-    fn limits() -> Limits {
-        Limits::default()
+    fn limits() -> ReadLimits {
+        ReadLimits::default()
     }
 
     fn paths(files: &[SourceFile]) -> Vec<&str> {
@@ -406,7 +406,7 @@ mod tests {
     fn file_size_limit() {
         let tmp = tempfile::tempdir().unwrap();
         let (repo, commit) = fetched(tmp.path(), "", &[("small.yaml", File(b"a: 1\n")), ("big.yaml", File(&[b'x'; 100]))]);
-        let lim = Limits { max_file_bytes: 99, ..Limits::default() };
+        let lim = ReadLimits { max_file_bytes: 99, ..ReadLimits::default() };
         let err = repo.read(&commit, &lim).unwrap_err();
         match &err {
             SourceError::FileTooLarge { file, size, limit } => {
@@ -415,7 +415,7 @@ mod tests {
             other => panic!("unexpected error {other}"),
         }
         assert!(err.to_string().contains("big.yaml") && err.to_string().contains("99"), "{err}");
-        let lim = Limits { max_file_bytes: 100, ..Limits::default() };
+        let lim = ReadLimits { max_file_bytes: 100, ..ReadLimits::default() };
         assert_eq!(repo.read(&commit, &lim).unwrap().len(), 2);
     }
 
@@ -424,11 +424,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (repo, commit) =
             fetched(tmp.path(), "", &[("a.yaml", File(&[b'a'; 40])), ("b.yaml", File(&[b'b'; 40])), ("c.yaml", File(&[b'c'; 40]))]);
-        let lim = Limits { max_total_bytes: 100, ..Limits::default() };
+        let lim = ReadLimits { max_total_bytes: 100, ..ReadLimits::default() };
         let err = repo.read(&commit, &lim).unwrap_err();
         assert!(matches!(err, SourceError::TotalTooLarge { total: 120, limit: 100, .. }), "{err}");
         assert!(err.to_string().contains("100 bytes"), "{err}");
-        let lim = Limits { max_total_bytes: 120, ..Limits::default() };
+        let lim = ReadLimits { max_total_bytes: 120, ..ReadLimits::default() };
         assert_eq!(repo.read(&commit, &lim).unwrap().len(), 3);
     }
 
@@ -533,7 +533,7 @@ mod tests {
     fn oversized_ignore_file_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let (repo, commit) = fetched(tmp.path(), "", &[(".driftlessignore", File(&[b'#'; 64])), ("a.yaml", File(b"a: 1\n"))]);
-        let err = repo.read(&commit, &Limits { max_file_bytes: 10, ..Limits::default() }).unwrap_err();
+        let err = repo.read(&commit, &ReadLimits { max_file_bytes: 10, ..ReadLimits::default() }).unwrap_err();
         assert!(err.to_string().contains(".driftlessignore"), "{err}");
     }
 }

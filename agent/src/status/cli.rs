@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::annotations;
-use crate::apply::Cluster;
+use crate::cluster::Cluster;
+use crate::keys;
 use crate::manifest::ResourceType;
 
 /// One source as `driftless status` prints it.
@@ -35,7 +35,7 @@ pub async fn from_server(url: &str) -> Result<Vec<Row>, String> {
             let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
             Row {
                 name: text(&s["name"]),
-                revision: s["lastAppliedCommit"].as_str().map(short).unwrap_or_default(),
+                revision: s["lastAppliedCommit"].as_str().map(|c| crate::source::short(c).to_string()).unwrap_or_default(),
                 state: text(&s["state"]),
                 health: text(&s["health"]),
                 age_seconds: s["lastSyncTime"].as_u64().map(|t| now.saturating_sub(t)),
@@ -47,14 +47,8 @@ pub async fn from_server(url: &str) -> Result<Vec<Row>, String> {
 
 /// Rows from the ApplySet parents in the agent's namespace.
 pub async fn from_cluster(cluster: &Cluster, namespace: &str) -> Result<Vec<Row>, kube::Error> {
-    let cm = ResourceType {
-        group: String::new(),
-        version: "v1".into(),
-        kind: "ConfigMap".into(),
-        plural: "configmaps".into(),
-        namespaced: true,
-    };
-    let parents = cluster.list(&cm, namespace, &format!("app.kubernetes.io/managed-by=driftless,{}", crate::keys::APPLYSET_ID)).await?;
+    let cm = ResourceType::config_maps();
+    let parents = cluster.list(&cm, namespace, &format!("app.kubernetes.io/managed-by=driftless,{}", keys::APPLYSET_ID)).await?;
     let mut rows: Vec<Row> = parents
         .iter()
         .map(|p| {
@@ -63,11 +57,11 @@ pub async fn from_cluster(cluster: &Cluster, namespace: &str) -> Result<Vec<Row>
             let name = p["metadata"]["name"].as_str().unwrap_or_default();
             Row {
                 name: name.strip_prefix("driftless-").unwrap_or(name).to_string(),
-                revision: ann[annotations::REVISION].as_str().map(short).unwrap_or_default(),
-                state: text(annotations::STATE),
-                health: text(annotations::HEALTH),
-                age_seconds: ann[annotations::LAST_SYNC].as_str().and_then(age_of),
-                message: text(annotations::MESSAGE),
+                revision: ann[keys::REVISION].as_str().map(|c| crate::source::short(c).to_string()).unwrap_or_default(),
+                state: text(keys::STATE),
+                health: text(keys::HEALTH),
+                age_seconds: ann[keys::LAST_SYNC].as_str().and_then(age_of),
+                message: text(keys::MESSAGE),
             }
         })
         .collect();
@@ -95,10 +89,6 @@ pub fn table(rows: &[Row]) -> String {
             s.trim_end().to_string() + "\n"
         })
         .collect()
-}
-
-fn short(commit: &str) -> String {
-    commit.chars().take(12).collect()
 }
 
 /// `5s`, `3m`, `2h`, `4d`.

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::report::Reason;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
@@ -28,7 +30,7 @@ pub struct ResultLabels {
 pub struct FailureLabels {
     pub source: String,
     /// FetchFailed, RenderFailed, ValidationFailed, ApplyFailed, HealthCheckFailed, PruneFailed...
-    pub reason: String,
+    pub reason: Reason,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

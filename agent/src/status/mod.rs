@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -22,10 +23,14 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::agent::Statuses;
-use crate::apply::Cluster;
+use crate::cluster::Cluster;
+use crate::inventory::applyset;
+use crate::keys;
 use crate::manifest::{ObjectRef, ResourceType};
+use crate::report::changes::Action;
+use crate::report::{Reason, Report, State};
 use metrics::Metrics;
+use model::Statuses;
 use webhook::RateLimit;
 
 /// Field manager of the status annotations (separate from `driftless`, which owns the
@@ -34,15 +39,6 @@ pub const STATUS_MANAGER: &str = "driftless-status";
 /// Field manager of the health annotation: only the run loop knows health, and a `driftless
 /// sync` that applies the other status annotations must not remove it.
 pub const HEALTH_MANAGER: &str = "driftless-health";
-
-/// Annotations on the parent that tell a source's status to `kubectl` users.
-pub mod annotations {
-    pub const REVISION: &str = "driftless.dev/revision";
-    pub const STATE: &str = "driftless.dev/state";
-    pub const HEALTH: &str = "driftless.dev/health";
-    pub const MESSAGE: &str = "driftless.dev/message";
-    pub const LAST_SYNC: &str = "driftless.dev/last-sync-time";
-}
 
 /// What the agent shares between its loops and its HTTP server.
 pub struct Shared {
@@ -88,10 +84,6 @@ impl Drop for LoopGuard {
     }
 }
 
-fn configmap_type() -> ResourceType {
-    ResourceType { group: String::new(), version: "v1".into(), kind: "ConfigMap".into(), plural: "configmaps".into(), namespaced: true }
-}
-
 /// What a source loop reports through: the shared statuses, metrics and Events.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -116,13 +108,11 @@ pub async fn publish_report(
     events: Option<&Events>,
     source: &str,
     agent_namespace: &str,
-    report: &crate::sync::Report,
+    report: &Report,
     health: Option<&str>,
 ) {
-    use crate::apply::changeset::Action;
-    use crate::sync::State;
-    let parent = crate::prune::applyset::parent_ref(source, agent_namespace);
-    let revision = report.commit.as_deref().map(crate::sync::short).unwrap_or("-");
+    let parent = applyset::parent_ref(source, agent_namespace);
+    let revision = report.commit.as_deref().map(crate::source::short).unwrap_or("-");
     if let Some(events) = events {
         match report.state {
             State::Synced => {
@@ -134,8 +124,10 @@ pub async fn publish_report(
                 events.publish(cluster, &parent, true, reasons::PRUNE_HELD, &format!("revision {revision}: {}", report.message)).await
             }
             State::Failed => {
-                let reason = if report.reason == "HealthCheckFailed" { reasons::HEALTH_CHECK_FAILED } else { reasons::SYNC_FAILED };
-                events.publish(cluster, &parent, true, reason, &format!("revision {revision}: {}: {}", report.reason, report.message)).await
+                let reason =
+                    if report.reason == Some(Reason::HealthCheckFailed) { reasons::HEALTH_CHECK_FAILED } else { reasons::SYNC_FAILED };
+                let why = report.reason.map_or("", Reason::as_str);
+                events.publish(cluster, &parent, true, reason, &format!("revision {revision}: {why}: {}", report.message)).await
             }
         }
         let pruned: Vec<String> = report.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
@@ -144,11 +136,7 @@ pub async fn publish_report(
             events.publish(cluster, &parent, false, reasons::PRUNED, &note).await;
         }
     }
-    let state = match report.state {
-        State::Synced => "Synced",
-        State::PruneHeld => "PruneHeld",
-        State::Failed => "Failed",
-    };
+    let state = report.state.as_str();
     let message = if report.message.is_empty() { report.changes.summary() } else { report.message.clone() };
     if let Err(e) = annotate(cluster, &parent, state, health, &message, SystemTime::now()).await {
         debug!(parent = %parent, error = %e, "could not annotate the parent");
@@ -165,10 +153,10 @@ pub async fn annotate(
     time: SystemTime,
 ) -> Result<(), kube::Error> {
     let labels = json!({
-        crate::keys::APPLYSET_ID: crate::prune::applyset::applyset_id(parent),
+        keys::APPLYSET_ID: applyset::applyset_id(parent),
         "app.kubernetes.io/managed-by": "driftless",
     });
-    let api = cluster.api(&configmap_type(), &parent.namespace);
+    let api = cluster.api(&ResourceType::config_maps(), &parent.namespace);
     let apply = |manager: &'static str, ann: serde_json::Value| {
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": parent.name, "namespace": parent.namespace, "labels": labels, "annotations": ann}});
@@ -179,14 +167,14 @@ pub async fn annotate(
     apply(
         STATUS_MANAGER,
         json!({
-            annotations::STATE: state,
-            annotations::MESSAGE: truncate(message, 1000),
-            annotations::LAST_SYNC: rfc3339(time),
+            keys::STATE: state,
+            keys::MESSAGE: truncate(message, 1000),
+            keys::LAST_SYNC: rfc3339(time),
         }),
     )
     .await?;
     if let Some(h) = health {
-        apply(HEALTH_MANAGER, json!({ annotations::HEALTH: h })).await?;
+        apply(HEALTH_MANAGER, json!({ keys::HEALTH: h })).await?;
     }
     Ok(())
 }
@@ -230,7 +218,7 @@ impl Events {
     /// Publishes one event on the parent (looked up for its uid). Failures are logged, not fatal:
     /// status reporting never fails a sync.
     pub async fn publish(&self, cluster: &Cluster, parent: &ObjectRef, warning: bool, reason: &str, note: &str) {
-        let uid = match cluster.get(&configmap_type(), parent).await {
+        let uid = match cluster.get(&ResourceType::config_maps(), parent).await {
             Ok(Some(o)) => o["metadata"]["uid"].as_str().map(String::from),
             _ => None,
         };

@@ -3,10 +3,24 @@
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
-use super::{Problem, RenderError};
-
 /// The name of the ignore file at the root of the source path.
 pub const IGNORE_FILE: &str = ".driftlessignore";
+
+/// Patterns of the ignore file that do not parse, each with its line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct IgnoreError {
+    pub problems: Vec<Problem>,
+}
+
+/// One pattern that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {cause}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct Problem {
+    pub file: String,
+    pub line: Option<usize>,
+    pub cause: String,
+}
 
 /// Decides which files of the source path are manifests: `.yaml`, `.yml`, `.json`, not excluded
 /// by `.driftlessignore`. Paths are relative to the source path, with `/` separators; nothing is
@@ -23,7 +37,7 @@ pub struct Selector {
 impl Selector {
     /// A selector from the content of `.driftlessignore`, if the source path has one. A pattern
     /// that does not parse is an error naming the file and line.
-    pub fn new(ignore_file: Option<&str>) -> Result<Self, RenderError> {
+    pub fn new(ignore_file: Option<&str>) -> Result<Self, IgnoreError> {
         let Some(content) = ignore_file else {
             return Ok(Self { ignore: Gitignore::empty() });
         };
@@ -31,19 +45,14 @@ impl Selector {
         let mut problems = Vec::new();
         for (index, line) in content.lines().enumerate() {
             if let Err(error) = builder.add_line(None, line) {
-                problems.push(Problem {
-                    file: IGNORE_FILE.to_owned(),
-                    line: Some(index + 1),
-                    object: None,
-                    cause: format!("invalid pattern: {error}"),
-                });
+                problems.push(Problem { file: IGNORE_FILE.to_owned(), line: Some(index + 1), cause: format!("invalid pattern: {error}") });
             }
         }
         if !problems.is_empty() {
-            return Err(RenderError { problems });
+            return Err(IgnoreError { problems });
         }
-        let ignore = builder.build().map_err(|error| RenderError {
-            problems: vec![Problem { file: IGNORE_FILE.to_owned(), line: None, object: None, cause: format!("invalid patterns: {error}") }],
+        let ignore = builder.build().map_err(|error| IgnoreError {
+            problems: vec![Problem { file: IGNORE_FILE.to_owned(), line: None, cause: format!("invalid patterns: {error}") }],
         })?;
         Ok(Self { ignore })
     }

@@ -5,13 +5,15 @@ use std::time::Duration;
 use kube::discovery::{Discovery, Scope};
 use serde_json::Value;
 
-use super::{api_message, Cluster};
-use crate::manifest::ResourceType;
-use crate::plan::Catalog;
+use super::{api_message, wait, Cluster};
+use crate::manifest::{ObjectRef, ResourceType};
+
+/// How often [`Cluster::wait_crds_established`] looks.
+const ESTABLISHED_POLL: Duration = Duration::from_millis(100);
 
 impl Cluster {
     /// Every served group, version and kind (aggregated discovery: two requests).
-    pub async fn discover(&self) -> Result<Catalog, kube::Error> {
+    pub async fn discover(&self) -> Result<Vec<ResourceType>, kube::Error> {
         let discovery = Discovery::new(self.client().clone()).run_aggregated().await?;
         let mut types = Vec::new();
         for group in discovery.groups() {
@@ -27,34 +29,30 @@ impl Cluster {
                 }
             }
         }
-        Ok(Catalog::new(types))
+        Ok(types)
     }
 
-    /// Waits until each named CRD reports the Established condition.
+    /// Waits until each named CRD reports the Established condition, all within `timeout`.
     pub async fn wait_crds_established(&self, names: &[String], timeout: Duration) -> Result<(), String> {
-        let crd = ResourceType {
-            group: "apiextensions.k8s.io".into(),
-            version: "v1".into(),
-            kind: "CustomResourceDefinition".into(),
-            plural: "customresourcedefinitions".into(),
-            namespaced: false,
-        };
-        let api = self.api(&crd, "");
+        let crd = ResourceType::custom_resource_definitions();
         let deadline = tokio::time::Instant::now() + timeout;
         for name in names {
-            loop {
-                let established = match api.get_opt(name).await {
-                    Ok(Some(o)) => is_established(&serde_json::to_value(o).unwrap_or_default()),
-                    Ok(None) => false,
-                    Err(e) => return Err(format!("CustomResourceDefinition {name}: {}", api_message(&e))),
-                };
-                if established {
-                    break;
+            let id = ObjectRef::new(&crd.group, &crd.kind, "", name);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let outcome = wait::until(left, ESTABLISHED_POLL, || async {
+                match self.get(&crd, &id).await {
+                    Ok(Some(o)) if is_established(&o) => wait::Poll::Done(()),
+                    Ok(_) => wait::Poll::Pending(()),
+                    Err(e) => wait::Poll::Failed(format!("CustomResourceDefinition {name}: {}", api_message(&e))),
                 }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(format!("CustomResourceDefinition {name} was not Established within {}s", timeout.as_secs()));
+            })
+            .await;
+            match outcome {
+                wait::Outcome::Done(()) => {}
+                wait::Outcome::Failed(message) => return Err(message),
+                wait::Outcome::TimedOut(()) => {
+                    return Err(format!("CustomResourceDefinition {name} was not Established within {}s", timeout.as_secs()))
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Ok(())

@@ -5,13 +5,51 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use http::{Method, Request};
 use kube::client::Body;
 use tower::{BoxError, Layer, Service};
 
-use crate::leader::Fence;
+/// Until when this replica may write: every write checks it, so a leader that could not renew
+/// stops writing at the renew deadline even if a task of it runs on (after a pause, say) before
+/// the loops are stopped. Without leader election it never closes.
+#[derive(Clone, Debug, Default)]
+pub struct Fence {
+    /// `None`: no election, always open.
+    until: Option<Arc<Mutex<Option<Instant>>>>,
+}
+
+impl Fence {
+    /// A fence that opens only while a lease is held.
+    pub fn elected() -> Self {
+        Fence { until: Some(Default::default()) }
+    }
+
+    /// Writing is allowed until `deadline`.
+    pub fn lead_until(&self, deadline: Instant) {
+        if let Some(until) = &self.until {
+            *until.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        }
+    }
+
+    /// Writing stops now.
+    pub fn stop(&self) {
+        if let Some(until) = &self.until {
+            *until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// Whether a write may be sent now.
+    pub fn is_open(&self) -> bool {
+        match &self.until {
+            None => true,
+            Some(until) => until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|d| Instant::now() < d),
+        }
+    }
+}
 
 /// Wraps a client service in the fence.
 #[derive(Clone, Debug)]
@@ -68,6 +106,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_fence_closes_at_its_deadline_and_on_stop() {
+        assert!(Fence::default().is_open(), "without election, always open");
+        let fence = Fence::elected();
+        assert!(!fence.is_open(), "closed until a lease is held");
+        fence.lead_until(Instant::now() + Duration::from_secs(10));
+        assert!(fence.is_open());
+        fence.lead_until(Instant::now());
+        assert!(!fence.is_open(), "closed at the deadline");
+        fence.lead_until(Instant::now() + Duration::from_secs(10));
+        fence.stop();
+        assert!(!fence.is_open());
+    }
 
     #[test]
     fn a_closed_fence_lets_reads_and_the_lease_through_only() {
