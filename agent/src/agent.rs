@@ -429,7 +429,7 @@ impl SourceLoop {
     /// Reports a reconcile as an Event and annotations on the source's parent.
     async fn publish(&self, report: &Report) {
         let events = self.telemetry.events.as_deref();
-        status::publish_report(&self.ctx.cluster, events, &self.source.name, &self.ctx.agent_namespace, report, None).await;
+        status::publish_report(&self.ctx.cluster, events, &self.source.name, &self.ctx.agent_namespace, report).await;
     }
 
     /// Updates the metrics of a finished reconcile.

@@ -1,4 +1,5 @@
-//! The command line: `driftless sync` (one reconcile) and `driftless run` (the agent loop).
+//! The command line: `driftless sync` (one reconcile), `driftless run` (the agent loop) and
+//! `driftless status` (each source's state, from a running agent or from the cluster).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ pub async fn sync(args: SyncArgs) -> ExitCode {
     };
     let report = sync::reconcile(&ctx, &source).await;
     let events = Events::new(&ctx.cluster, &ctx.agent_namespace, None);
-    status::publish_report(&ctx.cluster, Some(&events), &source.name, &ctx.agent_namespace, &report, None).await;
+    status::publish_report(&ctx.cluster, Some(&events), &source.name, &ctx.agent_namespace, &report).await;
     print_report(&report, args.output);
     if report.state == State::Synced {
         ExitCode::SUCCESS
@@ -141,7 +141,6 @@ pub async fn run(args: RunArgs) -> ExitCode {
         refusal_limits: Default::default(),
         running: Arc::new(AtomicUsize::new(0)),
         expected_loops: AtomicUsize::new(0),
-        started: AtomicBool::new(true),
     });
     let (stop_tx, mut stop_server) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(status::http::serve(args.listen, shared.clone(), async move {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -146,7 +146,7 @@ impl fmt::Display for GroupKind {
 pub struct ObjectRef(Arc<Identity>);
 
 /// The parts of an [`ObjectRef`], read through it (`id.kind`).
-#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Identity {
     pub group: String,
     pub kind: String,
@@ -179,6 +179,12 @@ impl fmt::Debug for ObjectRef {
 impl Serialize for ObjectRef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Identity::deserialize(d).map(|i| ObjectRef(Arc::new(i)))
     }
 }
 

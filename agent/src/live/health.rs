@@ -65,7 +65,7 @@ use serde_json::Value;
 /// The variants are ordered from best to worst, so `Ord` ranks them
 /// `Healthy < Progressing < Unknown < Degraded` and `max()` of several healths is the worst one:
 /// a source's health is its worst member's (see [`worst`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Health {
     /// The object has reached its desired state.
     Healthy,

@@ -111,10 +111,6 @@ impl Planned {
     pub fn value(&self) -> Value {
         serde_json::from_str(self.object.get()).unwrap_or(Value::Null)
     }
-
-    pub fn is_secret(&self) -> bool {
-        self.id.group.is_empty() && self.id.kind == "Secret"
-    }
 }
 
 /// All objects of a revision in apply order: by wave, then tier, then kind, namespace and name.

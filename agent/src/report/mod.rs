@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelValue;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::live::watch::Scope;
 use crate::manifest::ObjectRef;
@@ -20,7 +20,7 @@ use changes::ChangeSet;
 
 /// Why a source is not Synced (or, for [`Reason::PruneHeld`], not fully pruned). A metric label
 /// and a status field: the set is closed, never a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, EncodeLabelValue)]
 pub enum Reason {
     /// Checking the remote ref, fetching or reading the commit failed.
     FetchFailed,
@@ -94,6 +94,15 @@ impl fmt::Display for Reason {
 /// A reason as the status API and reports write it: its name, or `""` when there is none.
 pub fn reason_or_empty<S: serde::Serializer>(reason: &Option<Reason>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(reason.map_or("", Reason::as_str))
+}
+
+/// Reads what [`reason_or_empty`] wrote.
+pub fn reason_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Reason::deserialize(serde::de::value::StrDeserializer::new(&text)).map(Some)
 }
 
 /// The state a source ends a reconcile in.
@@ -175,6 +184,16 @@ impl Heartbeat {
     /// The reconcile made progress.
     pub fn beat(&self) {
         self.last.store(unix_millis(SystemTime::now()), SeqCst);
+    }
+
+    /// A heartbeat as read back from the status API: `(started, last progress)` while running.
+    pub fn from_running(running: Option<(SystemTime, SystemTime)>) -> Self {
+        let beat = Heartbeat::default();
+        if let Some((started, last)) = running {
+            beat.started.store(unix_millis(started), SeqCst);
+            beat.last.store(unix_millis(last), SeqCst);
+        }
+        beat
     }
 
     /// The reconcile ended.

@@ -2,9 +2,10 @@
 //! changed (shallow where the server allows), read manifests straight from the commit's tree in
 //! the object database: no checkout directory.
 //!
-//! One [`Repo`] is one source. It owns a bare repository used as a cache, under the cache
-//! directory and named by the sha256 of the (normalized) URL, so sources that share a URL share
-//! objects. A reconcile does three blocking steps, meant to run under
+//! One [`Repo`] is one source. It owns a bare repository used as a cache, in the directory it is
+//! given (the agent gives each source its own, named after the source) and named there by the
+//! sha256 of the (normalized) URL, so a source whose URL changes starts a fresh cache. A
+//! reconcile does three blocking steps, which [`check_and_fetch`] runs under
 //! `tokio::task::spawn_blocking`:
 //!
 //! 1. [`Repo::remote_commit`] connects to the remote, lists its refs and resolves the configured

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::model::SourceStatus;
 use crate::cluster::Cluster;
 use crate::keys;
 use crate::manifest::ResourceType;
@@ -24,25 +24,41 @@ pub struct Row {
     pub message: String,
 }
 
-/// Rows from a running agent's status API (`http://host:port`).
+/// How long `driftless status --server` waits for the agent to connect and to answer.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Rows from a running agent's status API (`http://host:port`), read with the same HTTP client
+/// as the cluster's, into the status model the agent serves.
 pub async fn from_server(url: &str) -> Result<Vec<Row>, String> {
-    let body = http_get(url, "/status").await?;
-    let sources: Vec<Value> = serde_json::from_str(&body).map_err(|e| format!("{url}/status is not a status list: {e}"))?;
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let sources = get_status(url).await?;
+    let now = SystemTime::now();
     Ok(sources
-        .iter()
-        .map(|s| {
-            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            Row {
-                name: text(&s["name"]),
-                revision: s["lastAppliedCommit"].as_str().map(|c| crate::source::short(c).to_string()).unwrap_or_default(),
-                state: text(&s["state"]),
-                health: text(&s["health"]),
-                age_seconds: s["lastSyncTime"].as_u64().map(|t| now.saturating_sub(t)),
-                message: text(&s["message"]),
-            }
+        .into_iter()
+        .map(|s| Row {
+            name: s.name,
+            revision: s.last_applied_commit.as_deref().map(|c| crate::source::short(c).to_string()).unwrap_or_default(),
+            state: format!("{:?}", s.state),
+            health: s.health.as_str().to_string(),
+            age_seconds: s.last_sync_time.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_secs()),
+            message: s.message,
         })
         .collect())
+}
+
+/// `GET /status` of the agent at `url`.
+async fn get_status(url: &str) -> Result<Vec<SourceStatus>, String> {
+    if !url.starts_with("http://") {
+        return Err(format!("--server must be an http:// URL, got {url}"));
+    }
+    let uri: http::Uri = url.parse().map_err(|e| format!("--server {url}: {e}"))?;
+    let mut config = kube::Config::new(uri);
+    config.connect_timeout = Some(SERVER_TIMEOUT);
+    config.read_timeout = Some(SERVER_TIMEOUT);
+    let client = kube::Client::try_from(config).map_err(|e| format!("{url}: {e}"))?;
+    let request =
+        http::Request::get("/status").header(http::header::ACCEPT, "application/json").body(Vec::new()).map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(SERVER_TIMEOUT * 2, client.request::<Vec<SourceStatus>>(request)).await;
+    answer.map_err(|_| format!("{url}/status: no answer"))?.map_err(|e| format!("{url}/status: {e}"))
 }
 
 /// Rows from the ApplySet parents in the agent's namespace.
@@ -102,50 +118,11 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-/// Seconds since an RFC 3339 UTC time written by [`super::rfc3339`].
+/// Seconds since an RFC 3339 time (as [`super::rfc3339`] writes it).
 fn age_of(t: &str) -> Option<u64> {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
-    // parse YYYY-MM-DDTHH:MM:SSZ
-    let b = t.as_bytes();
-    if b.len() != 20 || b[10] != b'T' || b[19] != b'Z' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    // days-from-civil (Howard Hinnant's algorithm)
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let then = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    Some(now.saturating_sub(then.max(0) as u64))
-}
-
-/// A plain HTTP/1.1 GET against the agent's own server (http:// only).
-async fn http_get(url: &str, path: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("--server must be an http:// URL, got {url}"))?;
-    let host = rest.trim_end_matches('/');
-    let mut stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(host))
-        .await
-        .map_err(|_| format!("{url}: connection timed out"))?
-        .map_err(|e| format!("{url}: {e}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("{url}: {e}"))?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .map_err(|_| format!("{url}: no answer"))?
-        .map_err(|e| format!("{url}: {e}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{url}: malformed answer"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or_default();
-    if status != "200" {
-        return Err(format!("{url}{path}: HTTP {status}"));
-    }
-    Ok(body.to_string())
+    let then = t.parse::<Timestamp>().ok()?;
+    let age = Timestamp::now().duration_since(then);
+    Some(u64::try_from(age.as_secs()).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 //! | `POST /hooks/{name}`  | push webhook: 202 and an immediate remote check; 401 bad or missing proof, 404 no webhook, 413 body over 1 MiB, 429 over the rate (5, then 1/s) or over the refusals (10 bad proofs, then 1 per 6 s) |
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,9 +92,6 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if !shared.started.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded yet\n").into_response();
-    }
     let statuses = shared.statuses.read().unwrap_or_else(|p| p.into_inner());
     let waiting: Vec<&str> = statuses.values().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
     if waiting.is_empty() {

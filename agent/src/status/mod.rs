@@ -14,10 +14,11 @@ pub mod webhook;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -57,8 +58,6 @@ pub struct Shared {
     pub running: Arc<AtomicUsize>,
     /// Source loops that should be running: all of them while leading, none on standby.
     pub expected_loops: AtomicUsize,
-    /// Set once the configuration is loaded and the loops started.
-    pub started: AtomicBool,
 }
 
 impl Shared {
@@ -103,14 +102,7 @@ impl Telemetry {
 /// Reports a reconcile where Kubernetes users look: an Event on the parent (Synced, SyncFailed,
 /// HealthCheckFailed, PruneHeld, and Pruned when members were deleted) and its status
 /// annotations.
-pub async fn publish_report(
-    cluster: &Cluster,
-    events: Option<&Events>,
-    source: &str,
-    agent_namespace: &str,
-    report: &Report,
-    health: Option<&str>,
-) {
+pub async fn publish_report(cluster: &Cluster, events: Option<&Events>, source: &str, agent_namespace: &str, report: &Report) {
     let parent = applyset::parent_ref(source, agent_namespace);
     let revision = report.commit.as_deref().map(crate::source::short).unwrap_or("-");
     if let Some(events) = events {
@@ -138,7 +130,8 @@ pub async fn publish_report(
     }
     let state = report.state.as_str();
     let message = if report.message.is_empty() { report.changes.summary() } else { report.message.clone() };
-    if let Err(e) = annotate(cluster, &parent, state, health, &message, SystemTime::now()).await {
+    // health is the run loop's to write (see [`HEALTH_MANAGER`]); a report leaves it as it is
+    if let Err(e) = annotate(cluster, &parent, state, None, &message, SystemTime::now()).await {
         debug!(parent = %parent, error = %e, "could not annotate the parent");
     }
 }
@@ -245,11 +238,10 @@ impl Events {
     }
 }
 
-/// RFC 3339 with microseconds, as `eventTime` (a MicroTime) wants it.
+/// RFC 3339 in UTC, microseconds precision (an Event's `eventTime`).
 fn rfc3339_micros(t: SystemTime) -> String {
-    let micros = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0);
-    let base = rfc3339(t);
-    format!("{}.{micros:06}Z", base.trim_end_matches('Z'))
+    let ts = Timestamp::try_from(t).unwrap_or(Timestamp::UNIX_EPOCH);
+    format!("{:.6}", ts)
 }
 
 /// At most `max` bytes, cut at a character boundary, with an ellipsis when cut.
@@ -266,21 +258,8 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 /// RFC 3339 in UTC, seconds precision.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // civil-from-days (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    let ts = Timestamp::try_from(t).unwrap_or(Timestamp::UNIX_EPOCH);
+    format!("{:.0}", ts)
 }
 
 #[cfg(test)]
@@ -293,6 +272,9 @@ mod tests {
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(1_500)), "1970-01-01T00:00:01Z", "whole seconds");
+        assert_eq!(rfc3339_micros(SystemTime::UNIX_EPOCH + Duration::from_micros(1_000_001)), "1970-01-01T00:00:01.000001Z");
+        assert_eq!(rfc3339_micros(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]

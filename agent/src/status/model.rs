@@ -1,21 +1,22 @@
 //! The status model: what a source looks like from outside. The source loops write it; the
-//! status API, the CLI, the metrics and `/healthz` read it.
+//! status API serves it as JSON (and `driftless status` reads that JSON back into it); the
+//! metrics and `/healthz` read it too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Source;
 use crate::live::health::Health;
 use crate::manifest::ObjectRef;
 use crate::report::changes::Action;
-use crate::report::{reason_or_empty, Heartbeat, Reason};
+use crate::report::{reason_or_empty, reason_or_none, Heartbeat, Reason};
 use crate::source::redact_url;
 
 /// A source's sync state as users read it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncState {
     /// Not reconciled yet.
     Pending,
@@ -32,18 +33,18 @@ pub enum SyncState {
 }
 
 /// One object in a source's status.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ObjectStatus {
     #[serde(flatten)]
     pub id: ObjectRef,
     pub action: Action,
     pub health: Health,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
 
 /// What a source looks like from outside: the status API, the CLI and the metrics read this.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceStatus {
     pub name: String,
@@ -56,7 +57,7 @@ pub struct SourceStatus {
     pub last_applied_commit: Option<String>,
     pub state: SyncState,
     pub health: Health,
-    #[serde(serialize_with = "reason_or_empty")]
+    #[serde(serialize_with = "reason_or_empty", deserialize_with = "reason_or_none")]
     pub reason: Option<Reason>,
     pub message: String,
     #[serde(with = "unix_seconds")]
@@ -79,7 +80,7 @@ pub struct SourceStatus {
     #[serde(skip)]
     pub stuck_after: Duration,
     /// The reconcile in progress (`{started, lastProgress}`), none when idle.
-    #[serde(serialize_with = "heartbeat")]
+    #[serde(with = "heartbeat")]
     pub reconcile: Arc<Heartbeat>,
     /// A reconcile without progress for longer than this (three intervals, and at least ten
     /// minutes: every API request is bounded by a minute) is stuck: `/healthz` fails for it.
@@ -91,8 +92,16 @@ pub struct SourceStatus {
 const MIN_STALL: Duration = Duration::from_secs(600);
 
 /// A reconcile's heartbeat as `{"started": unix s, "lastProgress": unix s}`, or null when idle.
-fn heartbeat<S: serde::Serializer>(h: &Arc<Heartbeat>, s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
+mod heartbeat {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::unix_seconds;
+    use crate::report::Heartbeat;
+
+    #[derive(Serialize, Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Progress {
         #[serde(with = "unix_seconds")]
@@ -100,19 +109,33 @@ fn heartbeat<S: serde::Serializer>(h: &Arc<Heartbeat>, s: S) -> Result<S::Ok, S:
         #[serde(with = "unix_seconds")]
         last_progress: Option<SystemTime>,
     }
-    h.running().map(|(started, last)| Progress { started: Some(started), last_progress: Some(last) }).serialize(s)
+
+    pub(super) fn serialize<S: Serializer>(h: &Arc<Heartbeat>, s: S) -> Result<S::Ok, S::Error> {
+        h.running().map(|(started, last)| Progress { started: Some(started), last_progress: Some(last) }).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Heartbeat>, D::Error> {
+        let progress = Option::<Progress>::deserialize(d)?;
+        let running = progress.and_then(|p| Some((p.started?, p.last_progress?)));
+        Ok(Arc::new(Heartbeat::from_running(running)))
+    }
 }
 
+/// Times as whole seconds since the Unix epoch, or null.
 pub(crate) mod unix_seconds {
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
             Some(d) => s.serialize_some(&d.as_secs()),
             None => s.serialize_none(),
         }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(|s| UNIX_EPOCH + Duration::from_secs(s)))
     }
 }
 
@@ -207,5 +230,32 @@ mod tests {
         let quick: Source =
             crate::config::parse("sources:\n  - name: q\n    repo: file:///nowhere\n    interval: 10s\n").unwrap().remove(0);
         assert_eq!(SourceStatus::new(&quick).stalled_after, MIN_STALL);
+    }
+
+    #[test]
+    fn the_status_json_reads_back_into_the_model() {
+        let source: Source =
+            crate::config::parse("sources:\n  - name: shop\n    repo: https://user:secret@example.com/r.git\n").unwrap().remove(0);
+        let mut status = SourceStatus::new(&source);
+        status.state = SyncState::Failed;
+        status.reason = Some(Reason::FetchFailed);
+        status.last_sync_time = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        status.counts.insert(Action::Created, 2);
+        status.objects.push(ObjectStatus {
+            id: ObjectRef::new("apps", "Deployment", "n", "a"),
+            action: Action::Created,
+            health: Health::Healthy,
+            message: String::new(),
+        });
+        status.reconcile.start();
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["reason"], "FetchFailed");
+        assert!(!json.to_string().contains("secret"), "{json}");
+        let back: SourceStatus = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json, "what was served reads back as it was");
+        assert_eq!((back.state, back.reason, back.last_sync_time), (status.state, status.reason, status.last_sync_time));
+        assert!(back.reconcile.running().is_some());
+        let idle: SourceStatus = serde_json::from_value(serde_json::to_value(SourceStatus::new(&source)).unwrap()).unwrap();
+        assert_eq!((idle.reason, idle.reconcile.running()), (None, None));
     }
 }
