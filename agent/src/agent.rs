@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::mpsc;
+use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::{debug, info, warn};
 
 use crate::cluster::api_message;
@@ -28,7 +30,7 @@ use crate::report::{Heartbeat, Reason, Report, State};
 use crate::source::{self, Fetched};
 use crate::status::metrics::{ActionLabels, FailureLabels, KindLabels, Metrics, ResultLabels};
 use crate::status::model::{ObjectStatus, SourceStatus, SyncState};
-use crate::status::{self, reasons, Telemetry};
+use crate::status::{self, reasons, Annotation, AnnotationWriter, Telemetry};
 use crate::sync::{self, Context, Mode, Options};
 
 /// The interval plus or minus up to 10%, so sources and replicas do not poll in lockstep.
@@ -141,6 +143,14 @@ pub struct SourceLoop {
     attempted: bool,
     /// The state and health last written to the parent's annotations.
     annotated: Option<(SyncState, Health)>,
+    /// Writes the parent's status annotations in order (started at the first write).
+    annotations: Option<AnnotationWriter>,
+    /// Drifted objects waiting out a fight's backoff before they are judged again: one entry
+    /// per object, however often it drifts meanwhile.
+    backoffs: DelayQueue<ObjectRef>,
+    backoff_keys: HashMap<ObjectRef, delay_queue::Key>,
+    /// The live state's version when the status was last recomputed.
+    refreshed: Option<u64>,
     /// Memory to hand back once the watches have listed their objects.
     release_pending: bool,
     /// When the remote check in progress started.
@@ -172,6 +182,10 @@ impl SourceLoop {
             last_changes: ChangeSet::default(),
             attempted: false,
             annotated: None,
+            annotations: None,
+            backoffs: DelayQueue::new(),
+            backoff_keys: HashMap::new(),
+            refreshed: None,
             release_pending: false,
             compared_all: false,
             fetch_started: None,
@@ -223,7 +237,17 @@ impl SourceLoop {
                     next_poll = tokio::time::Instant::now() + jittered(self.source.interval);
                 }
                 Some(id) = self.drifted.recv() => self.heal(id).await,
-                _ = health_tick.tick() => self.refresh_health(),
+                Some(waited) = self.backoffs.next() => {
+                    let id = waited.into_inner();
+                    self.backoff_keys.remove(&id);
+                    self.live.requeue(&id);
+                }
+                // the status is recomputed only when a watch or an apply changed something
+                _ = health_tick.tick() => {
+                    if self.refreshed != Some(self.live.version()) {
+                        self.refresh_health();
+                    }
+                }
             }
         }
     }
@@ -377,12 +401,13 @@ impl SourceLoop {
         }
         let now = Instant::now();
         if let Verdict::Wait(at) = t.fight.on_drift(now) {
-            let live = self.live.clone();
-            let id = id.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(at.into()).await;
-                live.requeue(&id);
-            });
+            match self.backoff_keys.get(&id) {
+                Some(key) => self.backoffs.reset_at(key, at.into()),
+                None => {
+                    let key = self.backoffs.insert_at(id.clone(), at.into());
+                    self.backoff_keys.insert(id, key);
+                }
+            }
             return;
         }
         self.live.begin_apply(&id);
@@ -427,9 +452,18 @@ impl SourceLoop {
     }
 
     /// Reports a reconcile as an Event and annotations on the source's parent.
-    async fn publish(&self, report: &Report) {
-        let events = self.telemetry.events.as_deref();
-        status::publish_report(&self.ctx.cluster, events, &self.source.name, &self.ctx.agent_namespace, report).await;
+    async fn publish(&mut self, report: &Report) {
+        if let Some(events) = self.telemetry.events.clone() {
+            let parent = applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
+            status::publish_events(&self.ctx.cluster, &events, &parent, report).await;
+        }
+        self.annotation_writer().write(status::report_annotation(report));
+    }
+
+    /// The writer of the parent's status annotations, started at the first write.
+    fn annotation_writer(&mut self) -> &AnnotationWriter {
+        let (cluster, parent) = (&self.ctx.cluster, applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace));
+        self.annotations.get_or_insert_with(|| AnnotationWriter::spawn(cluster.clone(), parent))
     }
 
     /// Updates the metrics of a finished reconcile.
@@ -475,6 +509,7 @@ impl SourceLoop {
     /// Recomputes health from the watches; records the commit-to-healthy lead time, readiness,
     /// the object gauges, and the parent's annotations when the state or health changed.
     fn refresh_health(&mut self) {
+        self.refreshed = Some(self.live.version());
         let ready = self.synced();
         self.update_status(|s| s.ready = ready);
         if self.release_pending && self.watches.synced() {
@@ -548,12 +583,9 @@ impl SourceLoop {
             return;
         }
         self.annotated = Some((state, health));
-        let cluster = self.ctx.cluster.clone();
-        let parent = applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
-        let state_text = format!("{state:?}");
-        tokio::spawn(async move {
-            let _ = status::annotate(&cluster, &parent, &state_text, Some(health.as_str()), &message, SystemTime::now()).await;
-        });
+        let annotation =
+            Annotation { state: format!("{state:?}"), health: Some(health.as_str().to_string()), message, time: SystemTime::now() };
+        self.annotation_writer().write(annotation);
     }
 
     fn update_status(&self, f: impl FnOnce(&mut SourceStatus)) {

@@ -55,7 +55,7 @@ pub async fn sync(args: SyncArgs) -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let report = sync::reconcile(&ctx, &source).await;
-    let events = Events::new(&ctx.cluster, &ctx.agent_namespace, None);
+    let events = Events::new(&ctx.agent_namespace, None);
     status::publish_report(&ctx.cluster, Some(&events), &source.name, &ctx.agent_namespace, &report).await;
     print_report(&report, args.output);
     if report.state == State::Synced {
@@ -129,7 +129,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let telemetry = Telemetry {
         statuses: Default::default(),
         metrics: Arc::new(Metrics::new()),
-        events: Some(Arc::new(Events::new(&ctx.cluster, &ctx.agent_namespace, std::env::var("POD_NAME").ok()))),
+        events: Some(Arc::new(Events::new(&ctx.agent_namespace, std::env::var("POD_NAME").ok()))),
     };
     let webhook_secrets = sources.iter().filter_map(|s| Some((s.name.clone(), s.webhook_secret_file.clone()?))).collect();
     let shared = Arc::new(Shared {

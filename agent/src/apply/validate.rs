@@ -36,7 +36,7 @@ pub async fn dry_run(
         .map(|i| async move {
             let p = objects[i];
             let current = live.get(&p.id);
-            match cluster.apply(&p.resource, &p.id, &p.object, ApplyOptions { dry_run: true }).await {
+            match cluster.apply(&p.resource, &p.id, &p.object, ApplyOptions { dry_run: true, ..ApplyOptions::default() }).await {
                 Ok(result) => Ok(match current.map(|c| (c.body.as_ref(), &c.expected)) {
                     None => (Decision::Create, None),
                     // only the checks were kept: the object is dry-run because its desired

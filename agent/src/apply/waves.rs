@@ -95,14 +95,20 @@ impl Waves<'_> {
     async fn apply_group(&self, group: &[&Planned], decisions: &Decisions<'_>, changes: &mut ChangeSet) -> Result<(), Error> {
         let cluster = self.cluster;
         let started = Instant::now();
-        // each result is reduced to its expectation at once: a stage's applied objects are
-        // never all held
-        let results: Vec<(ObjectRef, Action, String, Option<Expected>)> = stream::iter(0..group.len())
+        // each result is reduced to its expectation (and the generation written) at once: a
+        // group's applied objects are never all held
+        let results: Vec<Applied> = stream::iter(0..group.len())
             .map(|j| async move {
                 let p = group[j];
                 let Some((decision, dry_run)) = decisions.get(&p.id) else {
                     // the schedule decides every object before its apply; never write undecided
-                    return (p.id.clone(), Action::Failed, "not validated before its apply".to_string(), None);
+                    return Applied {
+                        id: p.id.clone(),
+                        action: Action::Failed,
+                        message: "not validated before its apply".into(),
+                        expected: None,
+                        generation: None,
+                    };
                 };
                 if *decision != Decision::Unchanged {
                     if let Some(state) = self.to.live {
@@ -118,13 +124,14 @@ impl Waves<'_> {
                     }
                     other => other,
                 };
+                let generation = result.as_ref().and_then(|o| o["metadata"]["generation"].as_i64());
                 let expected = match result {
                     _ if action == Action::Failed => None,
                     Some(object) => Some(Expected::from_object(&object)),
                     // unchanged: as it is, unless drift was left in place (then as it should be)
                     None => dry_run.clone().or_else(|| self.live.get(&id).map(|l| l.expected.clone())),
                 };
-                (id, action, message, expected)
+                Applied { id, action, message, expected, generation }
             })
             .buffered(CONCURRENCY)
             .collect()
@@ -132,14 +139,16 @@ impl Waves<'_> {
         if let Some(first) = group.first() {
             debug!(kind = %first.id.kind, wave = first.wave, objects = group.len(), elapsed_ms = started.elapsed().as_millis() as u64, "group applied");
         }
-        let failed = results.iter().any(|r| r.1 == Action::Failed);
-        for (id, action, message, result) in results {
-            if let Some(e) = result {
-                if let Some(state) = self.to.live {
-                    state.applied(&id, e);
+        let failed = results.iter().any(|r| r.action == Action::Failed);
+        for Applied { id, action, message, expected, generation } in results {
+            if let Some(state) = self.to.live {
+                match expected {
+                    Some(e) => state.applied(&id, e),
+                    None => state.apply_failed(&id),
                 }
-            } else if let Some(state) = self.to.live {
-                state.apply_failed(&id);
+                if let Some(generation) = generation {
+                    state.written(&id, generation);
+                }
             }
             changes.push(id, action, message);
         }
@@ -150,7 +159,18 @@ impl Waves<'_> {
     }
 }
 
-/// Waits until every object is Healthy, looking again only at those that are not yet.
+/// What one object's apply left: what the report says of it, what its watch should expect, and
+/// the generation written.
+struct Applied {
+    id: ObjectRef,
+    action: Action,
+    message: String,
+    expected: Option<Expected>,
+    generation: Option<i64>,
+}
+
+/// Waits until every object is Healthy, looking again only at those that are not yet. Where the
+/// source's watches already saw what was written, their cache answers; otherwise a GET does.
 async fn wait_healthy(cluster: &Cluster, objects: &[&Planned], timeout: Duration, to: Listeners<'_>) -> Result<(), Error> {
     let waiting = std::sync::Mutex::new(objects.to_vec());
     let outcome = wait::until(timeout, HEALTH_POLL, || async {
@@ -159,10 +179,13 @@ async fn wait_healthy(cluster: &Cluster, objects: &[&Planned], timeout: Duration
         let mut still = Vec::new();
         let mut last = String::new();
         for p in looking {
-            let status = match cluster.get(&p.resource, &p.id).await {
-                Ok(Some(o)) => health::evaluate(&p.id.group, &p.id.kind, &o),
-                Ok(None) => health::Status { health: Health::Unknown, reason: "not found".into() },
-                Err(e) => health::Status { health: Health::Unknown, reason: api_message(&e) },
+            let status = match to.live.and_then(|state| state.current_health(&p.id)) {
+                Some(watched) => watched,
+                None => match cluster.get(&p.resource, &p.id).await {
+                    Ok(Some(o)) => health::evaluate(&p.id.group, &p.id.kind, &o),
+                    Ok(None) => health::Status { health: Health::Unknown, reason: "not found".into() },
+                    Err(e) => health::Status { health: Health::Unknown, reason: api_message(&e) },
+                },
             };
             if status.health != Health::Healthy {
                 last = format!("{} is {}: {}", p.id, status.health.as_str(), status.reason);

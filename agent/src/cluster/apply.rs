@@ -1,7 +1,8 @@
-//! Server-side apply, field manager `driftless`, forcing conflicts (git wins), with strict field
-//! validation; and the dry-run create that judges an object in a namespace other than its own.
+//! Writes: server-side apply (by default field manager `driftless`, forcing conflicts: git wins),
+//! always with strict field validation; the dry-run create that judges an object in a namespace
+//! other than its own; a create (Events) and a merge patch (a relabel with a precondition).
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::Value;
 
 use super::{to_value, Cluster};
@@ -9,10 +10,21 @@ use crate::manifest::{ObjectRef, ResourceType};
 use crate::FIELD_MANAGER;
 
 /// How an object is applied.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct ApplyOptions {
     /// Only validate: the server answers what it would store.
     pub dry_run: bool,
+    /// Who owns the applied fields.
+    pub field_manager: &'static str,
+    /// Take over fields another manager owns.
+    pub force: bool,
+}
+
+impl Default for ApplyOptions {
+    /// A write as git's: field manager `driftless`, forced.
+    fn default() -> Self {
+        ApplyOptions { dry_run: false, field_manager: FIELD_MANAGER, force: true }
+    }
 }
 
 impl Cluster {
@@ -25,10 +37,23 @@ impl Cluster {
         opts: ApplyOptions,
     ) -> Result<Value, kube::Error> {
         // strict: an unknown or duplicate field fails with its path instead of being dropped
-        let mut params = PatchParams::apply(FIELD_MANAGER).force().validation_strict();
+        let mut params = PatchParams::apply(opts.field_manager).validation_strict();
+        params.force = opts.force;
         params.dry_run = opts.dry_run;
         let applied = self.api(rt, &id.namespace).patch(&id.name, &params, &Patch::Apply(object)).await?;
         Ok(to_value(applied))
+    }
+
+    /// Creates an object (an Event: one per occurrence, named by the server).
+    pub async fn create(&self, rt: &ResourceType, namespace: &str, object: &DynamicObject) -> Result<(), kube::Error> {
+        self.api(rt, namespace).create(&PostParams::default(), object).await.map(|_| ())
+    }
+
+    /// A JSON merge patch by `field_manager`; a `metadata.resourceVersion` in it makes it a
+    /// precondition (409 when the object changed).
+    pub async fn merge_patch(&self, rt: &ResourceType, id: &ObjectRef, patch: &Value, field_manager: &str) -> Result<(), kube::Error> {
+        let params = PatchParams { field_manager: Some(field_manager.into()), ..PatchParams::default() };
+        self.api(rt, &id.namespace).patch(&id.name, &params, &Patch::Merge(patch)).await.map(|_| ())
     }
 
     /// A dry-run create of an object in another namespace (one that exists), with strict field

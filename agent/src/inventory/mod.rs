@@ -13,10 +13,10 @@ pub mod prune;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use kube::api::{Patch, PatchParams};
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
+use crate::cluster::apply::ApplyOptions;
 use crate::cluster::{api_message, status_code, Cluster};
 use crate::keys;
 use crate::live::object::{self, Keep, LiveObject};
@@ -52,8 +52,8 @@ pub async fn ensure_namespace(cluster: &Cluster, name: &str) -> Result<(), kube:
         Err(e) => return Err(e),
     }
     let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-    let params = PatchParams::apply(crate::FIELD_MANAGER);
-    cluster.api(&ResourceType::namespaces(), "").patch(name, &params, &Patch::Apply(&body)).await?;
+    // not forced: a namespace someone else manages is theirs
+    cluster.apply(&ResourceType::namespaces(), &ns, &body, ApplyOptions { force: false, ..ApplyOptions::default() }).await?;
     Ok(())
 }
 
@@ -88,8 +88,7 @@ pub async fn write_parent(
             "annotations": annotations,
         },
     });
-    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-    cluster.api(&ResourceType::config_maps(), &parent.namespace).patch(&parent.name, &params, &Patch::Apply(&body)).await?;
+    cluster.apply(&ResourceType::config_maps(), parent, &body, ApplyOptions::default()).await?;
     Ok(())
 }
 

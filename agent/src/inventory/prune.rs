@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use kube::api::{Patch, PatchParams, Preconditions};
+use kube::api::Preconditions;
 use serde_json::json;
 use tracing::{debug, warn};
 
@@ -107,8 +107,7 @@ pub async fn execute(cluster: &Cluster, plan: &PrunePlan, types: &HashMap<&Objec
         let Some(rt) = types.get(&o.id) else { continue };
         // the resourceVersion makes the patch a precondition: a changed object is left alone
         let patch = json!({"metadata": {"resourceVersion": o.resource_version, "labels": {keys::APPLYSET_PART_OF: claimant}}});
-        let params = PatchParams { field_manager: Some(crate::FIELD_MANAGER.into()), ..PatchParams::default() };
-        match cluster.api(rt, &o.id.namespace).patch(&o.id.name, &params, &Patch::Merge(&patch)).await {
+        match cluster.merge_patch(rt, &o.id, &patch, crate::FIELD_MANAGER).await {
             Ok(_) => changes.push(o.id.clone(), Action::Skipped, format!("handed over to ApplySet {claimant}, which declares it now")),
             Err(e) if status_code(&e) == Some(409) => {
                 changes.push(o.id.clone(), Action::Skipped, "changed since it was listed; handed over at the next sync")

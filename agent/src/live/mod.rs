@@ -11,6 +11,7 @@ pub mod object;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::mpsc;
@@ -35,23 +36,60 @@ pub struct Tracked {
     /// The current, not yet corrected drift.
     pub drift: Option<Drift>,
     pub fight: Fight,
+    /// The generation of Driftless's last write of it: a watched entry older than that does not
+    /// tell its health yet.
+    pub written_generation: Option<i64>,
 }
 
 /// The live state of one source: the tracked objects and a channel of drifted ones.
 pub struct LiveState {
     objects: Mutex<HashMap<ObjectRef, Tracked>>,
     drifted: mpsc::UnboundedSender<ObjectRef>,
+    /// Counts the changes a status reads (an object seen, listed, applied, dropped): the status
+    /// is recomputed only when it moved.
+    version: AtomicU64,
 }
 
 impl LiveState {
     /// A new state and the receiver of drifted objects.
     pub fn new() -> (Self, mpsc::UnboundedReceiver<ObjectRef>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { objects: Mutex::new(HashMap::new()), drifted: tx }, rx)
+        (Self { objects: Mutex::new(HashMap::new()), drifted: tx, version: AtomicU64::new(0) }, rx)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef, Tracked>> {
         self.objects.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Locks the objects to change them: the version moves.
+    fn change(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef, Tracked>> {
+        self.version.fetch_add(1, Ordering::SeqCst);
+        self.lock()
+    }
+
+    /// Moves with every change a status reads; equal versions mean nothing to recompute.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    /// What the watch last saw of an object's health, when that answers for Driftless's last
+    /// write of it: a watch listed its scope, no apply of it is in flight, and the watch saw at
+    /// least the generation written. `None` when only a read can tell.
+    pub fn current_health(&self, id: &ObjectRef) -> Option<Status> {
+        let objects = self.lock();
+        let t = objects.get(id).filter(|t| t.seen && !t.in_flight)?;
+        let entry = t.entry.as_ref()?;
+        if t.written_generation.is_some_and(|written| entry.generation < written) {
+            return None;
+        }
+        Some(entry.health.clone())
+    }
+
+    /// Driftless wrote the object; what it wrote has this generation.
+    pub fn written(&self, id: &ObjectRef, generation: i64) {
+        if let Some(t) = self.change().get_mut(id) {
+            t.written_generation = Some(generation);
+        }
     }
 
     /// Judges one object and queues it when it drifted. Caller holds the lock.
@@ -69,7 +107,7 @@ impl LiveState {
 
     /// A watch saw the object (or saw it deleted: `None`).
     pub fn observe(&self, id: &ObjectRef, entry: Option<Entry>) {
-        let mut objects = self.lock();
+        let mut objects = self.change();
         match objects.get_mut(id) {
             Some(t) => {
                 t.entry = entry;
@@ -87,7 +125,7 @@ impl LiveState {
     /// A watch finished listing a scope (group, kind, namespace): expected objects of it that the
     /// listing did not contain are gone.
     pub fn listed(&self, group: &str, kind: &str, namespace: &str) {
-        let mut objects = self.lock();
+        let mut objects = self.change();
         let ids: Vec<ObjectRef> = objects
             .iter()
             .filter(|(id, t)| !t.seen && id.group == group && id.kind == kind && id.namespace == namespace)
@@ -109,7 +147,7 @@ impl LiveState {
     /// Records what an apply (or a listing of an unchanged object) left, then judges the object
     /// against the latest watched state.
     pub fn applied(&self, id: &ObjectRef, expected: Expected) {
-        let mut objects = self.lock();
+        let mut objects = self.change();
         let t = objects.entry(id.clone()).or_default();
         t.in_flight = false;
         t.expected = Some(expected);
@@ -118,7 +156,7 @@ impl LiveState {
 
     /// An apply failed: stop holding its events back.
     pub fn apply_failed(&self, id: &ObjectRef) {
-        if let Some(t) = self.lock().get_mut(id) {
+        if let Some(t) = self.change().get_mut(id) {
             t.in_flight = false;
         }
     }
@@ -126,7 +164,7 @@ impl LiveState {
     /// The objects Driftless manages now; anything else stops being expected (it is only kept
     /// while a watch still reports it, e.g. a member whose prune was held).
     pub fn retain_desired(&self, desired: &HashSet<ObjectRef>) {
-        let mut objects = self.lock();
+        let mut objects = self.change();
         objects.retain(|id, t| {
             if !desired.contains(id) {
                 t.expected = None;
@@ -138,7 +176,7 @@ impl LiveState {
 
     /// Forgets an object (deleted by prune).
     pub fn forget(&self, id: &ObjectRef) {
-        self.lock().remove(id);
+        self.change().remove(id);
     }
 
     /// Takes a queued object off the queue; returns its state.
@@ -252,6 +290,31 @@ mod tests {
         assert_eq!(state.drifted().len(), 1);
         let t = state.dequeue(&id("a")).unwrap();
         assert!(matches!(t.drift, Some(Drift::Modified { by: Some(ref m) }) if m == "kubectl-edit"));
+    }
+
+    #[test]
+    fn the_watch_tells_health_only_once_it_saw_what_was_written() {
+        let (state, _rx) = LiveState::new();
+        let at = |generation: i64, health: Health| Entry { generation, health: Status { health, reason: String::new() }, ..entry("f1") };
+        let before = state.version();
+        state.begin_apply(&id("a"));
+        assert!(state.version() == before, "an apply begun is no status change");
+        state.observe(&id("a"), Some(at(1, Health::Healthy)));
+        assert_eq!(state.current_health(&id("a")), None, "in flight");
+        state.applied(&id("a"), Expected { fields_hash: "f1".into() });
+        state.written(&id("a"), 2);
+        assert_eq!(state.current_health(&id("a")), None, "the watch has not seen generation 2");
+        state.observe(&id("a"), Some(at(2, Health::Progressing)));
+        assert_eq!(state.current_health(&id("a")).map(|s| s.health), Some(Health::Progressing));
+        state.observe(&id("a"), Some(at(2, Health::Healthy)));
+        assert_eq!(state.current_health(&id("a")).map(|s| s.health), Some(Health::Healthy));
+        assert!(state.version() > before, "each observation moves the version");
+        // a scope no watch listed yet: only a read can tell
+        state.begin_apply(&id("b"));
+        state.applied(&id("b"), Expected { fields_hash: "f1".into() });
+        assert_eq!(state.current_health(&id("b")), None);
+        let quiet = state.version();
+        assert_eq!((state.health().len(), state.version()), (2, quiet), "reading moves nothing");
     }
 
     #[test]

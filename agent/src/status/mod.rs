@@ -1,12 +1,13 @@
 //! Status: where users read what Driftless did. The HTTP server ([`http`]: health, readiness,
 //! metrics, status API, push webhooks), Prometheus metrics ([`metrics`]), webhook verification
-//! ([`webhook`]), Kubernetes Events and annotations on each source's ApplySet parent (here),
+//! ([`webhook`]), Kubernetes Events ([`events`]) and annotations (here) on each source's ApplySet parent,
 //! and `driftless status` ([`cli`]).
 //!
 //! Nothing here ever carries a credential or Secret data: URLs are redacted, messages come from
 //! reports that name objects and causes only.
 
 pub mod cli;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -19,17 +20,18 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+use crate::cluster::apply::ApplyOptions;
 use crate::cluster::Cluster;
 use crate::inventory::applyset;
 use crate::keys;
 use crate::manifest::{ObjectRef, ResourceType};
 use crate::report::changes::Action;
 use crate::report::{Reason, Report, State};
+pub use events::{reasons, Events};
 use metrics::Metrics;
 use model::Statuses;
 use webhook::RateLimit;
@@ -99,40 +101,95 @@ impl Telemetry {
     }
 }
 
-/// Reports a reconcile where Kubernetes users look: an Event on the parent (Synced, SyncFailed,
-/// HealthCheckFailed, PruneHeld, and Pruned when members were deleted) and its status
-/// annotations.
+/// Reports a reconcile where Kubernetes users look: its Events on the parent and the parent's
+/// status annotations (`driftless sync`; the run loop writes its annotations through its
+/// [`AnnotationWriter`]).
 pub async fn publish_report(cluster: &Cluster, events: Option<&Events>, source: &str, agent_namespace: &str, report: &Report) {
     let parent = applyset::parent_ref(source, agent_namespace);
-    let revision = report.commit.as_deref().map(crate::source::short).unwrap_or("-");
     if let Some(events) = events {
-        match report.state {
-            State::Synced => {
-                events
-                    .publish(cluster, &parent, false, reasons::SYNCED, &format!("revision {revision}: {}", report.changes.summary()))
-                    .await
-            }
-            State::PruneHeld => {
-                events.publish(cluster, &parent, true, reasons::PRUNE_HELD, &format!("revision {revision}: {}", report.message)).await
-            }
-            State::Failed => {
-                let reason =
-                    if report.reason == Some(Reason::HealthCheckFailed) { reasons::HEALTH_CHECK_FAILED } else { reasons::SYNC_FAILED };
-                let why = report.reason.map_or("", Reason::as_str);
-                events.publish(cluster, &parent, true, reason, &format!("revision {revision}: {why}: {}", report.message)).await
-            }
+        publish_events(cluster, events, &parent, report).await;
+    }
+    let a = report_annotation(report);
+    if let Err(e) = annotate(cluster, &parent, &a.state, a.health.as_deref(), &a.message, a.time).await {
+        debug!(parent = %parent, error = %e, "could not annotate the parent");
+    }
+}
+
+/// The Events of a reconcile on its parent: Synced, SyncFailed, HealthCheckFailed or PruneHeld,
+/// and Pruned when members were deleted.
+pub async fn publish_events(cluster: &Cluster, events: &Events, parent: &ObjectRef, report: &Report) {
+    let revision = report.commit.as_deref().map(crate::source::short).unwrap_or("-");
+    match report.state {
+        State::Synced => {
+            events.publish(cluster, parent, false, reasons::SYNCED, &format!("revision {revision}: {}", report.changes.summary())).await
         }
-        let pruned: Vec<String> = report.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
-        if !pruned.is_empty() {
-            let note = format!("revision {revision}: pruned {} object(s): {}", pruned.len(), pruned.join(", "));
-            events.publish(cluster, &parent, false, reasons::PRUNED, &note).await;
+        State::PruneHeld => {
+            events.publish(cluster, parent, true, reasons::PRUNE_HELD, &format!("revision {revision}: {}", report.message)).await
+        }
+        State::Failed => {
+            let reason = if report.reason == Some(Reason::HealthCheckFailed) { reasons::HEALTH_CHECK_FAILED } else { reasons::SYNC_FAILED };
+            let why = report.reason.map_or("", Reason::as_str);
+            events.publish(cluster, parent, true, reason, &format!("revision {revision}: {why}: {}", report.message)).await
         }
     }
-    let state = report.state.as_str();
+    let pruned: Vec<String> = report.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
+    if !pruned.is_empty() {
+        let note = format!("revision {revision}: pruned {} object(s): {}", pruned.len(), pruned.join(", "));
+        events.publish(cluster, parent, false, reasons::PRUNED, &note).await;
+    }
+}
+
+/// A report's status annotations. Health is the run loop's to write (see [`HEALTH_MANAGER`]):
+/// a report leaves it as it is.
+pub fn report_annotation(report: &Report) -> Annotation {
     let message = if report.message.is_empty() { report.changes.summary() } else { report.message.clone() };
-    // health is the run loop's to write (see [`HEALTH_MANAGER`]); a report leaves it as it is
-    if let Err(e) = annotate(cluster, &parent, state, None, &message, SystemTime::now()).await {
-        debug!(parent = %parent, error = %e, "could not annotate the parent");
+    Annotation { state: report.state.as_str().to_string(), health: None, message, time: SystemTime::now() }
+}
+
+/// What a parent's status annotations say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Annotation {
+    pub state: String,
+    /// Written only by the run loop, which knows it.
+    pub health: Option<String>,
+    pub message: String,
+    pub time: SystemTime,
+}
+
+/// The one writer of a parent's status annotations in a run loop: one write at a time, in the
+/// order asked; while one is in flight only the newest waits (a pending health is kept when a
+/// newer annotation has none), so an older state never lands after a newer one. Its task ends
+/// when the writer is dropped.
+#[derive(Debug)]
+pub struct AnnotationWriter {
+    pending: watch::Sender<Option<Annotation>>,
+}
+
+/// The annotation to write next: `newer`, keeping the health of the one it replaces when it has
+/// none of its own.
+fn merged(pending: Option<&Annotation>, newer: Annotation) -> Annotation {
+    let health = newer.health.clone().or_else(|| pending.and_then(|p| p.health.clone()));
+    Annotation { health, ..newer }
+}
+
+impl AnnotationWriter {
+    /// Starts the writer of `parent`'s annotations.
+    pub fn spawn(cluster: Cluster, parent: ObjectRef) -> Self {
+        let (pending, mut next) = watch::channel(None::<Annotation>);
+        tokio::spawn(async move {
+            while next.changed().await.is_ok() {
+                let Some(a) = next.borrow_and_update().clone() else { continue };
+                if let Err(e) = annotate(&cluster, &parent, &a.state, a.health.as_deref(), &a.message, a.time).await {
+                    debug!(parent = %parent, error = %e, "could not annotate the parent");
+                }
+            }
+        });
+        AnnotationWriter { pending }
+    }
+
+    /// Asks for `annotation` to be written after what was asked before.
+    pub fn write(&self, annotation: Annotation) {
+        self.pending.send_modify(|pending| *pending = Some(merged(pending.as_ref(), annotation)));
     }
 }
 
@@ -149,13 +206,13 @@ pub async fn annotate(
         keys::APPLYSET_ID: applyset::applyset_id(parent),
         "app.kubernetes.io/managed-by": "driftless",
     });
-    let api = cluster.api(&ResourceType::config_maps(), &parent.namespace);
-    let apply = |manager: &'static str, ann: serde_json::Value| {
+    let apply = |field_manager: &'static str, ann: serde_json::Value| {
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": parent.name, "namespace": parent.namespace, "labels": labels, "annotations": ann}});
-        let api = api.clone();
-        let name = parent.name.clone();
-        async move { api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await.map(|_| ()) }
+        async move {
+            let opts = ApplyOptions { field_manager, ..ApplyOptions::default() };
+            cluster.apply(&ResourceType::config_maps(), parent, &body, opts).await.map(|_| ())
+        }
     };
     apply(
         STATUS_MANAGER,
@@ -170,78 +227,6 @@ pub async fn annotate(
         apply(HEALTH_MANAGER, json!({ keys::HEALTH: h })).await?;
     }
     Ok(())
-}
-
-/// Kubernetes Events on ApplySet parents, visible in `kubectl describe configmap driftless-<source>`.
-/// Written as `events.k8s.io/v1` Events, one per occurrence: each names its revision, so a
-/// recorder that folds repeats into the first one's note would hide the new revision.
-pub struct Events {
-    api: Api<DynamicObject>,
-    namespace: String,
-    instance: String,
-}
-
-/// Event reasons.
-pub mod reasons {
-    pub const SYNCED: &str = "Synced";
-    pub const SYNC_FAILED: &str = "SyncFailed";
-    pub const PRUNED: &str = "Pruned";
-    pub const PRUNE_HELD: &str = "PruneHeld";
-    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
-    pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
-}
-
-impl Events {
-    /// Events go to the agent's namespace, where the parents live.
-    pub fn new(cluster: &Cluster, namespace: &str, instance: Option<String>) -> Self {
-        let rt = ResourceType {
-            group: "events.k8s.io".into(),
-            version: "v1".into(),
-            kind: "Event".into(),
-            plural: "events".into(),
-            namespaced: true,
-        };
-        Events {
-            api: cluster.api(&rt, namespace),
-            namespace: namespace.into(),
-            instance: instance.unwrap_or_else(|| format!("driftless-{}", std::process::id())),
-        }
-    }
-
-    /// Publishes one event on the parent (looked up for its uid). Failures are logged, not fatal:
-    /// status reporting never fails a sync.
-    pub async fn publish(&self, cluster: &Cluster, parent: &ObjectRef, warning: bool, reason: &str, note: &str) {
-        let uid = match cluster.get(&ResourceType::config_maps(), parent).await {
-            Ok(Some(o)) => o["metadata"]["uid"].as_str().map(String::from),
-            _ => None,
-        };
-        let event = json!({
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": {"generateName": format!("{}-", parent.name), "namespace": self.namespace},
-            "eventTime": rfc3339_micros(SystemTime::now()),
-            "type": if warning { "Warning" } else { "Normal" },
-            "reason": reason,
-            "action": "Reconcile",
-            "note": truncate(note, 1000),
-            "reportingController": "driftless.dev/agent",
-            "reportingInstance": truncate(&self.instance, 128),
-            "regarding": {"apiVersion": "v1", "kind": "ConfigMap", "name": parent.name, "namespace": parent.namespace, "uid": uid},
-        });
-        let event: DynamicObject = match serde_json::from_value(event) {
-            Ok(e) => e,
-            Err(e) => return debug!(error = %e, "could not build an event"),
-        };
-        if let Err(e) = self.api.create(&PostParams::default(), &event).await {
-            debug!(parent = %parent, error = %e, "could not publish an event");
-        }
-    }
-}
-
-/// RFC 3339 in UTC, microseconds precision (an Event's `eventTime`).
-fn rfc3339_micros(t: SystemTime) -> String {
-    let ts = Timestamp::try_from(t).unwrap_or(Timestamp::UNIX_EPOCH);
-    format!("{:.6}", ts)
 }
 
 /// At most `max` bytes, cut at a character boundary, with an ellipsis when cut.
@@ -273,8 +258,19 @@ mod tests {
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(1_500)), "1970-01-01T00:00:01Z", "whole seconds");
-        assert_eq!(rfc3339_micros(SystemTime::UNIX_EPOCH + Duration::from_micros(1_000_001)), "1970-01-01T00:00:01.000001Z");
-        assert_eq!(rfc3339_micros(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn a_newer_annotation_replaces_the_pending_one_but_keeps_its_health() {
+        let at = |state: &str, health: Option<&str>| Annotation {
+            state: state.into(),
+            health: health.map(String::from),
+            message: state.to_lowercase(),
+            time: SystemTime::UNIX_EPOCH,
+        };
+        assert_eq!(merged(None, at("Synced", None)), at("Synced", None));
+        assert_eq!(merged(Some(&at("Progressing", Some("Progressing"))), at("Synced", None)), at("Synced", Some("Progressing")));
+        assert_eq!(merged(Some(&at("Synced", Some("Progressing"))), at("Synced", Some("Healthy"))), at("Synced", Some("Healthy")));
     }
 
     #[test]

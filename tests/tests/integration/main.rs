@@ -1,0 +1,22 @@
+//! The integration tests, one module per area, built as one test binary (one link instead of
+//! eighteen on two cores). They run against the local control plane (`bash tests/cluster/up`);
+//! `support` needs no cluster. Run one area with `cargo test -p driftless-tests --test integration faults::`.
+
+mod agent_run;
+mod apply_order;
+mod cli;
+mod control_plane;
+mod faults;
+mod git_faults;
+mod helm_chart;
+mod leader_election;
+mod live_state;
+mod observability;
+mod ownership;
+mod prune_safeguards;
+mod real_repositories;
+mod seed_manifests;
+mod ssh_source;
+mod support;
+mod sync_errors;
+mod sync_example_repo;
