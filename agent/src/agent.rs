@@ -149,8 +149,9 @@ pub struct SourceLoop {
     /// per object, however often it drifts meanwhile.
     backoffs: DelayQueue<ObjectRef>,
     backoff_keys: HashMap<ObjectRef, delay_queue::Key>,
-    /// The live state's version when the status was last recomputed.
-    refreshed: Option<u64>,
+    /// What the status was last recomputed from: the live state's version and whether the loop
+    /// was synced (a loop's own changes reset it to `None`).
+    refreshed: Option<(u64, bool)>,
     /// Memory to hand back once the watches have listed their objects.
     release_pending: bool,
     /// When the remote check in progress started.
@@ -213,6 +214,11 @@ impl SourceLoop {
         let _ = m.git_fetch_errors_total.get_or_create(&name);
     }
 
+    /// What the status is computed from, beyond what the loop itself changes.
+    fn status_inputs(&self) -> (u64, bool) {
+        (self.live.version(), self.synced())
+    }
+
     /// Whether the first reconcile was attempted and every watch has listed its objects.
     pub fn synced(&self) -> bool {
         self.attempted && self.watches.synced()
@@ -244,7 +250,7 @@ impl SourceLoop {
                 }
                 // the status is recomputed only when a watch or an apply changed something
                 _ = health_tick.tick() => {
-                    if self.refreshed != Some(self.live.version()) {
+                    if self.refreshed != Some(self.status_inputs()) {
                         self.refresh_health();
                     }
                 }
@@ -509,7 +515,7 @@ impl SourceLoop {
     /// Recomputes health from the watches; records the commit-to-healthy lead time, readiness,
     /// the object gauges, and the parent's annotations when the state or health changed.
     fn refresh_health(&mut self) {
-        self.refreshed = Some(self.live.version());
+        self.refreshed = Some(self.status_inputs());
         let ready = self.synced();
         self.update_status(|s| s.ready = ready);
         if self.release_pending && self.watches.synced() {

@@ -12,14 +12,15 @@
 //! Figures are printed, never asserted.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use driftless_tests::agent::{configmaps, dynamic_api, get};
+use driftless_tests::agent::{configmaps, dynamic_api, get, is_write};
+use driftless_tests::cluster::{by_driftless, AuditTail};
 use driftless_tests::{audit_log_path, client, cluster_bin, kubeconfig_path, unique_name, wait_for_ok, GitFixture};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
@@ -61,34 +62,6 @@ fn object(i: usize, version: &str, headless: bool) -> String {
             i - 1
         ),
     }
-}
-
-/// The audit log read from a byte offset, so a large log is not read again and again.
-struct Audit {
-    offset: u64,
-}
-
-impl Audit {
-    fn now() -> Result<Self> {
-        Ok(Audit { offset: fs::metadata(audit_log_path())?.len() })
-    }
-    /// Requests by Driftless (its user agent) since this mark.
-    fn driftless_requests(&self) -> Result<Vec<Value>> {
-        let mut f = fs::File::open(audit_log_path())?;
-        f.seek(SeekFrom::Start(self.offset))?;
-        let mut text = String::new();
-        f.read_to_string(&mut text)?;
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["userAgent"].as_str().is_some_and(|u| u.starts_with("driftless/")))
-            .collect())
-    }
-}
-
-fn is_write(e: &Value) -> bool {
-    matches!(e["verb"].as_str(), Some("create" | "patch" | "update" | "delete"))
-        && !e["requestURI"].as_str().unwrap_or_default().contains("dryRun")
 }
 
 /// The agent as a child process, logging JSON to a file; killed on drop.
@@ -272,10 +245,10 @@ async fn main() -> Result<()> {
     let agent = AgentProcess::start(&args.driftless, &repo_url, &name, &ns, &work.path().join("run-cache"), work.path().join("agent.log"))?;
     agent.wait_for("sync finished", 1, Duration::from_secs(120)).await?;
     agent.wait_for("poll: nothing new", 2, Duration::from_secs(30)).await?;
-    let audit = Audit::now()?;
+    let mut audit = AuditTail::from_end(audit_log_path());
     let before = agent.events("poll: nothing new").len();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let noop_requests = audit.driftless_requests()?;
+    let noop_requests: Vec<Value> = audit.read().into_iter().filter(by_driftless).collect();
     let mut noop_us: Vec<f64> =
         agent.events("poll: nothing new")[before..].iter().filter_map(|e| e["fields"]["elapsed_us"].as_f64()).collect();
     noop_us.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -300,10 +273,11 @@ async fn main() -> Result<()> {
     }
     repo.commit("bench: change 1%");
     let syncs_before = agent.events("sync finished").len();
-    let audit = Audit::now()?;
+    let mut audit = AuditTail::from_end(audit_log_path());
     let synced = agent.wait_for("sync finished", syncs_before + 1, Duration::from_secs(120)).await?;
     let change_ms = synced[syncs_before]["fields"]["duration_ms"].as_f64().unwrap_or(f64::NAN);
-    let change_writes = audit.driftless_requests()?.iter().filter(|e| is_write(e) && e["objectRef"]["namespace"] == ns.as_str()).count();
+    let change_writes =
+        audit.read().iter().filter(|e| by_driftless(e) && is_write(e) && e["objectRef"]["namespace"] == ns.as_str()).count();
     println!("  1% change ({changed} objects): {change_ms:.0} ms, {change_writes} writes");
     let after_change = agent.memory_kib();
 

@@ -7,6 +7,14 @@
 //! not supported). Malformed lines are skipped with a warning, as OpenSSH does.
 //!
 //! The name looked up is the host for port 22 and `[host]:port` otherwise, like OpenSSH.
+//!
+//! Why not the `ssh-key` crate's `known_hosts` module (checked at 0.6.7): it parses lines but
+//! matches nothing (no hashed hosts, no `*`/`?`/`!` patterns, no `[host]:port`), so that code
+//! would stay here, and it would need glue to be as strict and as OpenSSH-compatible as this
+//! file (it splits on single spaces, fails a whole file on its first bad line, accepts `|2|...`
+//! and empty host lists, and reads ECDSA keys only with a feature). It would save about 50 of
+//! these 206 code lines for 10 new crates; its stricter key decoding adds no security, since an
+//! offered key is compared with the recorded one byte for byte.
 
 use std::path::Path;
 
