@@ -150,7 +150,7 @@ pub struct SourceLoop {
     backoffs: DelayQueue<ObjectRef>,
     backoff_keys: HashMap<ObjectRef, delay_queue::Key>,
     /// What the status was last recomputed from: the live state's version and whether the loop
-    /// was synced (a loop's own changes reset it to `None`).
+    /// was synced (the loop's own changes recompute it directly).
     refreshed: Option<(u64, bool)>,
     /// Memory to hand back once the watches have listed their objects.
     release_pending: bool,
@@ -490,6 +490,10 @@ impl SourceLoop {
                 // a failed report always has its reason; a stage failure is the least surprising default
                 let reason = report.reason.unwrap_or(Reason::ValidationFailed);
                 m.sync_failures_total.get_or_create(&FailureLabels { source: self.source.name.clone(), reason }).inc();
+                if reason == Reason::Panicked {
+                    // a stage's worker panicked: a bug, counted as the loop's own panics are
+                    m.panics_total.get_or_create(&name).inc();
+                }
                 if reason == Reason::FetchFailed {
                     m.git_fetch_errors_total.get_or_create(&name).inc();
                 }

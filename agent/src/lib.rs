@@ -1,7 +1,7 @@
 //! Driftless: a GitOps reconciliation agent.
 //!
-//! One revision flows through the stages in this order; each module is one stage, and each
-//! depends only on the stages before it and on the shared layers below.
+//! One revision flows through the stages in this order; each module is one stage. No two
+//! top-level modules depend on each other (`scripts/check-module-cycles`).
 //!
 //! | stage      | module        | what it does                                                            |
 //! |------------|---------------|-------------------------------------------------------------------------|
@@ -14,9 +14,10 @@
 //! | reconcile  | [`sync`]      | the stages above, in order, for one source                              |
 //! | status     | [`status`]    | HTTP (health, metrics, status, webhooks), Events, `driftless status`     |
 //!
-//! Shared by the stages: [`manifest`] (the object model), [`cluster`] (the Kubernetes client:
-//! one file per verb, throttled and fenced), [`report`] (what a reconcile did and why it failed:
-//! [`report::Reason`]). [`agent`] runs the stages for each source in `driftless run`, under
+//! Shared by the stages: [`manifest`] (the object model, which depends on nothing) and [`cluster`]
+//! (the Kubernetes client: one file per verb, throttled and fenced, which knows only the object
+//! model). [`report`] holds what a reconcile did and why it failed ([`report::Reason`]), read by
+//! the reconcile, the agent and status. [`agent`] runs the stages for each source in `driftless run`, under
 //! [`leader`] election; [`config`] holds the sources' settings, [`cli`] and [`commands`] the
 //! command line.
 
@@ -94,6 +95,12 @@ pub enum Error {
     /// The plan, the live state or the server-side dry-run rejected the revision.
     #[error("validation failed: {0}")]
     Validation(String),
+    /// Listing the set's members failed (which kind, where, and why).
+    #[error("validation failed: {0}")]
+    Members(#[source] inventory::ListError),
+    /// Reading a desired object's live state failed.
+    #[error("validation failed: {0}")]
+    LiveObject(#[source] live::object::ReadError),
     /// A server-side apply failed.
     #[error("apply failed: {0}")]
     Apply(String),
@@ -106,6 +113,9 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A stage's CPU-bound work (render, plan) panicked: a bug, reported as the loop's own panics are.
+    #[error("panicked: {0}")]
+    Panicked(String),
     /// A request a stage made failed: the stage's reason, what it was doing, the API's error.
     #[error("{doing}: {}", cluster::api_message(.source))]
     Request {
@@ -123,7 +133,8 @@ impl Error {
         match self {
             Error::Fetch(_) => Reason::FetchFailed,
             Error::Render(_) => Reason::RenderFailed,
-            Error::Validation(_) => Reason::ValidationFailed,
+            Error::Validation(_) | Error::Members(_) | Error::LiveObject(_) => Reason::ValidationFailed,
+            Error::Panicked(_) => Reason::Panicked,
             Error::Apply(_) => Reason::ApplyFailed,
             Error::HealthCheck(_) => Reason::HealthCheckFailed,
             Error::Prune(_) => Reason::PruneFailed,

@@ -190,17 +190,12 @@ async fn run_stages(
     // what a dry-run result is compared with.
     let keep = if opts.mode == Mode::Full { Keep::Body } else { Keep::Checks };
     let versions = plan.objects().iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
-    let mut members =
-        inventory::list_members(cluster, &catalog, &versions, &set.id, &recorded.union(&desired_inventory), keep).await.map_err(|e| {
-            if e.is_forbidden() {
-                Error::Validation(e.to_string())
-            } else {
-                Error::request(Reason::ValidationFailed, "listing the set's members")(e.source)
-            }
-        })?;
+    let mut members = inventory::list_members(cluster, &catalog, &versions, &set.id, &recorded.union(&desired_inventory), keep)
+        .await
+        .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Members(e) })?;
     // the listed objects move to the live state; the members keep their plain data for the prune
     let listed = members.iter_mut().map(|m| (m.member.id.clone(), std::mem::take(&mut m.object))).collect();
-    let live = object::read_desired(cluster, &plan, listed, keep).await.map_err(|e| Error::Validation(e.to_string()))?;
+    let live = object::read_desired(cluster, &plan, listed, keep).await.map_err(Error::LiveObject)?;
     if let Err(conflicts) = check_ownership(&set, &plan, &live) {
         if !conflicts.claims.is_empty() {
             // record the claim, so the other source hands those objects over once its revision
@@ -263,10 +258,10 @@ async fn run_stages(
     Ok(hold)
 }
 
-/// Runs CPU-bound work (render, plan) off the async worker threads; a panic in it is a bug in
-/// that stage, reported as a failed validation rather than taking the loop down.
+/// Runs CPU-bound work (render, plan) off the async worker threads; a panic in it is a bug,
+/// reported as `Panicked` (and counted as the loop's own panics are) without taking the loop down.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| Error::Validation(format!("the render and plan worker stopped: {e}")))
+    tokio::task::spawn_blocking(work).await.map_err(|e| Error::Panicked(format!("the render and plan worker stopped: {e}")))
 }
 
 /// An object that already belongs to another ApplySet is a conflict, never adopted; parents and

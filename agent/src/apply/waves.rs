@@ -107,7 +107,7 @@ impl Waves<'_> {
                         action: Action::Failed,
                         message: "not validated before its apply".into(),
                         expected: None,
-                        generation: None,
+                        written: None,
                     };
                 };
                 if *decision != Decision::Unchanged {
@@ -124,14 +124,17 @@ impl Waves<'_> {
                     }
                     other => other,
                 };
-                let generation = result.as_ref().and_then(|o| o["metadata"]["generation"].as_i64());
+                let written = result.as_ref().and_then(|o| {
+                    let meta = &o["metadata"];
+                    Some((meta["uid"].as_str()?.to_string(), meta["resourceVersion"].as_str()?.to_string()))
+                });
                 let expected = match result {
                     _ if action == Action::Failed => None,
                     Some(object) => Some(Expected::from_object(&object)),
                     // unchanged: as it is, unless drift was left in place (then as it should be)
                     None => dry_run.clone().or_else(|| self.live.get(&id).map(|l| l.expected.clone())),
                 };
-                Applied { id, action, message, expected, generation }
+                Applied { id, action, message, expected, written }
             })
             .buffered(CONCURRENCY)
             .collect()
@@ -140,14 +143,14 @@ impl Waves<'_> {
             debug!(kind = %first.id.kind, wave = first.wave, objects = group.len(), elapsed_ms = started.elapsed().as_millis() as u64, "group applied");
         }
         let failed = results.iter().any(|r| r.action == Action::Failed);
-        for Applied { id, action, message, expected, generation } in results {
+        for Applied { id, action, message, expected, written } in results {
             if let Some(state) = self.to.live {
                 match expected {
                     Some(e) => state.applied(&id, e),
                     None => state.apply_failed(&id),
                 }
-                if let Some(generation) = generation {
-                    state.written(&id, generation);
+                if let Some((uid, resource_version)) = written {
+                    state.written(&id, &uid, &resource_version);
                 }
             }
             changes.push(id, action, message);
@@ -160,13 +163,13 @@ impl Waves<'_> {
 }
 
 /// What one object's apply left: what the report says of it, what its watch should expect, and
-/// the generation written.
+/// the uid and resourceVersion written.
 struct Applied {
     id: ObjectRef,
     action: Action,
     message: String,
     expected: Option<Expected>,
-    generation: Option<i64>,
+    written: Option<(String, String)>,
 }
 
 /// Waits until every object is Healthy, looking again only at those that are not yet. Where the

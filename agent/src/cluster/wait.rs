@@ -28,12 +28,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Poll<T, P>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let now = tokio::time::Instant::now();
+    // a timeout too large to add never ends the wait
+    let deadline = now.checked_add(timeout);
     loop {
         match check().await {
             Poll::Done(t) => return Outcome::Done(t),
             Poll::Failed(message) => return Outcome::Failed(message),
-            Poll::Pending(seen) if tokio::time::Instant::now() >= deadline => return Outcome::TimedOut(seen),
+            Poll::Pending(seen) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => return Outcome::TimedOut(seen),
             Poll::Pending(_) => tokio::time::sleep(every).await,
         }
     }

@@ -2,8 +2,10 @@
 //! health need. Memory grows with what Driftless manages, not with the cluster: only members of
 //! the source's ApplySet are watched (by its part-of label, per kind and namespace).
 //!
-//! [`watch`] feeds [`LiveState`]; [`drift`] decides (pure) whether an object drifted and how a
-//! fight backs off; [`health`] evaluates each object (pure, kstatus conventions).
+//! [`object`] reads live objects for a reconcile (members by paged LIST, others by GET), trimmed
+//! as they arrive; [`watch`] feeds [`LiveState`]; [`drift`] decides (pure) whether an object
+//! drifted and how a fight backs off; [`health`] evaluates each object (pure, kstatus
+//! conventions).
 
 pub mod drift;
 pub mod health;
@@ -36,9 +38,10 @@ pub struct Tracked {
     /// The current, not yet corrected drift.
     pub drift: Option<Drift>,
     pub fight: Fight,
-    /// The generation of Driftless's last write of it: a watched entry older than that does not
-    /// tell its health yet.
-    pub written_generation: Option<i64>,
+    /// Driftless's last write of it (uid and resourceVersion the server answered), until the
+    /// watch has seen that very version: until then its entry does not tell the health of what
+    /// was written.
+    pub unseen_write: Option<(String, String)>,
 }
 
 /// The live state of one source: the tracked objects and a channel of drifted ones.
@@ -73,22 +76,21 @@ impl LiveState {
     }
 
     /// What the watch last saw of an object's health, when that answers for Driftless's last
-    /// write of it: a watch listed its scope, no apply of it is in flight, and the watch saw at
-    /// least the generation written. `None` when only a read can tell.
+    /// write of it: a watch listed its scope, no apply of it is in flight, and the watch has seen
+    /// the very object and version written (same uid and resourceVersion) or something after it.
+    /// `None` when only a read can tell.
     pub fn current_health(&self, id: &ObjectRef) -> Option<Status> {
         let objects = self.lock();
-        let t = objects.get(id).filter(|t| t.seen && !t.in_flight)?;
-        let entry = t.entry.as_ref()?;
-        if t.written_generation.is_some_and(|written| entry.generation < written) {
-            return None;
-        }
-        Some(entry.health.clone())
+        let t = objects.get(id).filter(|t| t.seen && !t.in_flight && t.unseen_write.is_none())?;
+        t.entry.as_ref().map(|e| e.health.clone())
     }
 
-    /// Driftless wrote the object; what it wrote has this generation.
-    pub fn written(&self, id: &ObjectRef, generation: i64) {
+    /// Driftless wrote the object: the server answered this uid and resourceVersion.
+    pub fn written(&self, id: &ObjectRef, uid: &str, resource_version: &str) {
         if let Some(t) = self.change().get_mut(id) {
-            t.written_generation = Some(generation);
+            // the watch event of the write may have come before the answer
+            let seen = t.entry.as_ref().is_some_and(|e| e.uid == uid && e.resource_version == resource_version);
+            t.unseen_write = (!seen).then(|| (uid.to_string(), resource_version.to_string()));
         }
     }
 
@@ -110,6 +112,13 @@ impl LiveState {
         let mut objects = self.change();
         match objects.get_mut(id) {
             Some(t) => {
+                let caught_up = t
+                    .unseen_write
+                    .as_ref()
+                    .is_some_and(|(uid, rv)| entry.as_ref().is_some_and(|e| e.uid == *uid && e.resource_version == *rv));
+                if caught_up {
+                    t.unseen_write = None;
+                }
                 t.entry = entry;
                 t.seen = true;
                 self.judge(id, t);
@@ -295,20 +304,39 @@ mod tests {
     #[test]
     fn the_watch_tells_health_only_once_it_saw_what_was_written() {
         let (state, _rx) = LiveState::new();
-        let at = |generation: i64, health: Health| Entry { generation, health: Status { health, reason: String::new() }, ..entry("f1") };
+        let at = |uid: &str, rv: &str, health: Health| Entry {
+            uid: uid.into(),
+            resource_version: rv.into(),
+            health: Status { health, reason: String::new() },
+            ..entry("f1")
+        };
         let before = state.version();
         state.begin_apply(&id("a"));
         assert!(state.version() == before, "an apply begun is no status change");
-        state.observe(&id("a"), Some(at(1, Health::Healthy)));
+        state.observe(&id("a"), Some(at("u1", "1", Health::Healthy)));
         assert_eq!(state.current_health(&id("a")), None, "in flight");
         state.applied(&id("a"), Expected { fields_hash: "f1".into() });
-        state.written(&id("a"), 2);
-        assert_eq!(state.current_health(&id("a")), None, "the watch has not seen generation 2");
-        state.observe(&id("a"), Some(at(2, Health::Progressing)));
+        state.written(&id("a"), "u1", "2");
+        assert_eq!(state.current_health(&id("a")), None, "the watch has not seen version 2");
+        state.observe(&id("a"), Some(at("u1", "2", Health::Progressing)));
         assert_eq!(state.current_health(&id("a")).map(|s| s.health), Some(Health::Progressing));
-        state.observe(&id("a"), Some(at(2, Health::Healthy)));
-        assert_eq!(state.current_health(&id("a")).map(|s| s.health), Some(Health::Healthy));
+        state.observe(&id("a"), Some(at("u1", "3", Health::Healthy)));
+        assert_eq!(state.current_health(&id("a")).map(|s| s.health), Some(Health::Healthy), "and what came after it");
         assert!(state.version() > before, "each observation moves the version");
+        // recreated: the old object's entry (another uid) says nothing of the new one
+        state.begin_apply(&id("a"));
+        state.applied(&id("a"), Expected { fields_hash: "f1".into() });
+        state.written(&id("a"), "u2", "9");
+        state.observe(&id("a"), Some(at("u1", "3", Health::Healthy)));
+        assert_eq!(state.current_health(&id("a")), None, "the old uid");
+        state.observe(&id("a"), Some(at("u2", "9", Health::Progressing)));
+        assert_eq!(state.current_health(&id("a")).map(|s| s.health), Some(Health::Progressing));
+        // the write's event came before the answer
+        state.begin_apply(&id("a"));
+        state.observe(&id("a"), Some(at("u2", "10", Health::Healthy)));
+        state.applied(&id("a"), Expected { fields_hash: "f1".into() });
+        state.written(&id("a"), "u2", "10");
+        assert_eq!(state.current_health(&id("a")).map(|s| s.health), Some(Health::Healthy));
         // a scope no watch listed yet: only a read can tell
         state.begin_apply(&id("b"));
         state.applied(&id("b"), Expected { fields_hash: "f1".into() });

@@ -96,13 +96,11 @@ pub fn reason_or_empty<S: serde::Serializer>(reason: &Option<Reason>, s: S) -> R
     s.serialize_str(reason.map_or("", Reason::as_str))
 }
 
-/// Reads what [`reason_or_empty`] wrote.
+/// Reads what [`reason_or_empty`] wrote; a reason this build does not know (another version's)
+/// reads as none rather than failing the whole status.
 pub fn reason_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::Error> {
     let text = String::deserialize(d)?;
-    if text.is_empty() {
-        return Ok(None);
-    }
-    Reason::deserialize(serde::de::value::StrDeserializer::new(&text)).map(Some)
+    Ok(Reason::ALL.into_iter().find(|r| r.as_str() == text))
 }
 
 /// The state a source ends a reconcile in.

@@ -53,34 +53,43 @@ pub struct SourceStatus {
     #[serde(rename = "ref")]
     pub reference: Option<String>,
     pub path: String,
+    #[serde(default)]
     pub last_fetched_commit: Option<String>,
+    #[serde(default)]
     pub last_applied_commit: Option<String>,
     pub state: SyncState,
     pub health: Health,
-    #[serde(serialize_with = "reason_or_empty", deserialize_with = "reason_or_none")]
+    #[serde(default, serialize_with = "reason_or_empty", deserialize_with = "reason_or_none")]
     pub reason: Option<Reason>,
     pub message: String,
-    #[serde(with = "unix_seconds")]
+    #[serde(default, with = "unix_seconds")]
     pub last_sync_time: Option<SystemTime>,
+    #[serde(default)]
     pub last_sync_duration_seconds: Option<f64>,
+    #[serde(default)]
     pub counts: HashMap<Action, usize>,
+    #[serde(default)]
     pub objects: Vec<ObjectStatus>,
     /// Drift corrections and fights since the agent started.
+    #[serde(default)]
     pub drift_corrections: u64,
+    #[serde(default)]
     pub fights: u64,
     /// From noticing the last applied commit to every member Healthy.
+    #[serde(default)]
     pub commit_to_healthy_seconds: Option<f64>,
     /// Reconciled once and every watch synced (readiness).
+    #[serde(default)]
     pub ready: bool,
     /// When the remote check (and fetch) in progress started; none when idle.
-    #[serde(with = "unix_seconds")]
+    #[serde(default, with = "unix_seconds")]
     pub fetch_started: Option<SystemTime>,
     /// A fetch in progress longer than this (three intervals, and at least twice the fetch
     /// timeout and a minute more) is stuck: `/healthz` fails for it.
     #[serde(skip)]
     pub stuck_after: Duration,
     /// The reconcile in progress (`{started, lastProgress}`), none when idle.
-    #[serde(with = "heartbeat")]
+    #[serde(default, with = "heartbeat")]
     pub reconcile: Arc<Heartbeat>,
     /// A reconcile without progress for longer than this (three intervals, and at least ten
     /// minutes: every API request is bounded by a minute) is stuck: `/healthz` fails for it.
@@ -135,7 +144,7 @@ pub(crate) mod unix_seconds {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(|s| UNIX_EPOCH + Duration::from_secs(s)))
+        Ok(Option::<u64>::deserialize(d)?.and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s))))
     }
 }
 
@@ -257,5 +266,10 @@ mod tests {
         assert!(back.reconcile.running().is_some());
         let idle: SourceStatus = serde_json::from_value(serde_json::to_value(SourceStatus::new(&source)).unwrap()).unwrap();
         assert_eq!((idle.reason, idle.reconcile.running()), (None, None));
+        // another version's status: a reason this build does not know, fields it lacks
+        let other = serde_json::json!({"name": "shop", "repo": "r", "ref": null, "path": "", "state": "Failed",
+            "health": "Unknown", "reason": "ApiError", "message": "m", "lastSyncTime": u64::MAX});
+        let read: SourceStatus = serde_json::from_value(other).unwrap();
+        assert_eq!((read.state, read.reason, read.last_sync_time, read.objects.len()), (SyncState::Failed, None, None, 0));
     }
 }
