@@ -282,7 +282,7 @@ impl SourceLoop {
         self.metrics().git_fetch_duration.get_or_create(&name).observe(noticed.elapsed().as_secs_f64());
         let (commit, files) = match checked {
             Ok(Fetched::Unchanged(commit)) => (commit, None),
-            Ok(Fetched::New { commit, files }) => (commit, Some(files)),
+            Ok(Fetched::New { commit, revision }) => (commit, Some(revision)),
             Err(e) => {
                 // a sync that failed at its first stage: counted, shown and reported like any other
                 self.attempted = true;

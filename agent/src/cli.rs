@@ -87,6 +87,9 @@ pub struct ClusterArgs {
     /// the same name in the same inventory namespace is refused instead of sharing its set.
     #[arg(long, env = "DRIFTLESS_INSTANCE", default_value = "driftless")]
     pub instance: String,
+    /// The kustomize program that builds kustomizations (looked up in PATH unless it has a `/`).
+    #[arg(long, env = "DRIFTLESS_KUSTOMIZE", default_value = "kustomize")]
+    pub kustomize: String,
 }
 
 /// One source given by flags.
@@ -126,6 +129,16 @@ pub struct SourceArgs {
     /// How long each wave may take to become Healthy.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub health_timeout: Duration,
+    /// How the source path becomes objects: auto (a kustomization is built with kustomize,
+    /// anything else read as plain files), plain or kustomize.
+    #[arg(long, default_value = "auto")]
+    pub render: crate::source::RenderMode,
+    /// Let a kustomization's remote bases and resources through (kustomize fetches them).
+    #[arg(long)]
+    pub allow_remote_bases: bool,
+    /// How long a render (kustomize build) may take.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub render_timeout: Duration,
     /// Longest one remote check or one fetch may take.
     #[arg(long = "fetch-timeout", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
@@ -182,6 +195,9 @@ impl SourceArgs {
             self_heal: !self.no_self_heal,
             health_timeout: self.health_timeout,
             webhook_secret_file: None,
+            render: self.render,
+            allow_remote_bases: self.allow_remote_bases,
+            render_timeout: self.render_timeout,
         })
     }
 

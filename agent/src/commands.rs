@@ -15,6 +15,8 @@ use crate::cluster::fence::Fence;
 use crate::cluster::{Cluster, ConnectOptions};
 use crate::config::{self, Source};
 use crate::leader::Elector;
+use crate::render::kustomize::Kustomize;
+use crate::render::tool::find_program;
 use crate::render::Limits;
 use crate::report::{Reason, Report, State};
 use crate::status::metrics::Metrics;
@@ -34,6 +36,7 @@ async fn context(args: &ClusterArgs, fence: Fence) -> Result<Context, crate::Err
         cache_dir,
         instance: args.instance.clone(),
         limits: Limits::default(),
+        kustomize: Kustomize { program: find_program(&args.kustomize), ..Kustomize::default() },
     })
 }
 

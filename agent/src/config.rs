@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::manifest::GroupKind;
-use crate::source::{Auth, SourceSpec, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_FETCH_BYTES};
+use crate::source::{Auth, RenderMode, SourceSpec, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_FETCH_BYTES};
 
 /// The agent's config file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -103,6 +103,16 @@ pub struct SourceConfig {
     /// How long a wave may take to become Healthy before the sync fails (HealthCheckFailed).
     #[serde(default = "default_health_timeout", with = "humantime_serde_compat")]
     pub health_timeout: Duration,
+    /// How the source path becomes objects: `auto` (a kustomization is built with kustomize),
+    /// `plain` or `kustomize`.
+    #[serde(default)]
+    pub render: RenderMode,
+    /// Let a kustomization's remote bases and resources through.
+    #[serde(default)]
+    pub allow_remote_bases: bool,
+    /// How long a render (`kustomize build`) may take.
+    #[serde(default = "default_render_timeout", with = "humantime_serde_compat")]
+    pub render_timeout: Duration,
 }
 
 /// Credentials, always by file.
@@ -126,6 +136,9 @@ fn default_interval() -> Duration {
 }
 fn yes() -> bool {
     true
+}
+fn default_render_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_health_timeout() -> Duration {
     Duration::from_secs(300)
@@ -214,6 +227,9 @@ impl SourceConfig {
         if fetch.timeout < Duration::from_secs(1) || fetch.timeout > Duration::from_secs(24 * 3600) {
             return Err(format!("source {n}: timeout must be between 1s and 24h"));
         }
+        if self.render_timeout < Duration::from_secs(1) || self.render_timeout > Duration::from_secs(3600) {
+            return Err(format!("source {n}: renderTimeout must be between 1s and 1h"));
+        }
         if fetch.max_fetch_bytes == 0 {
             return Err(format!("source {n}: maxFetchBytes must be at least 1"));
         }
@@ -240,6 +256,9 @@ impl SourceConfig {
             self_heal: self.self_heal,
             health_timeout: self.health_timeout,
             webhook_secret_file: self.webhook_secret_file.clone(),
+            render: self.render,
+            allow_remote_bases: self.allow_remote_bases,
+            render_timeout: self.render_timeout,
         })
     }
 }
@@ -267,6 +286,9 @@ pub struct Source {
     pub self_heal: bool,
     pub health_timeout: Duration,
     pub webhook_secret_file: Option<PathBuf>,
+    pub render: RenderMode,
+    pub allow_remote_bases: bool,
+    pub render_timeout: Duration,
 }
 
 /// Parses and validates a config file's text.

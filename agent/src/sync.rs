@@ -25,13 +25,15 @@ use crate::inventory::{self, Set};
 use crate::live::object::{self, Keep, LiveObject};
 use crate::live::watch::Scope;
 use crate::live::LiveState;
-use crate::manifest::{ObjectRef, SourceFile};
+use crate::manifest::ObjectRef;
 use crate::plan::prune::Hold;
 use crate::plan::{self, ownership, schedule, Catalog, Plan, PlanOptions, Planned};
+use crate::render::kustomize::{self, Kustomize};
+use crate::render::tool::Sandbox;
 use crate::render::{self, Limits};
 use crate::report::changes::{Action, ChangeSet};
 use crate::report::{Heartbeat, Outcome, Reason, Report, State};
-use crate::source::{self, Fetched};
+use crate::source::{self, Fetched, Revision};
 use crate::{keys, Error};
 
 /// What every reconcile of an agent shares.
@@ -46,6 +48,8 @@ pub struct Context {
     /// source of the same name in the same inventory namespace is refused, never shares its set.
     pub instance: String,
     pub limits: Limits,
+    /// How kustomizations are built (each source sets its own time limit and remote policy).
+    pub kustomize: Kustomize,
 }
 
 /// How much of a revision is checked against the server.
@@ -87,7 +91,7 @@ pub async fn reconcile_with(ctx: &Context, source: &Source, opts: Options<'_>) -
 
 /// Reconciles one source once; `fetched` is a commit and its files already fetched (then the
 /// fetch stage is skipped).
-pub async fn reconcile_fetched(ctx: &Context, source: &Source, opts: Options<'_>, fetched: Option<(String, Vec<SourceFile>)>) -> Report {
+pub async fn reconcile_fetched(ctx: &Context, source: &Source, opts: Options<'_>, fetched: Option<(String, Revision)>) -> Report {
     let started = Instant::now();
     let mut run = Run { changes: ChangeSet::default(), commit: None, outcome: None };
     let result = run_stages(ctx, source, opts, fetched, &mut run).await;
@@ -122,7 +126,7 @@ struct Run {
 /// and reads its files (see [`source::check_and_fetch`]).
 pub async fn check_and_fetch(ctx: &Context, source: &Source, applied: Option<&str>) -> Result<Fetched, Error> {
     let cache = ctx.cache_dir.join(&source.name);
-    Ok(source::check_and_fetch(source.spec.clone(), cache, applied.map(String::from), ctx.limits.read()).await?)
+    Ok(source::check_and_fetch(source.spec.clone(), cache, applied.map(String::from), ctx.limits.read(), source.render).await?)
 }
 
 /// The stages in order. `Ok(Some(hold))` when everything applied but the prune was held.
@@ -130,7 +134,7 @@ async fn run_stages(
     ctx: &Context,
     source: &Source,
     opts: Options<'_>,
-    fetched: Option<(String, Vec<SourceFile>)>,
+    fetched: Option<(String, Revision)>,
     run: &mut Run,
 ) -> Result<Option<Hold>, Error> {
     let started = Instant::now();
@@ -144,10 +148,10 @@ async fn run_stages(
 
     // fetch: ask the remote for the ref's commit (unless the caller just did), fetch it if new,
     // read its tree.
-    let (commit, files) = match fetched {
+    let (commit, revision) = match fetched {
         Some(f) => f,
         None => match check_and_fetch(ctx, source, None).await? {
-            Fetched::New { commit, files } => (commit, files),
+            Fetched::New { commit, revision } => (commit, revision),
             // with no commit applied every commit is new; never reconcile an unread revision
             Fetched::Unchanged(commit) => return Err(Error::Validation(format!("commit {commit} was not fetched"))),
         },
@@ -155,9 +159,22 @@ async fn run_stages(
     run.commit = Some(commit.clone());
     stage_done("fetch");
 
-    // render: documents to objects, within limits, off the async worker threads.
+    // render: a kustomization built by kustomize (in its sandbox), then documents to objects,
+    // within limits, off the async worker threads.
     let limits = ctx.limits.clone();
-    let manifests = blocking(move || render::render(&files, &limits)).await??;
+    let kustomize = Kustomize {
+        allow_remote: source.allow_remote_bases,
+        sandbox: Sandbox { timeout: source.render_timeout, ..ctx.kustomize.sandbox },
+        ..ctx.kustomize.clone()
+    };
+    let manifests = blocking(move || {
+        let files = match revision {
+            Revision::Files(files) => files,
+            Revision::Kustomization(checkout) => vec![kustomize::build(&kustomize, &checkout)?],
+        };
+        render::render(&files, &limits)
+    })
+    .await??;
     stage_done("render");
 
     // plan: resolve kinds through discovery, default namespaces, order, hash, label; read what

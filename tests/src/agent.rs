@@ -9,6 +9,7 @@ use std::time::Duration;
 use driftless::cluster::Cluster;
 use driftless::config::{Source, SourceConfig};
 use driftless::render::Limits;
+use driftless::render::kustomize::Kustomize;
 use driftless::report::Report;
 use driftless::sync::{self, Context};
 use kube::api::{Api, DynamicObject, ListParams};
@@ -17,7 +18,7 @@ use kube::Client;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{client, kubeconfig_path, repo_root, unique_name};
+use crate::{client, cluster_bin, kubeconfig_path, repo_root, unique_name};
 
 /// The namespace the tests' ApplySet parents live in (shared; each source's parent is unique).
 pub const AGENT_NAMESPACE: &str = "driftless-tests";
@@ -44,6 +45,8 @@ impl Agent {
             cache_dir: cache.path().to_path_buf(),
             instance: "driftless".into(),
             limits: Limits::default(),
+            // the kustomize built from Go modules by tests/cluster/build
+            kustomize: Kustomize { program: cluster_bin("kustomize"), ..Kustomize::default() },
         };
         Agent { ctx, client, _cache: cache }
     }

@@ -18,7 +18,9 @@
 //! Duplicate objects are not detected here: the planner does that after namespace defaulting.
 
 mod json;
+pub mod kustomize;
 mod tabs;
+pub mod tool;
 mod value;
 pub mod yaml;
 

@@ -47,6 +47,7 @@ use crate::manifest::SourceFile;
 pub use known_hosts::{HostKeyStatus, KnownHosts};
 use location::Location;
 pub use select::{Selector, IGNORE_FILE};
+pub use tree::KUSTOMIZATION_FILES;
 
 /// Limits on reading a commit's tree: the selected files' sizes, one by one and in total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +136,9 @@ impl SourceSpec {
 /// always shown through [`redact_url`] and messages from libgit2 are scrubbed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// Writing the commit out for a renderer failed.
+    #[error("writing {path} out for the renderer: {reason}")]
+    Checkout { path: String, reason: String },
     /// The blocking git work stopped before it answered (it panicked or was cancelled).
     #[error("the git worker stopped: {0}")]
     Worker(String),
@@ -230,13 +234,121 @@ pub struct Repo {
     cache: PathBuf,
 }
 
+/// How a source path's files become objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderMode {
+    /// A kustomization at the source path is built with kustomize; otherwise plain files.
+    #[default]
+    Auto,
+    /// The YAML and JSON files under the path, as they are.
+    Plain,
+    /// `kustomize build` of the source path.
+    Kustomize,
+}
+
+impl std::str::FromStr for RenderMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(RenderMode::Auto),
+            "plain" => Ok(RenderMode::Plain),
+            "kustomize" => Ok(RenderMode::Kustomize),
+            other => Err(format!("unknown render mode {other:?} (auto, plain or kustomize)")),
+        }
+    }
+}
+
+/// A commit as the render stage takes it.
+#[derive(Debug)]
+pub enum Revision {
+    /// The manifest files under the source path, sorted by path.
+    Files(Vec<SourceFile>),
+    /// The commit written out as files, for `kustomize build` of the source path.
+    Kustomization(Checkout),
+}
+
+/// A commit written out as files in a private temporary directory, read-only once sealed, for a
+/// renderer that reads files (kustomize): removed when dropped.
+#[derive(Debug)]
+pub struct Checkout {
+    dir: Option<tempfile::TempDir>,
+    /// The source path, relative to the root.
+    pub path: String,
+}
+
+impl Checkout {
+    fn new(path: String) -> Result<Self, SourceError> {
+        let dir = tempfile::Builder::new()
+            .prefix("driftless-render-")
+            .tempdir()
+            .map_err(|e| SourceError::Checkout { path: path.clone(), reason: e.to_string() })?;
+        Ok(Checkout { dir: Some(dir), path })
+    }
+
+    /// The repository's root directory.
+    pub fn root(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new("/nonexistent"), |d| d.path())
+    }
+
+    /// The source path's directory.
+    pub fn source_dir(&self) -> PathBuf {
+        if self.path.is_empty() {
+            self.root().to_path_buf()
+        } else {
+            self.root().join(&self.path)
+        }
+    }
+
+    /// Makes every file and directory read-only.
+    fn seal(&self) -> Result<(), SourceError> {
+        set_modes(self.root(), 0o444, 0o555).map_err(|e| SourceError::Checkout { path: self.path.clone(), reason: e.to_string() })
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        // directories must be writable again for their entries to be removed
+        let _ = set_modes(self.root(), 0o644, 0o755);
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+/// Sets the permission bits of every file and directory under `root` (and of `root`).
+fn set_modes(root: &Path, file: u32, dir: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut dirs = vec![root.to_path_buf()];
+    let mut all_dirs = Vec::new();
+    while let Some(d) = dirs.pop() {
+        // a directory must be writable and searchable while it is walked and changed
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(file))?;
+            }
+        }
+        all_dirs.push(d);
+    }
+    // deepest first, so a parent is changed last
+    for d in all_dirs.iter().rev() {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(dir))?;
+    }
+    Ok(())
+}
+
 /// What a remote check found.
 #[derive(Debug)]
 pub enum Fetched {
     /// The ref still names the commit already applied.
     Unchanged(String),
-    /// A new commit, fetched, with the files of the source's path.
-    New { commit: String, files: Vec<SourceFile> },
+    /// A new commit, fetched, read as the render stage takes it.
+    New { commit: String, revision: Revision },
 }
 
 /// Asks the remote which commit the source's ref names and, unless it is `applied`, fetches it
@@ -248,6 +360,7 @@ pub async fn check_and_fetch(
     cache: PathBuf,
     applied: Option<String>,
     limits: ReadLimits,
+    mode: RenderMode,
 ) -> Result<Fetched, SourceError> {
     let joined = tokio::task::spawn_blocking(move || {
         let repo = Repo::open(spec, &cache)?;
@@ -256,8 +369,8 @@ pub async fn check_and_fetch(
             return Ok(Fetched::Unchanged(commit));
         }
         repo.fetch(&commit)?;
-        let files = repo.read(&commit, &limits)?;
-        Ok(Fetched::New { commit, files })
+        let revision = repo.read_revision(&commit, &limits, mode)?;
+        Ok(Fetched::New { commit, revision })
     })
     .await;
     joined.unwrap_or_else(|e| Err(SourceError::Worker(e.to_string())))
@@ -306,6 +419,13 @@ impl Repo {
     /// Reads the manifest files under the source path at `commit`, sorted by path.
     pub fn read(&self, commit: &str, limits: &ReadLimits) -> Result<Vec<SourceFile>, SourceError> {
         tree::read(self, commit, limits)
+    }
+
+    /// Reads `commit` as the render stage takes it: the manifest files under the source path, or,
+    /// for a kustomization (`mode`, or [`RenderMode::Auto`] and a kustomization file at the
+    /// source path), the whole commit written out as files.
+    pub fn read_revision(&self, commit: &str, limits: &ReadLimits, mode: RenderMode) -> Result<Revision, SourceError> {
+        tree::read_revision(self, commit, limits, mode)
     }
 
     /// The URL as shown in logs and errors.

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use git2::{Oid, Repository, Tree};
 
-use super::{ReadLimits, Selector};
+use super::{Checkout, ReadLimits, RenderMode, Revision, Selector};
 use crate::manifest::SourceFile;
 
 use super::{parse_commit, Repo, SourceError};
@@ -46,6 +46,17 @@ fn is_regular_file(mode: i32) -> bool {
 
 /// See [`Repo::read`].
 pub(crate) fn read(repo: &Repo, commit: &str, limits: &ReadLimits) -> Result<Vec<SourceFile>, SourceError> {
+    match read_revision(repo, commit, limits, RenderMode::Plain)? {
+        Revision::Files(files) => Ok(files),
+        Revision::Kustomization(_) => Ok(Vec::new()),
+    }
+}
+
+/// The names kustomize reads as a kustomization, in the order it looks for them.
+pub const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// See [`Repo::read_revision`].
+pub(crate) fn read_revision(repo: &Repo, commit: &str, limits: &ReadLimits, mode: RenderMode) -> Result<Revision, SourceError> {
     let oid = parse_commit(commit)?;
     let commit = oid.to_string();
     let git = repo.git()?;
@@ -70,12 +81,24 @@ pub(crate) fn read(repo: &Repo, commit: &str, limits: &ReadLimits) -> Result<Vec
         git.find_tree(entry.id()).map_err(|e| object_error(&base_path, &commit, &e))?
     };
 
+    let kustomization = KUSTOMIZATION_FILES.iter().any(|name| base_tree.get_name(name).is_some());
+    if mode == RenderMode::Kustomize || (mode == RenderMode::Auto && kustomization) {
+        // the tool reads the repository as files: every file of the commit, within the limits,
+        // with symlinks resolved inside the repository
+        let checkout = Checkout::new(base_path.clone())?;
+        let mut reader = Reader { git: &git, root: &root, base: &[], commit: &commit, limits, total: 0 };
+        reader.write_out(&root, checkout.root())?;
+        checkout.seal()?;
+        tracing::debug!(url = %repo.display_url(), commit = %commit, bytes = reader.total, "wrote the commit out for kustomize");
+        return Ok(Revision::Kustomization(checkout));
+    }
+
     let mut reader = Reader { git: &git, root: &root, base: &base, commit: &commit, limits, total: 0 };
     let selector = reader.selector(&base_tree, &base_path)?;
     let mut files = reader.walk(&base_tree, &base_path, &selector)?;
     files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     tracing::debug!(url = %repo.display_url(), commit = %commit, files = files.len(), bytes = reader.total, "read source tree");
-    Ok(files)
+    Ok(Revision::Files(files))
 }
 
 /// The source path's components: `""`, `"."`, `"./"`, `"/"` are the root; `"./a/b/"` is
@@ -208,6 +231,48 @@ impl Reader<'_> {
         Ok(files)
     }
 
+    /// Writes every file of `tree` (the commit's root) under `dest`, as regular files: a symlink
+    /// to a file inside the repository becomes a copy of that file, a symlink to a directory is
+    /// skipped, one leaving the repository is an error; submodules are skipped. Within the limits.
+    fn write_out(&mut self, tree: &Tree<'_>, dest: &Path) -> Result<(), SourceError> {
+        let mut pending: Vec<(Oid, String)> = vec![(tree.id(), String::new())];
+        let write = |path: &str, content: &[u8]| {
+            let target = dest.join(path);
+            let io = |e: std::io::Error| SourceError::Checkout { path: path.to_string(), reason: e.to_string() };
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            std::fs::write(&target, content).map_err(io)
+        };
+        while let Some((tree_id, dir)) = pending.pop() {
+            let tree = self.git.find_tree(tree_id).map_err(|e| object_error(&dir, self.commit, &e))?;
+            for entry in tree.iter() {
+                let Ok(name) = entry.name() else {
+                    tracing::warn!(dir = %dir, "skipping an entry whose name is not valid UTF-8");
+                    continue;
+                };
+                let path = join(&dir, name);
+                match entry.filemode() {
+                    MODE_TREE => pending.push((entry.id(), path)),
+                    mode if is_regular_file(mode) => {
+                        let content = self.take(&path, entry.id())?;
+                        write(&path, &content)?;
+                    }
+                    MODE_LINK => match self.resolve_link(&path, entry.id())? {
+                        LinkTarget::File(blob) => {
+                            let content = self.take(&path, blob)?;
+                            write(&path, &content)?;
+                        }
+                        LinkTarget::Directory => tracing::warn!(link = %path, "symlink to a directory is not followed"),
+                    },
+                    MODE_GITLINK => tracing::warn!(path = %path, commit = %entry.id(), "skipping submodule"),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The size of a blob, from its header (without loading it).
     fn blob_size(&self, path: &str, oid: Oid) -> Result<u64, SourceError> {
         let odb = self.git.odb().map_err(|e| object_error(path, self.commit, &e))?;
@@ -306,6 +371,7 @@ fn resolve_relative(link: &str, target: &str) -> Option<Vec<String>> {
 mod tests {
     use super::*;
     use crate::source::testutil::*;
+    use crate::source::Revision;
 
     fn limits() -> ReadLimits {
         ReadLimits::default()
@@ -313,6 +379,57 @@ mod tests {
 
     fn paths(files: &[SourceFile]) -> Vec<&str> {
         files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_kustomization_is_written_out_whole_read_only_and_removed_after() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, commit) = fetched(
+            tmp.path(),
+            "overlays/prod",
+            &[
+                ("overlays/prod/kustomization.yaml", File(b"resources:\n  - ../../base\n")),
+                ("overlays/prod/app.env", File(b"MODE=prod\n")),
+                ("overlays/prod/linked.env", Link("app.env")),
+                ("base/kustomization.yaml", File(b"resources:\n  - cm.yaml\n")),
+                ("base/cm.yaml", File(b"kind: ConfigMap\n")),
+                ("README.md", File(b"docs\n")),
+            ],
+        );
+        let Revision::Kustomization(checkout) = repo.read_revision(&commit, &limits(), RenderMode::Auto).unwrap() else {
+            panic!("a kustomization at the source path is built with kustomize");
+        };
+        assert_eq!(checkout.path, "overlays/prod");
+        let root = checkout.root().to_path_buf();
+        assert_eq!(std::fs::read(root.join("base/cm.yaml")).unwrap(), b"kind: ConfigMap\n", "bases outside the path too");
+        assert_eq!(std::fs::read(root.join("overlays/prod/linked.env")).unwrap(), b"MODE=prod\n", "a symlink is a copy");
+        assert_eq!(std::fs::read(root.join("README.md")).unwrap(), b"docs\n", "files of every kind");
+        let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("base/cm.yaml"), mode("base"), mode("")), (0o444, 0o555, 0o555), "read-only");
+        assert_eq!(checkout.source_dir(), root.join("overlays/prod"));
+        drop(checkout);
+        assert!(!root.exists(), "removed when dropped");
+
+        // plain, when told so or when there is no kustomization; kustomize when told so
+        assert!(matches!(repo.read_revision(&commit, &limits(), RenderMode::Plain).unwrap(), Revision::Files(_)));
+        let base = reopen_with_path(&repo, "base");
+        assert!(matches!(base.read_revision(&commit, &limits(), RenderMode::Auto).unwrap(), Revision::Kustomization(_)));
+        let docs = reopen_with_path(&repo, "");
+        assert!(matches!(docs.read_revision(&commit, &limits(), RenderMode::Auto).unwrap(), Revision::Files(_)));
+        assert!(matches!(docs.read_revision(&commit, &limits(), RenderMode::Kustomize).unwrap(), Revision::Kustomization(_)));
+        // within the limits, over the whole tree
+        let small = ReadLimits { max_total_bytes: 20, ..limits() };
+        assert!(matches!(repo.read_revision(&commit, &small, RenderMode::Auto), Err(SourceError::TotalTooLarge { .. })));
+    }
+
+    #[test]
+    fn a_kustomization_symlink_leaving_the_repository_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, commit) =
+            fetched(tmp.path(), "app", &[("app/kustomization.yaml", File(b"resources: []\n")), ("app/token", Link("../../../etc/passwd"))]);
+        let err = repo.read_revision(&commit, &limits(), RenderMode::Auto).unwrap_err();
+        assert!(matches!(err, SourceError::SymlinkEscape { .. }), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod control_plane;
 mod faults;
 mod git_faults;
 mod helm_chart;
+mod kustomize;
 mod leader_election;
 mod live_state;
 mod observability;

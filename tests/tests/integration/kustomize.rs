@@ -1,0 +1,231 @@
+//! Kustomizations rendered by the real kustomize (built from Go modules by tests/cluster/build):
+//! an overlay is applied exactly as `kustomize build` renders it, a second sync writes nothing, a
+//! generator change rolls the hashed name and prunes the old ConfigMap; a remote base, a render
+//! past its time limit and output over the cap fail with RenderFailed and write nothing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use driftless::report::changes::Action;
+use driftless::report::{Reason, Report, State};
+use driftless_tests::agent::{self, configmaps, dynamic_api, get, Agent};
+use driftless_tests::{cluster_bin, GitFixture, TestNamespace};
+use serde_json::Value;
+
+const BASE: &str = "\
+resources:
+  - deployment.yaml
+  - service.yaml
+";
+
+const DEPLOYMENT: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: web
+          image: nginx:1.0
+          envFrom:
+            - configMapRef: {name: app-config}
+";
+
+const SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 80}]
+";
+
+/// The prod overlay: a prefix, an image override, a replicas patch and a generated ConfigMap.
+fn overlay(mode: &str) -> String {
+    format!(
+        "\
+resources:
+  - ../../base
+namePrefix: prod-
+images:
+  - name: nginx
+    newTag: \"1.27\"
+patches:
+  - target: {{kind: Deployment, name: web}}
+    patch: |
+      - op: replace
+        path: /spec/replicas
+        value: 3
+configMapGenerator:
+  - name: app-config
+    literals: [MODE={mode}]
+"
+    )
+}
+
+fn repo_with_overlay() -> GitFixture {
+    let repo = GitFixture::new();
+    repo.write("base/kustomization.yaml", BASE)
+        .write("base/deployment.yaml", DEPLOYMENT)
+        .write("base/service.yaml", SERVICE)
+        .write("overlays/prod/kustomization.yaml", overlay("prod"));
+    repo.commit("an overlay");
+    repo
+}
+
+/// What `kustomize build` prints for the overlay, run directly on a checkout of the fixture.
+fn kustomize_build(repo: &GitFixture, dir: &str) -> Vec<Value> {
+    let out = Command::new(cluster_bin("kustomize")).args(["build", dir]).current_dir(repo.path()).output().expect("kustomize runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    text.split("\n---\n").map(|doc| serde_json::to_value(serde_yaml_doc(doc)).expect("JSON")).collect()
+}
+
+/// One YAML document, read with the agent's own reader.
+fn serde_yaml_doc(doc: &str) -> Value {
+    driftless::render::yaml::parse_config(doc).expect("kustomize prints YAML")
+}
+
+fn writes(report: &Report) -> Vec<String> {
+    report.changes.entries.iter().filter(|c| c.action.is_write()).map(|c| format!("{} {}", c.action, c.id)).collect()
+}
+
+#[tokio::test]
+async fn an_overlay_is_applied_as_kustomize_builds_it_and_a_generator_change_rolls_and_prunes_the_old_configmap() {
+    let agent = Agent::new().await;
+    let ns = TestNamespace::new(&agent.client, "kz-overlay").await;
+    let repo = repo_with_overlay();
+    let mut source = agent::source("kz-overlay", &repo.url(), ns.name());
+    source.spec.path = "overlays/prod".into();
+
+    let report = agent.sync(&source).await;
+    assert_eq!(report.state, State::Synced, "{:?}: {}", report.reason, report.message);
+    let rendered = kustomize_build(&repo, "overlays/prod");
+    assert_eq!(rendered.len(), 3, "a ConfigMap, a Service and a Deployment: {rendered:#?}");
+    assert_eq!(report.changes.count(Action::Created), 3, "{:#?}", report.changes);
+    // every object as kustomize rendered it: the generated name, the prefix, the image, the patch
+    for object in &rendered {
+        let (kind, name) = (object["kind"].as_str().unwrap(), object["metadata"]["name"].as_str().unwrap());
+        let api = match kind {
+            "ConfigMap" => dynamic_api(&agent.client, "v1", "ConfigMap", "configmaps", ns.name()),
+            "Service" => dynamic_api(&agent.client, "v1", "Service", "services", ns.name()),
+            _ => dynamic_api(&agent.client, "apps/v1", "Deployment", "deployments", ns.name()),
+        };
+        let live = get(&api, name).await.unwrap_or_else(|| panic!("{kind} {name} applied"));
+        for field in ["data", "spec"] {
+            if let Some(want) = object.get(field) {
+                assert_subset(&live[field], want, &format!("{kind} {name} .{field}"));
+            }
+        }
+    }
+    let generated = rendered.iter().find(|o| o["kind"] == "ConfigMap").unwrap()["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(generated.starts_with("prod-app-config-"), "{generated}");
+    let deployments = dynamic_api(&agent.client, "apps/v1", "Deployment", "deployments", ns.name());
+    let web = get(&deployments, "prod-web").await.unwrap();
+    assert_eq!(web["spec"]["replicas"], 3);
+    assert_eq!(web["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.27");
+    assert_eq!(web["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"], generated.as_str());
+
+    // the same commit again: nothing to write
+    let again = agent.sync(&source).await;
+    assert_eq!(again.state, State::Synced, "{:?}: {}", again.reason, again.message);
+    assert_eq!(writes(&again), Vec::<String>::new());
+
+    // a generator change: a new hashed ConfigMap, the Deployment pointed at it, the old one pruned
+    repo.write("overlays/prod/kustomization.yaml", overlay("staging"));
+    repo.commit("another mode");
+    let rolled = agent.sync(&source).await;
+    assert_eq!(rolled.state, State::Synced, "{:?}: {}", rolled.reason, rolled.message);
+    let now = configmaps(&agent.client, ns.name()).await;
+    let new_name = now.keys().find(|n| n.starts_with("prod-app-config-")).cloned().unwrap_or_default();
+    assert_ne!(new_name, generated, "the hash rolled");
+    assert!(!now.contains_key(&generated), "the old ConfigMap pruned: {now:?}");
+    assert_eq!(rolled.changes.count(Action::Deleted), 1, "{:#?}", rolled.changes);
+    let web = get(&deployments, "prod-web").await.unwrap();
+    assert_eq!(web["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"], new_name.as_str());
+    ns.cleanup().await;
+}
+
+/// Every field of `want` is in `live` with the same value (the server adds defaults).
+fn assert_subset(live: &Value, want: &Value, at: &str) {
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => {
+            for (k, v) in w {
+                assert_subset(l.get(k).unwrap_or(&Value::Null), v, &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(l), Value::Array(w)) => {
+            assert_eq!(l.len(), w.len(), "{at}");
+            for (i, (lv, wv)) in l.iter().zip(w).enumerate() {
+                assert_subset(lv, wv, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(live, want, "{at}"),
+    }
+}
+
+#[tokio::test]
+async fn a_remote_base_is_refused_naming_the_file_and_url_and_nothing_is_written() {
+    let agent = Agent::new().await;
+    let ns = TestNamespace::new(&agent.client, "kz-remote").await;
+    let repo = repo_with_overlay();
+    let url = "https://github.com/kubernetes-sigs/kustomize//examples/helloWorld?ref=v5.8.2";
+    repo.write("base/kustomization.yaml", format!("{BASE}  - {url}\n"));
+    repo.commit("a remote resource in the base");
+    let mut source = agent::source("kz-remote", &repo.url(), ns.name());
+    source.spec.path = "overlays/prod".into();
+
+    let report = agent.sync(&source).await;
+    assert_eq!((report.state, report.reason), (State::Failed, Some(Reason::RenderFailed)), "{}", report.message);
+    assert!(report.message.contains("base/kustomization.yaml") && report.message.contains(url), "{}", report.message);
+    assert!(report.message.contains("allowRemoteBases"), "{}", report.message);
+    assert_eq!(writes(&report), Vec::<String>::new());
+    assert!(configmaps(&agent.client, ns.name()).await.is_empty());
+    ns.cleanup().await;
+}
+
+/// A stand-in for kustomize: a script (it sees an empty PATH, so it names its tools in full).
+fn fake_kustomize(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("kustomize");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_render_past_its_time_limit_or_over_the_output_cap_fails_and_writes_nothing() {
+    let tools = tempfile::tempdir().unwrap();
+    let mut agent = Agent::new().await;
+    let ns = TestNamespace::new(&agent.client, "kz-limits").await;
+    let repo = repo_with_overlay();
+    let mut source = agent::source("kz-limits", &repo.url(), ns.name());
+    source.spec.path = "overlays/prod".into();
+
+    agent.ctx.kustomize.program = fake_kustomize(tools.path(), "/bin/sleep 30");
+    source.render_timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let slow = agent.sync(&source).await;
+    assert_eq!((slow.state, slow.reason), (State::Failed, Some(Reason::RenderFailed)), "{}", slow.message);
+    assert!(slow.message.contains("ran longer than 1s"), "{}", slow.message);
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped in time: {:?}", started.elapsed());
+    assert_eq!(writes(&slow), Vec::<String>::new());
+
+    agent.ctx.kustomize.program = fake_kustomize(tools.path(), "while :; do echo 'apiVersion: v1'; done");
+    agent.ctx.kustomize.sandbox.max_output = 1 << 20;
+    let chatty = agent.sync(&source).await;
+    assert_eq!((chatty.state, chatty.reason), (State::Failed, Some(Reason::RenderFailed)), "{}", chatty.message);
+    assert!(chatty.message.contains("more than 1048576 bytes"), "{}", chatty.message);
+    assert_eq!(writes(&chatty), Vec::<String>::new());
+    assert!(configmaps(&agent.client, ns.name()).await.is_empty());
+    ns.cleanup().await;
+}
