@@ -90,6 +90,9 @@ pub struct ClusterArgs {
     /// The kustomize program that builds kustomizations (looked up in PATH unless it has a `/`).
     #[arg(long, env = "DRIFTLESS_KUSTOMIZE", default_value = "kustomize")]
     pub kustomize: String,
+    /// The helm program that renders charts (looked up in PATH unless it has a `/`).
+    #[arg(long, env = "DRIFTLESS_HELM", default_value = "helm")]
+    pub helm: String,
 }
 
 /// One source given by flags.
@@ -129,16 +132,22 @@ pub struct SourceArgs {
     /// How long each wave may take to become Healthy.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub health_timeout: Duration,
-    /// How the source path becomes objects: auto (a kustomization is built with kustomize,
-    /// anything else read as plain files), plain or kustomize.
+    /// How the source path becomes objects: auto (a kustomization is built with kustomize, a
+    /// Chart.yaml rendered with helm, anything else read as plain files), plain, kustomize or helm.
     #[arg(long, default_value = "auto")]
     pub render: crate::source::RenderMode,
     /// Let a kustomization's remote bases and resources through (kustomize fetches them).
     #[arg(long)]
     pub allow_remote_bases: bool,
-    /// How long a render (kustomize build) may take.
+    /// How long a render (kustomize build, helm template) may take.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub render_timeout: Duration,
+    /// Release name of the chart at the path (default: --name).
+    #[arg(long)]
+    pub helm_release: Option<String>,
+    /// A values file of the chart, relative to the chart directory; repeatable, later files win.
+    #[arg(long = "helm-values")]
+    pub helm_values: Vec<String>,
     /// Longest one remote check or one fetch may take.
     #[arg(long = "fetch-timeout", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
@@ -198,6 +207,11 @@ impl SourceArgs {
             render: self.render,
             allow_remote_bases: self.allow_remote_bases,
             render_timeout: self.render_timeout,
+            helm: crate::render::helm::Release {
+                release: self.helm_release.clone(),
+                values_files: self.helm_values.clone(),
+                values: serde_json::Map::new(),
+            },
         })
     }
 

@@ -15,6 +15,7 @@ use crate::cluster::fence::Fence;
 use crate::cluster::{Cluster, ConnectOptions};
 use crate::config::{self, Source};
 use crate::leader::Elector;
+use crate::render::helm::Helm;
 use crate::render::kustomize::Kustomize;
 use crate::render::tool::find_program;
 use crate::render::Limits;
@@ -37,6 +38,7 @@ async fn context(args: &ClusterArgs, fence: Fence) -> Result<Context, crate::Err
         instance: args.instance.clone(),
         limits: Limits::default(),
         kustomize: Kustomize { program: find_program(&args.kustomize), ..Kustomize::default() },
+        helm: Helm { program: find_program(&args.helm), ..Helm::default() },
     })
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::manifest::GroupKind;
+use crate::render::helm::{valid_release, Release};
 use crate::source::{Auth, RenderMode, SourceSpec, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_FETCH_BYTES};
 
 /// The agent's config file.
@@ -110,9 +111,12 @@ pub struct SourceConfig {
     /// Let a kustomization's remote bases and resources through.
     #[serde(default)]
     pub allow_remote_bases: bool,
-    /// How long a render (`kustomize build`) may take.
+    /// How long a render (`kustomize build`, `helm template`) may take.
     #[serde(default = "default_render_timeout", with = "humantime_serde_compat")]
     pub render_timeout: Duration,
+    /// How a chart at the path is rendered: release name, values files, inline values.
+    #[serde(default)]
+    pub helm: Release,
 }
 
 /// Credentials, always by file.
@@ -230,6 +234,9 @@ impl SourceConfig {
         if self.render_timeout < Duration::from_secs(1) || self.render_timeout > Duration::from_secs(3600) {
             return Err(format!("source {n}: renderTimeout must be between 1s and 1h"));
         }
+        if let Some(release) = self.helm.release.as_deref().filter(|r| !valid_release(r)) {
+            return Err(format!("source {n}: helm.release {release:?} must be 1-53 lowercase letters, digits or '-'"));
+        }
         if fetch.max_fetch_bytes == 0 {
             return Err(format!("source {n}: maxFetchBytes must be at least 1"));
         }
@@ -259,6 +266,7 @@ impl SourceConfig {
             render: self.render,
             allow_remote_bases: self.allow_remote_bases,
             render_timeout: self.render_timeout,
+            helm: self.helm.clone(),
         })
     }
 }
@@ -289,6 +297,14 @@ pub struct Source {
     pub render: RenderMode,
     pub allow_remote_bases: bool,
     pub render_timeout: Duration,
+    pub helm: Release,
+}
+
+impl Source {
+    /// The Helm release name of the source's chart (default: the source's name).
+    pub fn helm_release(&self) -> &str {
+        self.helm.release.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// Parses and validates a config file's text.

@@ -28,6 +28,7 @@ use crate::live::LiveState;
 use crate::manifest::ObjectRef;
 use crate::plan::prune::Hold;
 use crate::plan::{self, ownership, schedule, Catalog, Plan, PlanOptions, Planned};
+use crate::render::helm::{self, Capabilities, Helm};
 use crate::render::kustomize::{self, Kustomize};
 use crate::render::tool::Sandbox;
 use crate::render::{self, Limits};
@@ -50,6 +51,8 @@ pub struct Context {
     pub limits: Limits,
     /// How kustomizations are built (each source sets its own time limit and remote policy).
     pub kustomize: Kustomize,
+    /// How charts are rendered (each source sets its own time limit, release and values).
+    pub helm: Helm,
 }
 
 /// How much of a revision is checked against the server.
@@ -159,27 +162,41 @@ async fn run_stages(
     run.commit = Some(commit.clone());
     stage_done("fetch");
 
-    // render: a kustomization built by kustomize (in its sandbox), then documents to objects,
-    // within limits, off the async worker threads.
-    let limits = ctx.limits.clone();
-    let kustomize = Kustomize {
-        allow_remote: source.allow_remote_bases,
-        sandbox: Sandbox { timeout: source.render_timeout, ..ctx.kustomize.sandbox },
-        ..ctx.kustomize.clone()
+    // discover: the kinds the server serves (a chart's templates see them as its capabilities)
+    let discovered = cluster.discover().await.map_err(Error::request(Reason::ValidationFailed, "discovering the served kinds"))?;
+    let capabilities = match &revision {
+        Revision::Chart(_) => Capabilities {
+            kube_version: cluster.server_version().await.map_err(Error::request(Reason::ValidationFailed, "reading the server's version"))?,
+            api_versions: helm::api_versions(&discovered),
+        },
+        _ => Capabilities::default(),
     };
-    let manifests = blocking(move || {
-        let files = match revision {
-            Revision::Files(files) => files,
-            Revision::Kustomization(checkout) => vec![kustomize::build(&kustomize, &checkout)?],
-        };
-        render::render(&files, &limits)
+    let catalog = Catalog::new(discovered);
+
+    // render: a kustomization built by kustomize or a chart by helm (in their sandbox), then
+    // documents to objects, within limits, off the async worker threads.
+    let limits = ctx.limits.clone();
+    let sandbox = Sandbox { timeout: source.render_timeout, ..ctx.kustomize.sandbox };
+    let kustomize = Kustomize { allow_remote: source.allow_remote_bases, sandbox, ..ctx.kustomize.clone() };
+    let helm = Helm { sandbox: Sandbox { timeout: source.render_timeout, ..ctx.helm.sandbox }, ..ctx.helm.clone() };
+    let src = source.clone();
+    let manifests = blocking(move || match revision {
+        Revision::Files(files) => render::render(&files, &limits),
+        Revision::Kustomization(checkout) => render::render(&[kustomize::build(&kustomize, &checkout)?], &limits),
+        Revision::Chart(checkout) => {
+            let files = helm::template(&helm, &checkout, src.helm_release(), &src.namespace, &src.helm, &capabilities)?;
+            let (manifests, skipped) = helm::hooks(render::render(&files, &limits)?);
+            if !skipped.is_empty() {
+                info!(source = %src.name, skipped = %skipped.join(", "), "left out the chart's delete, rollback and test hooks");
+            }
+            Ok(manifests)
+        }
     })
     .await??;
     stage_done("render");
 
     // plan: resolve kinds through discovery, default namespaces, order, hash, label; read what
     // the set's parent records, and refuse a set another install holds.
-    let catalog = Catalog::new(cluster.discover().await.map_err(Error::request(Reason::ValidationFailed, "discovering the served kinds"))?);
     inventory::ensure_namespace(cluster, &ctx.agent_namespace)
         .await
         .map_err(Error::request(Reason::ApplyFailed, "creating the agent's namespace"))?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use driftless::cluster::Cluster;
 use driftless::config::{Source, SourceConfig};
 use driftless::render::Limits;
+use driftless::render::helm::Helm;
 use driftless::render::kustomize::Kustomize;
 use driftless::report::Report;
 use driftless::sync::{self, Context};
@@ -47,6 +48,7 @@ impl Agent {
             limits: Limits::default(),
             // the kustomize built from Go modules by tests/cluster/build
             kustomize: Kustomize { program: cluster_bin("kustomize"), ..Kustomize::default() },
+            helm: Helm { program: cluster_bin("helm"), ..Helm::default() },
         };
         Agent { ctx, client, _cache: cache }
     }

@@ -32,6 +32,11 @@ impl Cluster {
         Ok(types)
     }
 
+    /// The server's version, e.g. `v1.35.4`.
+    pub async fn server_version(&self) -> Result<String, kube::Error> {
+        Ok(self.client().apiserver_version().await?.git_version)
+    }
+
     /// Waits until each named CRD reports the Established condition, all within `timeout`.
     pub async fn wait_crds_established(&self, names: &[String], timeout: Duration) -> Result<(), String> {
         let crd = ResourceType::custom_resource_definitions();

@@ -114,7 +114,8 @@ fn inside(root: &Path, path: &Path) -> bool {
     normalize(path).starts_with(root)
 }
 
-fn normalize(path: &Path) -> PathBuf {
+/// `path` with `.` and `..` resolved lexically.
+pub(super) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

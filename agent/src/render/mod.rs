@@ -17,6 +17,7 @@
 //! error) and returned together in a [`RenderError`]. Rendering never panics on any input.
 //! Duplicate objects are not detected here: the planner does that after namespace defaulting.
 
+pub mod helm;
 mod json;
 pub mod kustomize;
 mod tabs;

@@ -238,13 +238,16 @@ pub struct Repo {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RenderMode {
-    /// A kustomization at the source path is built with kustomize; otherwise plain files.
+    /// A kustomization at the source path is built with kustomize, a `Chart.yaml` rendered
+    /// with helm (a kustomization wins when there are both); otherwise plain files.
     #[default]
     Auto,
     /// The YAML and JSON files under the path, as they are.
     Plain,
     /// `kustomize build` of the source path.
     Kustomize,
+    /// `helm template` of the chart at the source path.
+    Helm,
 }
 
 impl std::str::FromStr for RenderMode {
@@ -254,7 +257,8 @@ impl std::str::FromStr for RenderMode {
             "auto" => Ok(RenderMode::Auto),
             "plain" => Ok(RenderMode::Plain),
             "kustomize" => Ok(RenderMode::Kustomize),
-            other => Err(format!("unknown render mode {other:?} (auto, plain or kustomize)")),
+            "helm" => Ok(RenderMode::Helm),
+            other => Err(format!("unknown render mode {other:?} (auto, plain, kustomize or helm)")),
         }
     }
 }
@@ -266,10 +270,12 @@ pub enum Revision {
     Files(Vec<SourceFile>),
     /// The commit written out as files, for `kustomize build` of the source path.
     Kustomization(Checkout),
+    /// The commit written out as files, for `helm template` of the chart at the source path.
+    Chart(Checkout),
 }
 
 /// A commit written out as files in a private temporary directory, read-only once sealed, for a
-/// renderer that reads files (kustomize): removed when dropped.
+/// renderer that reads files (kustomize, helm): removed when dropped.
 #[derive(Debug)]
 pub struct Checkout {
     dir: Option<tempfile::TempDir>,

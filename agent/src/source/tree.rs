@@ -48,12 +48,15 @@ fn is_regular_file(mode: i32) -> bool {
 pub(crate) fn read(repo: &Repo, commit: &str, limits: &ReadLimits) -> Result<Vec<SourceFile>, SourceError> {
     match read_revision(repo, commit, limits, RenderMode::Plain)? {
         Revision::Files(files) => Ok(files),
-        Revision::Kustomization(_) => Ok(Vec::new()),
+        Revision::Kustomization(_) | Revision::Chart(_) => Ok(Vec::new()),
     }
 }
 
 /// The names kustomize reads as a kustomization, in the order it looks for them.
 pub const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// The file that makes a directory a Helm chart.
+pub const CHART_FILE: &str = "Chart.yaml";
 
 /// See [`Repo::read_revision`].
 pub(crate) fn read_revision(repo: &Repo, commit: &str, limits: &ReadLimits, mode: RenderMode) -> Result<Revision, SourceError> {
@@ -81,16 +84,21 @@ pub(crate) fn read_revision(repo: &Repo, commit: &str, limits: &ReadLimits, mode
         git.find_tree(entry.id()).map_err(|e| object_error(&base_path, &commit, &e))?
     };
 
-    let kustomization = KUSTOMIZATION_FILES.iter().any(|name| base_tree.get_name(name).is_some());
-    if mode == RenderMode::Kustomize || (mode == RenderMode::Auto && kustomization) {
+    let has = |names: &[&str]| names.iter().any(|name| base_tree.get_name(name).is_some());
+    let mode = match mode {
+        RenderMode::Auto if has(&KUSTOMIZATION_FILES) => RenderMode::Kustomize,
+        RenderMode::Auto if has(&[CHART_FILE]) => RenderMode::Helm,
+        other => other,
+    };
+    if matches!(mode, RenderMode::Kustomize | RenderMode::Helm) {
         // the tool reads the repository as files: every file of the commit, within the limits,
         // with symlinks resolved inside the repository
         let checkout = Checkout::new(base_path.clone())?;
         let mut reader = Reader { git: &git, root: &root, base: &[], commit: &commit, limits, total: 0 };
         reader.write_out(&root, checkout.root())?;
         checkout.seal()?;
-        tracing::debug!(url = %repo.display_url(), commit = %commit, bytes = reader.total, "wrote the commit out for kustomize");
-        return Ok(Revision::Kustomization(checkout));
+        tracing::debug!(url = %repo.display_url(), commit = %commit, bytes = reader.total, ?mode, "wrote the commit out for a renderer");
+        return Ok(if mode == RenderMode::Helm { Revision::Chart(checkout) } else { Revision::Kustomization(checkout) });
     }
 
     let mut reader = Reader { git: &git, root: &root, base: &base, commit: &commit, limits, total: 0 };
@@ -418,6 +426,17 @@ mod tests {
         let docs = reopen_with_path(&repo, "");
         assert!(matches!(docs.read_revision(&commit, &limits(), RenderMode::Auto).unwrap(), Revision::Files(_)));
         assert!(matches!(docs.read_revision(&commit, &limits(), RenderMode::Kustomize).unwrap(), Revision::Kustomization(_)));
+        // a chart when there is a Chart.yaml and no kustomization, or when told so
+        let (chart_repo, chart_commit) = fetched(
+            &tmp.path().join("chart"),
+            "charts/db",
+            &[("charts/db/Chart.yaml", File(b"apiVersion: v2\nname: db\nversion: 0.1.0\n")), ("charts/db/values.yaml", File(b"a: 1\n"))],
+        );
+        let Revision::Chart(chart) = chart_repo.read_revision(&chart_commit, &limits(), RenderMode::Auto).unwrap() else {
+            panic!("a Chart.yaml at the source path is rendered with helm");
+        };
+        assert_eq!(std::fs::read(chart.source_dir().join("values.yaml")).unwrap(), b"a: 1\n");
+        assert!(matches!(docs.read_revision(&commit, &limits(), RenderMode::Helm).unwrap(), Revision::Chart(_)));
         // within the limits, over the whole tree
         let small = ReadLimits { max_total_bytes: 20, ..limits() };
         assert!(matches!(repo.read_revision(&commit, &small, RenderMode::Auto), Err(SourceError::TotalTooLarge { .. })));

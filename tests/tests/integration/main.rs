@@ -9,6 +9,7 @@ mod control_plane;
 mod faults;
 mod git_faults;
 mod helm_chart;
+mod helm_render;
 mod kustomize;
 mod leader_election;
 mod live_state;
