@@ -294,6 +294,7 @@ impl SourceLoop {
                     reason: Some(e.reason()),
                     message: e.to_string(),
                     changes: ChangeSet::default(),
+                    renderer: None,
                     duration: noticed.elapsed(),
                     error: Some(e),
                     outcome: None,
@@ -378,6 +379,9 @@ impl SourceLoop {
             s.last_sync_time = Some(SystemTime::now());
             s.last_sync_duration_seconds = Some(duration);
             s.counts = counts;
+            if report.renderer.is_some() {
+                s.renderer.clone_from(&report.renderer);
+            }
         });
         self.refresh_health();
     }

@@ -17,7 +17,6 @@ use crate::config::{self, Source};
 use crate::leader::Elector;
 use crate::render::helm::Helm;
 use crate::render::kustomize::Kustomize;
-use crate::render::tool::find_program;
 use crate::render::Limits;
 use crate::report::{Reason, Report, State};
 use crate::status::metrics::Metrics;
@@ -37,8 +36,8 @@ async fn context(args: &ClusterArgs, fence: Fence) -> Result<Context, crate::Err
         cache_dir,
         instance: args.instance.clone(),
         limits: Limits::default(),
-        kustomize: Kustomize { program: find_program(&args.kustomize), ..Kustomize::default() },
-        helm: Helm { program: find_program(&args.helm), ..Helm::default() },
+        kustomize: Kustomize::new(&args.kustomize),
+        helm: Helm::new(&args.helm),
     })
 }
 

@@ -80,6 +80,8 @@ pub mod keys {
     pub const HEALTH: &str = "driftless.dev/health";
     pub const MESSAGE: &str = "driftless.dev/message";
     pub const LAST_SYNC: &str = "driftless.dev/last-sync-time";
+    /// What rendered the recorded revision: `plain`, `kustomize v5.8.2`, `helm v3.22.0`.
+    pub const RENDERER: &str = "driftless.dev/renderer";
 }
 
 /// Why a reconcile failed. Each stage maps its own errors to its own variant; status, Events and

@@ -96,16 +96,16 @@ pub async fn reconcile_with(ctx: &Context, source: &Source, opts: Options<'_>) -
 /// fetch stage is skipped).
 pub async fn reconcile_fetched(ctx: &Context, source: &Source, opts: Options<'_>, fetched: Option<(String, Revision)>) -> Report {
     let started = Instant::now();
-    let mut run = Run { changes: ChangeSet::default(), commit: None, outcome: None };
+    let mut run = Run { changes: ChangeSet::default(), commit: None, renderer: None, outcome: None };
     let result = run_stages(ctx, source, opts, fetched, &mut run).await;
     let (state, reason, message, error) = match result {
         Ok(None) => (State::Synced, None, String::new(), None),
         Ok(Some(hold)) => (State::PruneHeld, Some(Reason::PruneHeld), hold.to_string(), None),
         Err(e) => (State::Failed, Some(e.reason()), e.to_string(), Some(e)),
     };
-    let Run { changes, commit, outcome } = run;
-    let report =
-        Report { source: source.name.clone(), commit, state, reason, message, changes, duration: started.elapsed(), error, outcome };
+    let Run { changes, commit, renderer, outcome } = run;
+    let duration = started.elapsed();
+    let report = Report { source: source.name.clone(), commit, state, reason, message, changes, renderer, duration, error, outcome };
     let rev = report.commit.as_deref().map(source::short).unwrap_or("-");
     let summary = report.changes.summary();
     match (report.state, report.reason) {
@@ -122,6 +122,7 @@ pub async fn reconcile_fetched(ctx: &Context, source: &Source, opts: Options<'_>
 struct Run {
     changes: ChangeSet,
     commit: Option<String>,
+    renderer: Option<String>,
     outcome: Option<Outcome>,
 }
 
@@ -175,6 +176,12 @@ async fn run_stages(
 
     // render: a kustomization built by kustomize or a chart by helm (in their sandbox), then
     // documents to objects, within limits, off the async worker threads.
+    let renderer = match &revision {
+        Revision::Files(_) => "plain".to_string(),
+        Revision::Kustomization(_) => format!("kustomize {}", ctx.kustomize.version),
+        Revision::Chart(_) => format!("helm {}", ctx.helm.version),
+    };
+    run.renderer = Some(renderer.clone());
     let limits = ctx.limits.clone();
     let sandbox = Sandbox { timeout: source.render_timeout, ..ctx.kustomize.sandbox };
     let kustomize = Kustomize { allow_remote: source.allow_remote_bases, sandbox, ..ctx.kustomize.clone() };
@@ -281,7 +288,7 @@ async fn run_stages(
     // record: what the set holds now, and the revision.
     let deleted: HashSet<&ObjectRef> = changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| &c.id).collect();
     let remaining = inventory::remaining(&plan, &members, &deleted);
-    let extra = [(keys::REVISION, commit), (keys::INSTANCE, ctx.instance.clone())];
+    let extra = [(keys::REVISION, commit), (keys::INSTANCE, ctx.instance.clone()), (keys::RENDERER, renderer)];
     inventory::write_parent(cluster, &set.parent, &remaining, &extra)
         .await
         .map_err(Error::request(Reason::PruneFailed, "recording the inventory after the prune"))?;

@@ -47,8 +47,8 @@ impl Agent {
             instance: "driftless".into(),
             limits: Limits::default(),
             // the kustomize built from Go modules by tests/cluster/build
-            kustomize: Kustomize { program: cluster_bin("kustomize"), ..Kustomize::default() },
-            helm: Helm { program: cluster_bin("helm"), ..Helm::default() },
+            kustomize: Kustomize::new(&cluster_bin("kustomize").display().to_string()),
+            helm: Helm::new(&cluster_bin("helm").display().to_string()),
         };
         Agent { ctx, client, _cache: cache }
     }
@@ -78,6 +78,11 @@ pub fn driftless_bin() -> PathBuf {
     bin
 }
 
+/// The renderers the tests build (tests/cluster/build), for the agent's binary to run.
+pub fn renderers() -> [(&'static str, PathBuf); 2] {
+    [("DRIFTLESS_KUSTOMIZE", cluster_bin("kustomize")), ("DRIFTLESS_HELM", cluster_bin("helm"))]
+}
+
 /// Runs `driftless sync` against the local cluster with `args`; returns (exit code, stdout, stderr).
 pub fn run_sync(args: &[&str]) -> (i32, String, String) {
     let cache = TempDir::new().expect("a cache directory");
@@ -87,6 +92,7 @@ pub fn run_sync(args: &[&str]) -> (i32, String, String) {
         .args(["--inventory-namespace", AGENT_NAMESPACE])
         .args(["--cache-dir", cache.path().to_str().expect("utf-8 path")])
         .args(args)
+        .envs(renderers())
         .env_remove("POD_NAMESPACE")
         .output()
         .expect("driftless runs");
@@ -224,6 +230,7 @@ pub fn run_sync_with_kubeconfig(kubeconfig: &std::path::Path, inventory_namespac
         .arg("--cache-dir")
         .arg(cache.path())
         .args(args)
+        .envs(renderers())
         .env_remove("KUBECONFIG")
         .env_remove("POD_NAMESPACE")
         .env_remove("DRIFTLESS_CACHE_DIR")
@@ -298,6 +305,7 @@ impl AgentProcess {
             .arg(dir.path().join("cache"))
             .args(["--log-format", "json"])
             .args(args)
+            .envs(renderers())
             .env_remove("POD_NAMESPACE")
             .env_remove("POD_NAME")
             .env_remove("DRIFTLESS_CONFIG")

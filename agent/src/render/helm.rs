@@ -27,11 +27,16 @@ pub struct Helm {
     /// The `helm` program.
     pub program: std::path::PathBuf,
     pub sandbox: Sandbox,
+    /// What `helm version --short` printed when the agent started (see [`Helm::new`]).
+    pub version: String,
 }
 
-impl Default for Helm {
-    fn default() -> Self {
-        Helm { program: tool::find_program("helm"), sandbox: Sandbox::default() }
+impl Helm {
+    /// `program` (looked up in PATH unless it has a `/`), with its version.
+    pub fn new(program: &str) -> Self {
+        let program = tool::find_program(program);
+        let version = tool::version(&program, &["version", "--short"]).unwrap_or_else(|e| format!("unavailable ({e})"));
+        Helm { program, sandbox: Sandbox::default(), version }
     }
 }
 

@@ -24,11 +24,16 @@ pub struct Kustomize {
     pub sandbox: Sandbox,
     /// Let remote bases and resources through (kustomize then fetches them).
     pub allow_remote: bool,
+    /// What `kustomize version` printed when the agent started (see [`Kustomize::new`]).
+    pub version: String,
 }
 
-impl Default for Kustomize {
-    fn default() -> Self {
-        Kustomize { program: tool::find_program("kustomize"), sandbox: Sandbox::default(), allow_remote: false }
+impl Kustomize {
+    /// `program` (looked up in PATH unless it has a `/`), with its version.
+    pub fn new(program: &str) -> Self {
+        let program = tool::find_program(program);
+        let version = tool::version(&program, &["version"]).unwrap_or_else(|e| format!("unavailable ({e})"));
+        Kustomize { program, sandbox: Sandbox::default(), allow_remote: false, version }
     }
 }
 

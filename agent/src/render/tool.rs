@@ -176,6 +176,15 @@ fn one_paragraph(stderr: &[u8], home: &Path, rename: &[(&Path, &str)]) -> String
     lines.join("; ")
 }
 
+/// What `program args` prints as its version (its first line), run in the sandbox with a short
+/// limit; a tool that cannot run says why.
+pub fn version(program: &Path, args: &[&str]) -> Result<String, ToolError> {
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let sandbox = Sandbox { timeout: Duration::from_secs(10), max_output: 4096 };
+    let out = run(program, &args, &std::env::temp_dir(), sandbox, &[])?;
+    Ok(String::from_utf8_lossy(&out).lines().next().unwrap_or_default().trim().to_string())
+}
+
 /// `name`, looked up in the agent's own `PATH` when it has no slash (the tool's `PATH` is empty).
 pub fn find_program(name: &str) -> PathBuf {
     if name.contains('/') {
@@ -272,5 +281,13 @@ mod tests {
         );
         let missing = run(&dir.path().join("nothing"), &[], dir.path(), quick(), &[]).unwrap_err();
         assert!(matches!(missing, ToolError::Spawn { .. }), "{missing}");
+    }
+
+    #[test]
+    fn a_version_is_the_first_line_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = script(dir.path(), "echo \" v1.2.3 \"; echo more");
+        assert_eq!(version(&tool, &["version"]).unwrap(), "v1.2.3");
+        assert!(matches!(version(&dir.path().join("nothing"), &[]), Err(ToolError::Spawn { .. })));
     }
 }

@@ -147,6 +147,9 @@ pub struct Report {
     pub reason: Option<Reason>,
     pub message: String,
     pub changes: ChangeSet,
+    /// What rendered the revision (`plain`, `kustomize v5.8.2`, `helm v3.22.0`), once it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renderer: Option<String>,
     #[serde(skip)]
     pub duration: Duration,
     #[serde(skip)]

@@ -68,6 +68,9 @@ pub struct SourceStatus {
     pub last_sync_duration_seconds: Option<f64>,
     #[serde(default)]
     pub counts: HashMap<Action, usize>,
+    /// What rendered the last revision read: `plain`, `kustomize v5.8.2`, `helm v3.22.0`.
+    #[serde(default)]
+    pub renderer: Option<String>,
     #[serde(default)]
     pub objects: Vec<ObjectStatus>,
     /// Drift corrections and fights since the agent started.
@@ -164,6 +167,7 @@ impl SourceStatus {
             last_sync_time: None,
             last_sync_duration_seconds: None,
             counts: HashMap::new(),
+            renderer: None,
             objects: Vec::new(),
             drift_corrections: 0,
             fights: 0,

@@ -14,8 +14,9 @@
 //! 4. the chart's ServiceAccount, through a token minted for it, can sync a repository into the
 //!    namespaces of `rbac.targetNamespaces` and keep its ApplySet parent in the release
 //!    namespace, and nothing else: an object in another namespace makes the sync fail with
-//!    Forbidden, and nothing is pruned. The same with `manifests-repo-example/` in namespace
-//!    `shop`, its cluster-scoped objects granted through `rbac.extraClusterRules`.
+//!    Forbidden, and nothing is pruned. The same with `manifests-repo-example/` (its app overlay
+//!    and its database chart) in namespace `shop`, its cluster-scoped objects granted through
+//!    `rbac.extraClusterRules`.
 //!
 //! Every test uses namespaces and a release of its own, so they run in parallel with each other
 //! and with the other tests; helm's cache and config live in a temporary directory per test. The
@@ -873,19 +874,28 @@ async fn the_service_account_syncs_the_example_repo_with_its_cluster_rules_and_n
         .to_string();
     let kubeconfig = token_kubeconfig(&token, dir.path());
     let source = unique_name("helm-example");
-    let sync =
-        |repo: &str| run_sync_with_kubeconfig(&kubeconfig, agent_ns.name(), &["--repo", repo, "--name", &source, "--namespace", "shop"]);
+    // the example's two sources (its README): the app from the prod overlay, the database chart
+    let database = format!("{source}-db");
+    let sync = |repo: &str, name: &str, render: &[&str]| {
+        let args = [&["--repo", repo, "--name", name, "--namespace", "shop"][..], render].concat();
+        run_sync_with_kubeconfig(&kubeconfig, agent_ns.name(), &args)
+    };
+    let app = ["--path", "overlays/prod"];
+    let chart = ["--path", "charts/shop-db", "--helm-release", "shop-db", "--helm-values", "values-prod.yaml"];
 
     // the example repository: all 20 objects applied, wave by wave
     let repo = GitFixture::new();
     repo.copy_dir(repo_root().join("manifests-repo-example"), "");
     repo.commit("shop: first release");
     let sync_started = Instant::now();
-    let (code, stdout, stderr) = sync(&repo.url());
-    let first_sync = sync_started.elapsed();
-    assert_eq!(code, 0, "the ServiceAccount cannot sync the example:\n{stdout}{stderr}");
+    let (code, stdout, stderr) = sync(&repo.url(), &source, &app);
+    assert_eq!(code, 0, "the ServiceAccount cannot sync the example's app:\n{stdout}{stderr}");
     eprintln!("the first sync says:\n{stdout}");
-    let rows = sync_rows(&stdout);
+    let (code, db_stdout, stderr) = sync(&repo.url(), &database, &chart);
+    let first_sync = sync_started.elapsed();
+    assert_eq!(code, 0, "the ServiceAccount cannot sync the example's database:\n{db_stdout}{stderr}");
+    eprintln!("the database's first sync says:\n{db_stdout}");
+    let rows = [sync_rows(&stdout), sync_rows(&db_stdout)].concat();
     let mut listed: Vec<(String, String)> = rows.iter().map(|(_, kind, name)| (kind.clone(), name.clone())).collect();
     listed.sort();
     let mut expected: Vec<(String, String)> = EXAMPLE_OBJECTS
@@ -902,15 +912,16 @@ async fn the_service_account_syncs_the_example_repo_with_its_cluster_rules_and_n
     let applied = example_uids(&client).await;
     assert!(applied.iter().all(|(_, uid)| uid != "<missing>"), "{applied:#?}");
     assert_parent_synced(&client, agent_ns.name(), &source).await;
+    assert_parent_synced(&client, agent_ns.name(), &database).await;
 
-    // then an object in a namespace the chart granted nothing in: Forbidden, exit 1, nothing
-    // written, pruned or replaced
+    // then an object in a namespace the chart granted nothing in (a template that names its
+    // own namespace): Forbidden, exit 1, nothing written, pruned or replaced
     let outside =
         format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: outside\n  namespace: {}\ndata:\n  value: \"1\"\n", other.name());
-    repo.write("outside.yaml", outside);
+    repo.write("charts/shop-db/templates/outside.yaml", outside);
     repo.commit("shop: plus an object outside the granted scope");
     let audit_start = audit_events().len();
-    let (code, stdout, stderr) = sync(&repo.url());
+    let (code, stdout, stderr) = sync(&repo.url(), &database, &chart);
     let output = format!("{stdout}{stderr}");
     eprintln!("the refused sync says:\n{stdout}");
     assert_eq!(code, 1, "a sync beyond the granted scope must fail:\n{output}");

@@ -1,6 +1,7 @@
-//! The example repository synced into the real control plane: every object applied in the
-//! documented order with field manager `driftless`, a second sync writes nothing, and a removed
-//! component is pruned.
+//! The example repository synced into the real control plane as its README says: the app from
+//! `overlays/prod` (kustomize) and the database from `charts/shop-db` (helm, prod values). Every
+//! object is applied in the documented order with field manager `driftless`, a second sync
+//! writes nothing, and a component removed from the base is pruned.
 
 use std::time::Duration;
 
@@ -21,14 +22,31 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
     let first = repo.commit("shop: first release");
     let mut source = driftless_tests::agent::source("example", &repo.url(), "shop");
     source.name = "example-shop".into(); // fixed, so a rerun on the same cluster finds its own set
+    source.spec.path = "overlays/prod".into();
+    let mut database = driftless_tests::agent::source("example", &repo.url(), "shop");
+    database.name = "example-shop-db".into();
+    database.spec.path = "charts/shop-db".into();
+    database.helm.release = Some("shop-db".into());
+    database.helm.values_files = vec!["values-prod.yaml".into()];
 
-    // given the example repo, when it is synced, then every object is created in order
+    // given the example repo, when the app is synced, then every object is created in order
     let audit_start = audit_events().len();
     let report = agent.sync(&source).await;
     assert_eq!(report.state, State::Synced, "{:?}: {}", report.reason, report.message);
     assert_eq!(report.commit.as_deref(), Some(first.as_str()));
-    assert_eq!(report.changes.entries.len(), 20, "{:#?}", report.changes);
+    assert_eq!(report.renderer.as_deref(), Some(format!("kustomize {}", agent.ctx.kustomize.version).as_str()));
+    assert_eq!(report.changes.entries.len(), 17, "{:#?}", report.changes);
     assert!(report.changes.entries.iter().all(|c| c.action == Action::Created), "{:#?}", report.changes);
+    // ...and the database from its chart, into the namespace the app created
+    let db = agent.sync(&database).await;
+    assert_eq!(db.state, State::Synced, "{:?}: {}", db.reason, db.message);
+    assert_eq!(db.renderer.as_deref(), Some(format!("helm {}", agent.ctx.helm.version).as_str()));
+    let mut db_objects: Vec<String> = db.changes.entries.iter().map(|c| format!("{} {}", c.action, c.id)).collect();
+    db_objects.sort();
+    assert_eq!(db_objects, ["created Deployment.apps shop/postgres", "created PersistentVolumeClaim shop/postgres-data", "created Service shop/postgres"]);
+    let claims = dynamic_api(&agent.client, "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "shop");
+    let claim = get(&claims, "postgres-data").await.expect("the chart's claim");
+    assert_eq!((claim["spec"]["storageClassName"].as_str(), claim["spec"]["resources"]["requests"]["storage"].as_str()), (Some("shop-local"), Some("5Gi")), "the prod values");
 
     // ...in stage order, as the API server saw the writes
     let writes: Vec<(GroupKind, String)> = audit_events()[audit_start..]
@@ -43,7 +61,7 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
             Some((entry.id.group_kind(), name.to_string()))
         })
         .collect();
-    assert_eq!(writes.len(), 20, "one server-side apply per object: {writes:?}");
+    assert_eq!(writes.len(), 17, "one server-side apply per object: {writes:?}");
     // (wave, tier): the migration Job is wave 1, the app wave 2, the rest wave 0; definitions
     // (CRDs and Namespaces, and the new ClusterRole its binding names) go first whatever their
     // wave, in tier order
@@ -73,11 +91,14 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
     }
 
     // when it is synced again, then nothing is written
-    let versions = resource_versions(&agent, &report).await;
+    let versions = [resource_versions(&agent, &report).await, resource_versions(&agent, &db).await].concat();
     let audit_second = audit_events().len();
     let again = agent.sync(&source).await;
     assert_eq!(again.state, State::Synced, "{}", again.message);
-    assert_eq!(again.changes.count(Action::Unchanged), 20, "{:#?}", again.changes);
+    assert_eq!(again.changes.count(Action::Unchanged), 17, "{:#?}", again.changes);
+    let db_again = agent.sync(&database).await;
+    assert_eq!(db_again.state, State::Synced, "{}", db_again.message);
+    assert_eq!(db_again.changes.count(Action::Unchanged), 3, "{:#?}", db_again.changes);
     let writes_second = audit_events()[audit_second..]
         .iter()
         .filter(|e| e["userAgent"].as_str().is_some_and(|u| u.starts_with("driftless/")))
@@ -90,17 +111,20 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
     // their resourceVersions may move without Driftless (the audit log above shows it wrote nothing)
     let moved_by_hpa = |id: &str| id == "Deployment.apps shop/api" || id == "HorizontalPodAutoscaler.autoscaling shop/api";
     let settled = |v: Vec<(String, String)>| v.into_iter().filter(|(id, _)| !moved_by_hpa(id)).collect::<Vec<_>>();
-    assert_eq!(settled(resource_versions(&agent, &report).await), settled(versions), "resourceVersions moved");
+    let now = [resource_versions(&agent, &report).await, resource_versions(&agent, &db).await].concat();
+    assert_eq!(settled(now), settled(versions), "resourceVersions moved");
 
-    // when the web component leaves git, then its Deployment and Service are pruned, nothing else
-    repo.remove("web.yaml");
+    // when the web component leaves the base, then its Deployment and Service are pruned, nothing else
+    let kustomization = std::fs::read_to_string(repo.path().join("base/kustomization.yaml")).unwrap();
+    repo.write("base/kustomization.yaml", kustomization.replace("  - web.yaml\n", ""));
+    repo.remove("base/web.yaml");
     repo.commit("shop: retire the web front end");
     let pruned = agent.sync(&source).await;
     assert_eq!(pruned.state, State::Synced, "{}", pruned.message);
     let deleted: Vec<String> = pruned.changes.entries.iter().filter(|c| c.action == Action::Deleted).map(|c| c.id.to_string()).collect();
     // in reverse apply order: the workload before the Service in front of it
     assert_eq!(deleted, ["Deployment.apps shop/web", "Service shop/web"]);
-    assert_eq!(pruned.changes.count(Action::Unchanged), 18);
+    assert_eq!(pruned.changes.count(Action::Unchanged), 15);
     let deployments = dynamic_api(&agent.client, "apps/v1", "Deployment", "deployments", "shop");
     wait_for("web to be deleted", Duration::from_secs(30), || async { get(&deployments, "web").await.is_none().then_some(()) }).await;
     assert!(get(&deployments, "api").await.is_some());
