@@ -8,6 +8,22 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{AuthConfig, SourceConfig};
 
+/// `--version`: the agent's, then the renderers' it would run (`DRIFTLESS_KUSTOMIZE`,
+/// `DRIFTLESS_HELM`, or `kustomize` and `helm` on PATH), each asked in its sandbox.
+pub fn version_with_tools() -> String {
+    let program = |env: &str, name: &str| std::env::var(env).unwrap_or_else(|_| name.to_string());
+    let kustomize = crate::render::kustomize::Kustomize::new(&program("DRIFTLESS_KUSTOMIZE", "kustomize"));
+    let helm = crate::render::helm::Helm::new(&program("DRIFTLESS_HELM", "helm"));
+    format!(
+        "{}\nkustomize {} ({})\nhelm {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        kustomize.version,
+        kustomize.program.display(),
+        helm.version,
+        helm.program.display()
+    )
+}
+
 /// A GitOps reconciliation agent: git manifests become live Kubernetes state.
 #[derive(Debug, Parser)]
 #[command(name = "driftless", version, about, propagate_version = true)]

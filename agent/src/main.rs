@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use driftless::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -22,7 +22,12 @@ fn limit_malloc_arenas() {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    // the renderers are asked for their versions only when the agent's is asked for
+    let mut command = Cli::command();
+    if std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--version" || a == "-V") {
+        command = command.version(driftless::cli::version_with_tools());
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.global.log_format {

@@ -522,16 +522,26 @@ pub const EXAMPLE_CLUSTER_OBJECTS: [(&str, &str, &str, &str); 6] = [
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", "backuppolicies.shop.example.com"),
 ];
 
-/// Deletes what a sync of manifests-repo-example/ left (namespace `shop` and its cluster-scoped
-/// objects) and waits until it is gone, so a test of the example starts from an empty cluster.
+/// The staging overlay's namespace and cluster-scoped objects (prod owns the CRD).
+pub const EXAMPLE_STAGING_CLUSTER_OBJECTS: [(&str, &str, &str, &str); 5] = [
+    ("v1", "Namespace", "namespaces", "shop-staging"),
+    ("storage.k8s.io/v1", "StorageClass", "storageclasses", "shop-local-staging"),
+    ("v1", "PersistentVolume", "persistentvolumes", "shop-postgres-data-staging"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", "shop-prometheus-staging"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", "shop-prometheus-staging"),
+];
+
+/// Deletes what a sync of manifests-repo-example/ left (namespaces `shop` and `shop-staging`
+/// and their cluster-scoped objects) and waits until it is gone, so a test of the example starts from an empty cluster.
 /// Test binaries run one after another, so two of them never race on these fixed names.
 pub async fn remove_example(client: &Client) {
-    for (av, kind, plural, name) in EXAMPLE_CLUSTER_OBJECTS {
+    let all = || EXAMPLE_CLUSTER_OBJECTS.into_iter().chain(EXAMPLE_STAGING_CLUSTER_OBJECTS);
+    for (av, kind, plural, name) in all() {
         let _ = dynamic_api(client, av, kind, plural, "").delete(name, &kube::api::DeleteParams::background()).await;
     }
     crate::wait_for("the example's objects to be gone", Duration::from_secs(90), || async {
         let mut gone = true;
-        for (av, kind, plural, name) in EXAMPLE_CLUSTER_OBJECTS {
+        for (av, kind, plural, name) in all() {
             gone &= get(&dynamic_api(client, av, kind, plural, ""), name).await.is_none();
         }
         gone.then_some(())

@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use driftless_tests::agent::{configmap, configmaps, driftless_bin, run_sync};
-use driftless_tests::{client, unique_name, GitFixture, TestNamespace};
+use driftless_tests::agent::{configmap, configmaps, driftless_bin, renderers, run_sync};
+use driftless_tests::{client, repo_root, unique_name, GitFixture, TestNamespace};
 use serde_json::Value;
 
 /// Runs the binary with `args` only (no cluster flags); returns (exit code, stdout, stderr).
@@ -37,11 +37,30 @@ fn row(action: &str, ns: &str, name: &str) -> (String, String, String) {
 }
 
 #[test]
-fn version_prints_name_and_version() {
-    let (code, stdout, _) = driftless(&["--version"]);
-    assert_eq!(code, 0);
-    assert_eq!(stdout.trim(), "driftless 0.1.0");
-    assert_eq!(stdout.trim(), format!("driftless {}", driftless::VERSION));
+fn version_prints_name_and_version_and_the_renderers() {
+    let out = Command::new(driftless_bin()).arg("--version").envs(renderers()).output().expect("driftless runs");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first().copied(), Some(format!("driftless {}", driftless::VERSION).as_str()), "{stdout}");
+    // the versions tests/cluster/build pins, with the programs asked
+    let pinned = |module: &str, dir: &str| {
+        let gomod = std::fs::read_to_string(repo_root().join("tests/cluster").join(dir).join("go.mod")).unwrap();
+        gomod.lines().find_map(|l| l.trim().strip_prefix("require ")?.strip_prefix(module)).map(|v| v.trim().to_string()).unwrap()
+    };
+    let [(_, kustomize), (_, helm)] = renderers();
+    assert_eq!(
+        &lines[1..],
+        [
+            format!("kustomize {} ({})", pinned("sigs.k8s.io/kustomize/kustomize/v5", "kustomize"), kustomize.display()),
+            format!("helm {} ({})", pinned("helm.sh/helm/v3", "helm"), helm.display()),
+        ]
+    );
+    // a missing renderer is named, not fatal
+    let out = Command::new(driftless_bin()).args(["sync", "--version"]).env("DRIFTLESS_KUSTOMIZE", "/nonexistent/kustomize").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("driftless-sync ") && stdout.contains("kustomize unavailable (cannot run kustomize: "), "{stdout}");
 }
 
 #[test]

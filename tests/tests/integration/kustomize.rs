@@ -1,7 +1,8 @@
 //! Kustomizations rendered by the real kustomize (built from Go modules by tests/cluster/build):
 //! an overlay is applied exactly as `kustomize build` renders it, a second sync writes nothing, a
 //! generator change rolls the hashed name and prunes the old ConfigMap; a remote base, a render
-//! past its time limit and output over the cap fail with RenderFailed and write nothing.
+//! past its time limit and output over the cap fail with RenderFailed and write nothing; a running
+//! agent names each source's renderer and its version in /status and on the parent.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -9,9 +10,9 @@ use std::time::Duration;
 
 use driftless::report::changes::Action;
 use driftless::report::{Reason, Report, State};
-use driftless_tests::agent::{self, configmaps, dynamic_api, get, Agent};
-use driftless_tests::{cluster_bin, GitFixture, TestNamespace};
-use serde_json::Value;
+use driftless_tests::agent::{self, configmap, configmaps, dynamic_api, eventually_ok, get, Agent, AgentProcess};
+use driftless_tests::{cluster_bin, unique_name, GitFixture, TestNamespace};
+use serde_json::{json, Value};
 
 const BASE: &str = "\
 resources:
@@ -228,4 +229,46 @@ async fn a_render_past_its_time_limit_or_over_the_output_cap_fails_and_writes_no
     assert_eq!(writes(&chatty), Vec::<String>::new());
     assert!(configmaps(&agent.client, ns.name()).await.is_empty());
     ns.cleanup().await;
+}
+
+/// `driftless run`: each source's `/status` and its parent's annotations name the renderer and
+/// its version (`plain`, `kustomize v5.8.2`, `helm v3.22.0`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_agent_shows_which_renderer_and_version_rendered_each_source() {
+    let agent = Agent::new().await;
+    let inventory = TestNamespace::new(&agent.client, "kz-status-inv").await;
+    let ns = TestNamespace::new(&agent.client, "kz-status").await;
+    let repo = repo_with_overlay();
+    repo.write("chart/Chart.yaml", "apiVersion: v2\nname: tiny\nversion: 0.1.0\n")
+        .write("chart/templates/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata: {a: \"1\"}\n")
+        .write("plain/cm.yaml", configmap("plain", "b"));
+    repo.commit("a chart and plain files");
+    let names = ["kz-status-overlay", "kz-status-chart", "kz-status-plain"].map(unique_name);
+    let entry = |name: &str, path: &str| json!({"name": name, "repo": repo.url(), "path": path, "namespace": ns.name(), "interval": "1s"});
+    let config = json!({"sources": [entry(&names[0], "overlays/prod"), entry(&names[1], "chart"), entry(&names[2], "plain")]});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("driftless.yaml");
+    std::fs::write(&file, serde_json::to_vec(&config).unwrap()).unwrap();
+    let running = AgentProcess::start(inventory.name(), &["--config", file.to_str().unwrap()]).await;
+
+    let expected = [format!("kustomize {}", agent.ctx.kustomize.version), format!("helm {}", agent.ctx.helm.version), "plain".to_string()];
+    assert!(expected[0].starts_with("kustomize v5.") && expected[1].starts_with("helm v3."), "{expected:?}");
+    for (name, renderer) in names.iter().zip(&expected) {
+        let status = eventually_ok(&running, &format!("{name} Synced"), Duration::from_secs(60), || async {
+            let status = running.get(&format!("/status/{name}")).await.json();
+            if status["state"] == "Synced" {
+                Ok(status)
+            } else {
+                Err(format!("{} {}", status["state"], status["message"]))
+            }
+        })
+        .await;
+        assert_eq!(status["renderer"], renderer.as_str(), "{status}");
+        let parents = dynamic_api(&agent.client, "v1", "ConfigMap", "configmaps", inventory.name());
+        let parent = get(&parents, &format!("driftless-{name}")).await.expect("the source's parent");
+        assert_eq!(parent["metadata"]["annotations"][driftless::keys::RENDERER], renderer.as_str());
+    }
+    drop(running);
+    ns.cleanup().await;
+    inventory.cleanup().await;
 }

@@ -90,6 +90,27 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
         );
     }
 
+    // ...and staging beside it on the same cluster (its README): its own namespace, its
+    // cluster-scoped objects suffixed, a generated ConfigMap, prod's CRD
+    let mut staging = source.clone();
+    staging.name = "example-shop-staging".into();
+    staging.spec.path = "overlays/staging".into();
+    staging.namespace = "shop-staging".into();
+    let mut staging_db = database.clone();
+    staging_db.name = "example-shop-db-staging".into();
+    staging_db.namespace = "shop-staging".into();
+    staging_db.helm.values_files = vec!["values-staging.yaml".into()];
+    let staged = agent.sync(&staging).await;
+    assert_eq!(staged.state, State::Synced, "{:?}: {}", staged.reason, staged.message);
+    assert_eq!(staged.changes.count(Action::Created), 17, "{:#?}", staged.changes);
+    assert!(staged.changes.entries.iter().any(|c| c.id.kind == "ConfigMap" && c.id.name.starts_with("api-env-")), "{:#?}", staged.changes);
+    let staged_db = agent.sync(&staging_db).await;
+    assert_eq!(staged_db.state, State::Synced, "{:?}: {}", staged_db.reason, staged_db.message);
+    assert_eq!(staged_db.changes.count(Action::Created), 3, "{:#?}", staged_db.changes);
+    let staging_claims = dynamic_api(&agent.client, "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "shop-staging");
+    let claim = get(&staging_claims, "postgres-data").await.expect("staging's claim");
+    assert_eq!(claim["spec"]["storageClassName"], "shop-local-staging", "the staging values");
+
     // when it is synced again, then nothing is written
     let versions = [resource_versions(&agent, &report).await, resource_versions(&agent, &db).await].concat();
     let audit_second = audit_events().len();
