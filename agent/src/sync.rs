@@ -167,7 +167,10 @@ async fn run_stages(
     let discovered = cluster.discover().await.map_err(Error::request(Reason::ValidationFailed, "discovering the served kinds"))?;
     let capabilities = match &revision {
         Revision::Chart(_) => Capabilities {
-            kube_version: cluster.server_version().await.map_err(Error::request(Reason::ValidationFailed, "reading the server's version"))?,
+            kube_version: cluster
+                .server_version()
+                .await
+                .map_err(Error::request(Reason::ValidationFailed, "reading the server's version"))?,
             api_versions: helm::api_versions(&discovered),
         },
         _ => Capabilities::default(),

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use driftless::cluster::Cluster;
 use driftless::config::{Source, SourceConfig};
-use driftless::render::Limits;
 use driftless::render::helm::Helm;
 use driftless::render::kustomize::Kustomize;
+use driftless::render::Limits;
 use driftless::report::Report;
 use driftless::sync::{self, Context};
 use kube::api::{Api, DynamicObject, ListParams};

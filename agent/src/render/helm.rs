@@ -102,10 +102,8 @@ pub fn template(
     let chart_file = format!("{shown} (helm template)");
 
     // values: files inside the repository, then the inline values in a private file
-    let mut args: Vec<OsString> = ["template", release, ".", "--namespace", namespace, "--include-crds", "--skip-tests"]
-        .iter()
-        .map(OsString::from)
-        .collect();
+    let mut args: Vec<OsString> =
+        ["template", release, ".", "--namespace", namespace, "--include-crds", "--skip-tests"].iter().map(OsString::from).collect();
     if !capabilities.kube_version.is_empty() {
         args.extend(["--kube-version".into(), capabilities.kube_version.clone().into()]);
     }

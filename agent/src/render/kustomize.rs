@@ -47,7 +47,9 @@ pub fn build(kustomize: &Kustomize, checkout: &Checkout) -> Result<SourceFile, R
         if let Some((file, reference)) = first_remote(checkout.root(), &dir) {
             return Err(fail(
                 file,
-                format!("refers to the remote {reference:?}; remote bases and resources are refused unless the source sets allowRemoteBases"),
+                format!(
+                    "refers to the remote {reference:?}; remote bases and resources are refused unless the source sets allowRemoteBases"
+                ),
             ));
         }
     }
@@ -165,7 +167,8 @@ mod tests {
     #[test]
     fn what_counts_as_remote() {
         let none = Path::new("/nonexistent/x");
-        for remote in ["https://example.com/x.yaml", "git@github.com:org/repo.git", "github.com/org/repo/base?ref=v1", "example.com/org/repo"]
+        for remote in
+            ["https://example.com/x.yaml", "git@github.com:org/repo.git", "github.com/org/repo/base?ref=v1", "example.com/org/repo"]
         {
             assert!(is_remote(remote, none), "{remote}");
         }

@@ -86,8 +86,12 @@ pub fn run(program: &Path, args: &[&OsStr], cwd: &Path, sandbox: Sandbox, rename
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
-            Ok(None) if overflow.load(Ordering::SeqCst) => break Err(ToolError::OutputTooLarge { program: name.clone(), limit: sandbox.max_output }),
-            Ok(None) if started.elapsed() >= sandbox.timeout => break Err(ToolError::TimedOut { program: name.clone(), timeout: sandbox.timeout }),
+            Ok(None) if overflow.load(Ordering::SeqCst) => {
+                break Err(ToolError::OutputTooLarge { program: name.clone(), limit: sandbox.max_output })
+            }
+            Ok(None) if started.elapsed() >= sandbox.timeout => {
+                break Err(ToolError::TimedOut { program: name.clone(), timeout: sandbox.timeout })
+            }
             Ok(None) => std::thread::sleep(POLL),
             Err(e) => break Err(spawn_error(e)),
         }

@@ -57,7 +57,8 @@ fn version_prints_name_and_version_and_the_renderers() {
         ]
     );
     // a missing renderer is named, not fatal
-    let out = Command::new(driftless_bin()).args(["sync", "--version"]).env("DRIFTLESS_KUSTOMIZE", "/nonexistent/kustomize").output().unwrap();
+    let out =
+        Command::new(driftless_bin()).args(["sync", "--version"]).env("DRIFTLESS_KUSTOMIZE", "/nonexistent/kustomize").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("driftless-sync ") && stdout.contains("kustomize unavailable (cannot run kustomize: "), "{stdout}");

@@ -205,12 +205,12 @@ async fn a_chart_applies_its_merged_values_and_crds_skips_test_and_delete_hooks_
     assert_eq!(
         created,
         [
-            format!("Backup shop-db-nightly"),
-            format!("ConfigMap shop-db-schema"),
-            format!("ConfigMap shop-db-settings"),
+            "Backup shop-db-nightly".to_string(),
+            "ConfigMap shop-db-schema".to_string(),
+            "ConfigMap shop-db-settings".to_string(),
             format!("CustomResourceDefinition backups.{group}"),
-            format!("Deployment shop-db"),
-            format!("Service shop-db-metrics"),
+            "Deployment shop-db".to_string(),
+            "Service shop-db-metrics".to_string(),
         ],
         "the chart, its CRD and its subchart; no test or delete hook: {:#?}",
         report.changes
@@ -272,7 +272,11 @@ async fn a_values_file_outside_the_repository_or_a_dependency_not_vendored_is_re
     repo.commit("the subchart is no longer vendored");
     let missing = agent.sync(&source).await;
     assert_eq!((missing.state, missing.reason), (State::Failed, Some(Reason::RenderFailed)), "{}", missing.message);
-    assert!(missing.message.contains("charts/db (helm template)") && missing.message.contains("metrics") && missing.message.contains("vendor"), "{}", missing.message);
+    assert!(
+        missing.message.contains("charts/db (helm template)") && missing.message.contains("metrics") && missing.message.contains("vendor"),
+        "{}",
+        missing.message
+    );
     assert!(!missing.message.contains("driftless-render-"), "no private paths: {}", missing.message);
     assert_eq!(writes(&missing), Vec::<String>::new());
     assert!(configmaps(&agent.client, ns.name()).await.is_empty());

@@ -43,10 +43,17 @@ async fn example_repo_applies_in_order_resyncs_without_writes_and_prunes_a_remov
     assert_eq!(db.renderer.as_deref(), Some(format!("helm {}", agent.ctx.helm.version).as_str()));
     let mut db_objects: Vec<String> = db.changes.entries.iter().map(|c| format!("{} {}", c.action, c.id)).collect();
     db_objects.sort();
-    assert_eq!(db_objects, ["created Deployment.apps shop/postgres", "created PersistentVolumeClaim shop/postgres-data", "created Service shop/postgres"]);
+    assert_eq!(
+        db_objects,
+        ["created Deployment.apps shop/postgres", "created PersistentVolumeClaim shop/postgres-data", "created Service shop/postgres"]
+    );
     let claims = dynamic_api(&agent.client, "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "shop");
     let claim = get(&claims, "postgres-data").await.expect("the chart's claim");
-    assert_eq!((claim["spec"]["storageClassName"].as_str(), claim["spec"]["resources"]["requests"]["storage"].as_str()), (Some("shop-local"), Some("5Gi")), "the prod values");
+    assert_eq!(
+        (claim["spec"]["storageClassName"].as_str(), claim["spec"]["resources"]["requests"]["storage"].as_str()),
+        (Some("shop-local"), Some("5Gi")),
+        "the prod values"
+    );
 
     // ...in stage order, as the API server saw the writes
     let writes: Vec<(GroupKind, String)> = audit_events()[audit_start..]
