@@ -186,16 +186,18 @@ async fn run_stages(
     };
     run.renderer = Some(renderer.clone());
     let limits = ctx.limits.clone();
-    let sandbox = Sandbox { timeout: source.render_timeout, ..ctx.kustomize.sandbox };
-    let kustomize = Kustomize { allow_remote: source.allow_remote_bases, sandbox, ..ctx.kustomize.clone() };
-    let helm = Helm { sandbox: Sandbox { timeout: source.render_timeout, ..ctx.helm.sandbox }, ..ctx.helm.clone() };
+    // what a tool prints is one revision: bounded as a whole by the total size, not per file
+    let rendered = Limits { max_file_bytes: limits.max_total_bytes, ..limits.clone() };
+    let bounded = |sandbox: Sandbox| Sandbox { timeout: source.render_timeout, max_output: sandbox.max_output.min(limits.max_total_bytes) };
+    let kustomize = Kustomize { allow_remote: source.allow_remote_bases, sandbox: bounded(ctx.kustomize.sandbox), ..ctx.kustomize.clone() };
+    let helm = Helm { sandbox: bounded(ctx.helm.sandbox), ..ctx.helm.clone() };
     let src = source.clone();
     let manifests = blocking(move || match revision {
         Revision::Files(files) => render::render(&files, &limits),
-        Revision::Kustomization(checkout) => render::render(&[kustomize::build(&kustomize, &checkout)?], &limits),
+        Revision::Kustomization(checkout) => render::render(&[kustomize::build(&kustomize, &checkout)?], &rendered),
         Revision::Chart(checkout) => {
             let files = helm::template(&helm, &checkout, src.helm_release(), &src.namespace, &src.helm, &capabilities)?;
-            let (manifests, skipped) = helm::hooks(render::render(&files, &limits)?);
+            let (manifests, skipped) = helm::hooks(render::render(&files, &rendered)?);
             if !skipped.is_empty() {
                 info!(source = %src.name, skipped = %skipped.join(", "), "left out the chart's delete, rollback and test hooks");
             }

@@ -41,7 +41,7 @@ pub enum ToolError {
     Spawn { program: String, reason: String },
     #[error("{program} ran longer than {}s and was stopped", timeout.as_secs())]
     TimedOut { program: String, timeout: Duration },
-    #[error("{program} wrote more than {limit} bytes (renderMaxOutput) and was stopped")]
+    #[error("{program} wrote more than {limit} bytes, the limit on a revision's total size, and was stopped")]
     OutputTooLarge { program: String, limit: u64 },
     #[error("{program} failed ({status}): {stderr}")]
     Failed { program: String, status: String, stderr: String },

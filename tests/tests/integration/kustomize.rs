@@ -272,3 +272,32 @@ async fn a_running_agent_shows_which_renderer_and_version_rendered_each_source()
     ns.cleanup().await;
     inventory.cleanup().await;
 }
+
+/// What kustomize prints is one revision, bounded by the total size: a build larger than one
+/// file may be in git (4 MiB) applies, each of its documents under the same document limits.
+#[tokio::test]
+async fn a_build_larger_than_the_file_limit_applies() {
+    let agent = Agent::new().await;
+    let ns = TestNamespace::new(&agent.client, "kz-large").await;
+    let repo = GitFixture::new();
+    let names: Vec<String> = (0..5).map(|i| format!("large-{i}")).collect();
+    let value = "x".repeat(900 << 10);
+    for name in &names {
+        repo.write(
+            format!("app/{name}.yaml"),
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  blob: {value}\n"),
+        );
+    }
+    let resources: String = names.iter().map(|n| format!("  - {n}.yaml\n")).collect();
+    repo.write("app/kustomization.yaml", format!("resources:\n{resources}"));
+    repo.commit("five ConfigMaps of 900 KiB");
+    let mut source = agent::source("kz-large", &repo.url(), ns.name());
+    source.spec.path = "app".into();
+    assert!(agent.ctx.limits.max_file_bytes < 5 * (900 << 10), "the build is larger than one file may be");
+
+    let report = agent.sync(&source).await;
+    assert_eq!(report.state, State::Synced, "{:?}: {}", report.reason, report.message);
+    let live = configmaps(&agent.client, ns.name()).await;
+    assert_eq!(live.keys().cloned().collect::<Vec<_>>(), names);
+    ns.cleanup().await;
+}
