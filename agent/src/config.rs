@@ -104,8 +104,8 @@ pub struct SourceConfig {
     /// How long a wave may take to become Healthy before the sync fails (HealthCheckFailed).
     #[serde(default = "default_health_timeout", with = "humantime_serde_compat")]
     pub health_timeout: Duration,
-    /// How the source path becomes objects: `auto` (a kustomization is built with kustomize),
-    /// `plain` or `kustomize`.
+    /// How the source path becomes objects: `auto` (a kustomization is built with kustomize, a
+    /// `Chart.yaml` rendered with helm), `plain`, `kustomize` or `helm`.
     #[serde(default)]
     pub render: RenderMode,
     /// Let a kustomization's remote bases and resources through.

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use driftless::source::RenderMode;
 use driftless_tests::agent::{audit_events, configmap, dynamic_api, get, is_write, remove_example, run_sync_with_kubeconfig};
 use driftless_tests::{client, cluster_bin, kubeconfig_path, repo_root, unique_name, wait_for, GitFixture, TestNamespace};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -390,6 +391,15 @@ fn the_render_follows_the_values() {
     let platform = value["sources"].as_array().unwrap().iter().find(|s| s["name"] == "platform").unwrap();
     assert_eq!(platform["auth"]["knownHostsFile"], "/etc/driftless/sources/platform/known_hosts");
     assert_eq!(platform["webhookSecretFile"], "/etc/driftless/sources/platform/webhook-secret");
+    // rendering settings pass through as they are; the chart's defaults fill the rest
+    let public = agent_view.iter().find(|s| s.name == "public").unwrap();
+    assert_eq!((public.render, public.render_timeout, public.helm_release()), (RenderMode::Helm, Duration::from_secs(120), "addons"));
+    assert_eq!(
+        (public.helm.values_files.as_slice(), public.helm.values.get("replicas")),
+        (&["values-prod.yaml".to_string()][..], Some(&json!(2)))
+    );
+    let shop = agent_view.iter().find(|s| s.name == "shop").unwrap();
+    assert_eq!((shop.render, shop.render_timeout, shop.allow_remote_bases), (RenderMode::Auto, Duration::from_secs(60), false));
     let pod = &find(&docs, "Deployment")[0]["spec"]["template"]["spec"];
     let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
     for dir in ["shop", "billing", "platform"] {
