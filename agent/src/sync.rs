@@ -163,19 +163,20 @@ async fn run_stages(
     run.commit = Some(commit.clone());
     stage_done("fetch");
 
-    // discover: the kinds the server serves (a chart's templates see them as its capabilities)
-    let discovered = cluster.discover().await.map_err(Error::request(Reason::ValidationFailed, "discovering the served kinds"))?;
-    let capabilities = match &revision {
-        Revision::Chart(_) => Capabilities {
-            kube_version: cluster
-                .server_version()
-                .await
-                .map_err(Error::request(Reason::ValidationFailed, "reading the server's version"))?,
-            api_versions: helm::api_versions(&discovered),
-        },
-        _ => Capabilities::default(),
+    // discover, for a chart: its templates see the served kinds and the server's version as
+    // `.Capabilities` (other revisions are rendered first, so a bad file is named whatever the
+    // cluster answers)
+    let discover = || async { cluster.discover().await.map_err(Error::request(Reason::ValidationFailed, "discovering the served kinds")) };
+    let (discovered, capabilities) = match &revision {
+        Revision::Chart(_) => {
+            let discovered = discover().await?;
+            let kube_version =
+                cluster.server_version().await.map_err(Error::request(Reason::ValidationFailed, "reading the server's version"))?;
+            let capabilities = Capabilities { kube_version, api_versions: helm::api_versions(&discovered) };
+            (Some(discovered), capabilities)
+        }
+        _ => (None, Capabilities::default()),
     };
-    let catalog = Catalog::new(discovered);
 
     // render: a kustomization built by kustomize or a chart by helm (in their sandbox), then
     // documents to objects, within limits, off the async worker threads.
@@ -188,9 +189,15 @@ async fn run_stages(
     let limits = ctx.limits.clone();
     // what a tool prints is one revision: bounded as a whole by the total size, not per file
     let rendered = Limits { max_file_bytes: limits.max_total_bytes, ..limits.clone() };
-    let bounded = |sandbox: Sandbox| Sandbox { timeout: source.render_timeout, max_output: sandbox.max_output.min(limits.max_total_bytes) };
-    let kustomize = Kustomize { allow_remote: source.allow_remote_bases, sandbox: bounded(ctx.kustomize.sandbox), ..ctx.kustomize.clone() };
-    let helm = Helm { sandbox: bounded(ctx.helm.sandbox), ..ctx.helm.clone() };
+    let bounded = |sandbox: Sandbox, offline: bool| Sandbox {
+        timeout: source.render_timeout,
+        max_output: sandbox.max_output.min(limits.max_total_bytes),
+        offline: sandbox.offline && offline,
+    };
+    let allow_remote = source.allow_remote_bases;
+    let kustomize = Kustomize { allow_remote, sandbox: bounded(ctx.kustomize.sandbox, !allow_remote), ..ctx.kustomize.clone() };
+    // helm never fetches: dependencies are vendored
+    let helm = Helm { sandbox: bounded(ctx.helm.sandbox, true), ..ctx.helm.clone() };
     let src = source.clone();
     let manifests = blocking(move || match revision {
         Revision::Files(files) => render::render(&files, &limits),
@@ -209,6 +216,10 @@ async fn run_stages(
 
     // plan: resolve kinds through discovery, default namespaces, order, hash, label; read what
     // the set's parent records, and refuse a set another install holds.
+    let catalog = Catalog::new(match discovered {
+        Some(discovered) => discovered,
+        None => discover().await?,
+    });
     inventory::ensure_namespace(cluster, &ctx.agent_namespace)
         .await
         .map_err(Error::request(Reason::ApplyFailed, "creating the agent's namespace"))?;

@@ -124,7 +124,7 @@ pub fn template(
 
     let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
     let root = checkout.root().display().to_string();
-    let renames = [(checkout.root(), ""), (inline.path(), "(inline values)")];
+    let renames = [(checkout.root(), "."), (inline.path(), "(inline values)")];
     let output = tool::run(&helm.program, &args, &dir, helm.sandbox, &renames).map_err(|e| {
         let cause = match e {
             ToolError::Failed { stderr, .. } if stderr.contains("missing in charts/ directory") => {
@@ -200,9 +200,10 @@ pub fn hooks(manifests: Vec<Manifest>) -> (Vec<Manifest>, Vec<String>) {
             kept.push(m);
             continue;
         };
-        let events: Vec<&str> = hook.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
-        let pre = events.iter().any(|e| matches!(*e, "pre-install" | "pre-upgrade"));
-        let post = events.iter().any(|e| matches!(*e, "post-install" | "post-upgrade"));
+        // helm reads the events without regard to case
+        let events: Vec<String> = hook.split(',').map(|e| e.trim().to_ascii_lowercase()).filter(|e| !e.is_empty()).collect();
+        let pre = events.iter().any(|e| matches!(e.as_str(), "pre-install" | "pre-upgrade"));
+        let post = events.iter().any(|e| matches!(e.as_str(), "post-install" | "post-upgrade"));
         if !pre && !post {
             skipped.push(format!("{} {} ({HOOK}: {hook})", m.kind(), m.name()));
             continue;
@@ -234,7 +235,7 @@ mod tests {
         let (kept, skipped) = hooks(vec![
             manifest("ConfigMap", "plain", json!({})),
             manifest("Job", "migrate", json!({HOOK: "pre-install,pre-upgrade"})),
-            manifest("Job", "notify", json!({HOOK: "post-install"})),
+            manifest("Job", "notify", json!({HOOK: "Post-Install"})),
             manifest("Job", "own-wave", json!({HOOK: "pre-upgrade", keys::WAVE: "5"})),
             manifest("Job", "cleanup", json!({HOOK: "pre-delete"})),
             manifest("Job", "undo", json!({HOOK: "post-rollback, post-delete"})),

@@ -1,7 +1,9 @@
-//! Running a rendering tool (kustomize) in a sandbox: an empty environment with its own `HOME`,
-//! `XDG_*` and `TMPDIR` directories and a `PATH` that holds nothing (no `git`, no shell tools), its
-//! own process group, a wall-clock limit (SIGTERM, then SIGKILL after a grace period) and a cap on
-//! what it may print. Its stderr, cut to a few KiB, is what a failure reports.
+//! Running a rendering tool (kustomize, helm) in a sandbox: an empty environment with its own
+//! `HOME`, `XDG_*` and `TMPDIR` directories, a `PATH` that holds nothing (no `git`, no shell
+//! tools) and, offline, an HTTP(S) proxy that is not there; its own process group (killed with
+//! whatever is left in it when the tool exits), a wall-clock limit (SIGTERM, then SIGKILL after
+//! a grace period) and a cap on what it may print. Its stderr, cut to a few KiB, is what a
+//! failure reports.
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -26,11 +28,17 @@ pub struct Sandbox {
     pub timeout: Duration,
     /// Most bytes the tool may write to stdout.
     pub max_output: u64,
+    /// Send the tool's HTTP(S) through a proxy that is not there ([`NO_PROXY_ADDRESS`]): a
+    /// fetch fails instead of reaching the network (Go's tools honour `HTTPS_PROXY`).
+    pub offline: bool,
 }
+
+/// The proxy an offline tool is given: the discard port of loopback, where nothing listens.
+pub const NO_PROXY_ADDRESS: &str = "http://127.0.0.1:9";
 
 impl Default for Sandbox {
     fn default() -> Self {
-        Sandbox { timeout: Duration::from_secs(60), max_output: 64 << 20 }
+        Sandbox { timeout: Duration::from_secs(60), max_output: 64 << 20, offline: true }
     }
 }
 
@@ -58,10 +66,16 @@ pub fn run(program: &Path, args: &[&OsStr], cwd: &Path, sandbox: Sandbox, rename
         std::fs::create_dir(d).map_err(spawn_error)?;
     }
     let [bin, config, cache, data, tmp] = dirs;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command.env_clear();
+    if sandbox.offline {
+        for key in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy"] {
+            command.env(key, NO_PROXY_ADDRESS);
+        }
+    }
+    let mut child = command
         .args(args)
         .current_dir(cwd)
-        .env_clear()
         .env("HOME", home.path())
         .env("PATH", &bin)
         .env("XDG_CONFIG_HOME", &config)
@@ -77,9 +91,10 @@ pub fn run(program: &Path, args: &[&OsStr], cwd: &Path, sandbox: Sandbox, rename
     let overflow = Arc::new(AtomicBool::new(false));
     let stdout = child.stdout.take().map(|out| {
         let overflow = overflow.clone();
-        std::thread::spawn(move || read_capped(out, sandbox.max_output, &overflow))
+        std::thread::spawn(move || read_capped(out, sandbox.max_output, &overflow, false))
     });
-    let stderr = child.stderr.take().map(|err| std::thread::spawn(move || read_capped(err, MAX_STDERR as u64, &AtomicBool::new(false))));
+    let stderr =
+        child.stderr.take().map(|err| std::thread::spawn(move || read_capped(err, MAX_STDERR as u64, &AtomicBool::new(false), true)));
 
     // wait: until it exits, runs out of time or prints too much
     let started = Instant::now();
@@ -103,6 +118,8 @@ pub fn run(program: &Path, args: &[&OsStr], cwd: &Path, sandbox: Sandbox, rename
             return Err(e);
         }
     };
+    // whatever the tool left running in its group goes with it, so its pipes close
+    signal_group(i32::try_from(child.id()).unwrap_or(0), libc::SIGKILL);
     let out = stdout.and_then(|t| t.join().ok()).unwrap_or_default();
     let err = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
     if overflow.load(Ordering::SeqCst) {
@@ -114,9 +131,10 @@ pub fn run(program: &Path, args: &[&OsStr], cwd: &Path, sandbox: Sandbox, rename
     Ok(out)
 }
 
-/// Reads at most `limit` bytes; past that, sets `overflow` and stops reading (the tool's next
-/// write fails).
-fn read_capped(mut from: impl Read, limit: u64, overflow: &AtomicBool) -> Vec<u8> {
+/// Keeps at most `limit` bytes; past that, sets `overflow` and either stops reading (stdout: the
+/// tool is stopped) or reads on and drops the rest (`drain`, stderr: a tool that warns a lot
+/// must not die of a closed pipe).
+fn read_capped(mut from: impl Read, limit: u64, overflow: &AtomicBool, drain: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut chunk = [0u8; 64 << 10];
     loop {
@@ -127,7 +145,9 @@ fn read_capped(mut from: impl Read, limit: u64, overflow: &AtomicBool) -> Vec<u8
                 out.extend_from_slice(chunk.get(..n.min(room)).unwrap_or_default());
                 if n > room {
                     overflow.store(true, Ordering::SeqCst);
-                    return out;
+                    if !drain {
+                        return out;
+                    }
                 }
             }
         }
@@ -184,7 +204,7 @@ fn one_paragraph(stderr: &[u8], home: &Path, rename: &[(&Path, &str)]) -> String
 /// limit; a tool that cannot run says why.
 pub fn version(program: &Path, args: &[&str]) -> Result<String, ToolError> {
     let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    let sandbox = Sandbox { timeout: Duration::from_secs(10), max_output: 4096 };
+    let sandbox = Sandbox { timeout: Duration::from_secs(10), max_output: 4096, offline: true };
     let out = run(program, &args, &std::env::temp_dir(), sandbox, &[])?;
     Ok(String::from_utf8_lossy(&out).lines().next().unwrap_or_default().trim().to_string())
 }
@@ -216,7 +236,7 @@ mod tests {
     }
 
     fn quick() -> Sandbox {
-        Sandbox { timeout: Duration::from_secs(5), max_output: 1 << 20 }
+        Sandbox { timeout: Duration::from_secs(5), max_output: 1 << 20, offline: true }
     }
 
     #[test]
@@ -233,6 +253,10 @@ mod tests {
         for key in ["PATH=", "XDG_CONFIG_HOME=", "XDG_CACHE_HOME=", "TMPDIR="] {
             assert!(out.lines().any(|l| l.starts_with(key) && l.contains(home)), "{key} in {out}");
         }
+        // offline: HTTP(S) goes to a proxy that is not there; online: no proxy at all
+        assert!(out.lines().any(|l| l == format!("HTTPS_PROXY={NO_PROXY_ADDRESS}")), "{out}");
+        let online = run(&tool, &[], dir.path(), Sandbox { offline: false, ..quick() }, &[]).unwrap();
+        assert!(!String::from_utf8(online).unwrap().contains("PROXY"));
     }
 
     #[test]
@@ -285,6 +309,27 @@ mod tests {
         );
         let missing = run(&dir.path().join("nothing"), &[], dir.path(), quick(), &[]).unwrap_err();
         assert!(matches!(missing, ToolError::Spawn { .. }), "{missing}");
+    }
+
+    #[test]
+    fn a_tool_that_floods_stderr_is_not_killed_by_a_closed_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        // 1 MiB of warnings, far past the 8 KiB kept, then its output
+        let tool = script(dir.path(), "i=0; while [ $i -lt 16384 ]; do echo 'warning: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' >&2; i=$((i+1)); done; echo done");
+        assert_eq!(run(&tool, &[], dir.path(), quick(), &[]).unwrap(), b"done\n");
+    }
+
+    #[test]
+    fn what_a_tool_leaves_running_is_stopped_when_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("daemon-survived");
+        // a child holding stdout open would block the run until it exits
+        let tool = script(dir.path(), &format!("(/bin/sleep 2; /usr/bin/touch {}) & echo started", mark.display()));
+        let started = Instant::now();
+        assert_eq!(run(&tool, &[], dir.path(), quick(), &[]).unwrap(), b"started\n");
+        assert!(started.elapsed() < Duration::from_secs(2), "returned in {:?}", started.elapsed());
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!mark.exists(), "the tool's leftover child was stopped");
     }
 
     #[test]

@@ -260,6 +260,13 @@ impl Reader<'_> {
                     continue;
                 };
                 let path = join(&dir, name);
+                // git never makes such names; a crafted tree could, to write outside the checkout
+                if matches!(name, "" | "." | "..") || name.contains(['/', '\0']) {
+                    return Err(SourceError::Checkout {
+                        path,
+                        reason: format!("the tree holds an entry named {name:?}, which is no file name"),
+                    });
+                }
                 match entry.filemode() {
                     MODE_TREE => pending.push((entry.id(), path)),
                     mode if is_regular_file(mode) => {
@@ -387,6 +394,39 @@ mod tests {
 
     fn paths(files: &[SourceFile]) -> Vec<&str> {
         files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    /// A commit whose root tree holds `kustomization.yaml` and an entry named `name` (a file),
+    /// written as raw objects: git's own tree builder refuses such names.
+    fn crafted(dir: &Path, name: &str) -> (Repo, String) {
+        let origin = dir.join("origin");
+        let git = Repository::init(&origin).unwrap();
+        let blob = git.blob(b"kind: ConfigMap\n").unwrap();
+        let mut raw = Vec::new();
+        for entry in [name, "kustomization.yaml"] {
+            raw.extend_from_slice(format!("100644 {entry}\0").as_bytes());
+            raw.extend_from_slice(blob.as_bytes());
+        }
+        let tree = git.odb().unwrap().write(git2::ObjectType::Tree, &raw).unwrap();
+        let tree = git.find_tree(tree).unwrap();
+        let sig = git2::Signature::now("Test", "test@example.com").unwrap();
+        git.commit(Some("refs/heads/main"), &sig, &sig, "crafted", &tree, &[]).unwrap();
+        git.set_head("refs/heads/main").unwrap();
+        let repo = Repo::open(spec_for(origin.to_str().unwrap()), &dir.join("cache")).unwrap();
+        let commit = repo.remote_commit().unwrap();
+        repo.fetch(&commit).unwrap();
+        (repo, commit)
+    }
+
+    #[test]
+    fn a_tree_entry_that_is_no_file_name_is_refused_before_anything_is_written() {
+        for name in ["..", "../../escaped.yaml", "."] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (repo, commit) = crafted(&tmp.path().join("repo"), name);
+            let err = repo.read_revision(&commit, &limits(), RenderMode::Auto).unwrap_err();
+            assert!(matches!(&err, SourceError::Checkout { reason, .. } if reason.contains("which is no file name")), "{name}: {err}");
+            assert!(!tmp.path().join("escaped.yaml").exists() && !std::env::temp_dir().join("escaped.yaml").exists(), "{name}");
+        }
     }
 
     #[test]

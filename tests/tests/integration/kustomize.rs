@@ -176,22 +176,28 @@ fn assert_subset(live: &Value, want: &Value, at: &str) {
 }
 
 #[tokio::test]
-async fn a_remote_base_is_refused_naming_the_file_and_url_and_nothing_is_written() {
+async fn a_remote_base_is_refused_naming_the_file_and_url_and_nothing_is_applied_or_pruned() {
     let agent = Agent::new().await;
     let ns = TestNamespace::new(&agent.client, "kz-remote").await;
     let repo = repo_with_overlay();
-    let url = "https://github.com/kubernetes-sigs/kustomize//examples/helloWorld?ref=v5.8.2";
-    repo.write("base/kustomization.yaml", format!("{BASE}  - {url}\n"));
-    repo.commit("a remote resource in the base");
     let mut source = agent::source("kz-remote", &repo.url(), ns.name());
     source.spec.path = "overlays/prod".into();
+    let good = agent.sync(&source).await;
+    assert_eq!(good.state, State::Synced, "{:?}: {}", good.reason, good.message);
+    let before = configmaps(&agent.client, ns.name()).await;
+    assert_eq!(before.len(), 1, "the generated ConfigMap: {before:?}");
 
+    // the next commit renames the generated ConfigMap (which would prune the old one) and adds
+    // a remote base: refused, so nothing is applied or pruned
+    let url = "https://github.com/kubernetes-sigs/kustomize//examples/helloWorld?ref=v5.8.2";
+    repo.write("base/kustomization.yaml", format!("{BASE}  - {url}\n")).write("overlays/prod/kustomization.yaml", overlay("next"));
+    repo.commit("a remote resource in the base");
     let report = agent.sync(&source).await;
     assert_eq!((report.state, report.reason), (State::Failed, Some(Reason::RenderFailed)), "{}", report.message);
     assert!(report.message.contains("base/kustomization.yaml") && report.message.contains(url), "{}", report.message);
     assert!(report.message.contains("allowRemoteBases"), "{}", report.message);
     assert_eq!(writes(&report), Vec::<String>::new());
-    assert!(configmaps(&agent.client, ns.name()).await.is_empty());
+    assert_eq!(configmaps(&agent.client, ns.name()).await, before, "the last good revision stays, untouched");
     ns.cleanup().await;
 }
 
