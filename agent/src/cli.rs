@@ -164,6 +164,9 @@ pub struct SourceArgs {
     /// A values file of the chart, relative to the chart directory; repeatable, later files win.
     #[arg(long = "helm-values")]
     pub helm_values: Vec<String>,
+    /// Let helm download the chart's dependencies that are not vendored in its charts/.
+    #[arg(long)]
+    pub helm_allow_dependency_downloads: bool,
     /// Longest one remote check or one fetch may take.
     #[arg(long = "fetch-timeout", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
@@ -227,6 +230,7 @@ impl SourceArgs {
                 release: self.helm_release.clone(),
                 values_files: self.helm_values.clone(),
                 values: serde_json::Map::new(),
+                allow_dependency_downloads: self.helm_allow_dependency_downloads,
             },
         })
     }

@@ -2,8 +2,8 @@
 //! name, the source's namespace, values files from the repository (relative to the chart, never
 //! outside the repository), inline values, CRDs (`--include-crds`), and the cluster's version
 //! and API versions (from discovery) go in; test hooks are skipped. Chart dependencies must be
-//! vendored in `charts/`: helm is never asked to download (no `--dependency-update`, no
-//! repositories configured in its empty home).
+//! vendored in `charts/` unless the source allows downloads: only then does `helm dependency
+//! build` run, online, before the (always offline) `helm template`.
 //!
 //! Hooks: a chart's objects are applied in waves like any others (see [`hooks`]). Install and
 //! upgrade hooks become ordinary objects in a wave before (`pre-*`) or after (`post-*`) the chart's
@@ -53,6 +53,10 @@ pub struct Release {
     /// Values given in the config, over the files.
     #[serde(default)]
     pub values: serde_json::Map<String, Value>,
+    /// Let `helm dependency build` download the chart's dependencies that are not vendored in
+    /// its `charts/` (from the repositories its `Chart.yaml` names).
+    #[serde(default)]
+    pub allow_dependency_downloads: bool,
 }
 
 /// What the chart's templates see of the cluster (`.Capabilities`).
@@ -122,14 +126,29 @@ pub fn template(
         args.extend(["--values".into(), path.into_os_string()]);
     }
 
-    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
     let root = checkout.root().display().to_string();
     let renames = [(checkout.root(), "."), (inline.path(), "(inline values)")];
+    // dependencies: downloaded into the chart's `charts/` only when the source allows it
+    if values.allow_dependency_downloads {
+        let step = format!("{shown} (helm dependency build)");
+        checkout.unseal_source_dir().map_err(|e| fail(step.clone(), e.to_string()))?;
+        let online = Sandbox { offline: false, ..helm.sandbox };
+        let args: [&OsStr; 3] = ["dependency".as_ref(), "build".as_ref(), ".".as_ref()];
+        tool::run(&helm.program, &args, &dir, online, &renames).map_err(|e| {
+            let cause = match e {
+                ToolError::Failed { stderr, .. } => format!("helm dependency build failed: {stderr}"),
+                other => other.to_string(),
+            };
+            fail(step.clone(), cause)
+        })?;
+    }
+
+    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
     let output = tool::run(&helm.program, &args, &dir, helm.sandbox, &renames).map_err(|e| {
         let cause = match e {
-            ToolError::Failed { stderr, .. } if stderr.contains("missing in charts/ directory") => {
-                format!("helm template failed: {stderr}; vendor the chart's dependencies in its charts/ directory (Driftless never downloads them)")
-            }
+            ToolError::Failed { stderr, .. } if stderr.contains("missing in charts/ directory") => format!(
+                "helm template failed: {stderr}; vendor the chart's dependencies in its charts/ directory, or set helm.allowDependencyDownloads"
+            ),
             ToolError::Failed { stderr, .. } => format!("helm template failed: {stderr}"),
             other => other.to_string(),
         };

@@ -310,6 +310,12 @@ impl Checkout {
     fn seal(&self) -> Result<(), SourceError> {
         set_modes(self.root(), 0o444, 0o555).map_err(|e| SourceError::Checkout { path: self.path.clone(), reason: e.to_string() })
     }
+
+    /// Makes the source path's directory, and everything under it, writable again (for a tool
+    /// that must write there: `helm dependency build` fills a chart's `charts/`).
+    pub fn unseal_source_dir(&self) -> std::io::Result<()> {
+        set_modes(&self.source_dir(), 0o644, 0o755)
+    }
 }
 
 impl Drop for Checkout {

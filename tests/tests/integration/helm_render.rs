@@ -3,7 +3,8 @@
 //! defaults, test hooks are skipped, CRDs are included, a vendored subchart is rendered, the
 //! templates see the cluster's version and API versions, install hooks run in a wave before
 //! the chart and delete hooks never; a second sync writes nothing. A values file outside the
-//! repository, or a dependency that is not vendored, fails with RenderFailed and writes nothing.
+//! repository, or a dependency that is not vendored, fails with RenderFailed and writes nothing;
+//! a dependency in a chart repository (on loopback) is downloaded only when the source allows it.
 
 use driftless::keys;
 use driftless::report::changes::Action;
@@ -280,5 +281,102 @@ async fn a_values_file_outside_the_repository_or_a_dependency_not_vendored_is_re
     assert!(!missing.message.contains("driftless-render-"), "no private paths: {}", missing.message);
     assert_eq!(writes(&missing), Vec::<String>::new());
     assert!(configmaps(&agent.client, ns.name()).await.is_empty());
+    ns.cleanup().await;
+}
+
+/// A chart repository on loopback: `helm package` of one chart, `helm repo index`, served by
+/// Python's http.server; stopped when dropped.
+struct ChartRepository {
+    url: String,
+    server: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl ChartRepository {
+    fn serve(chart: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        for (path, content) in chart {
+            let file = source.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, content).unwrap();
+        }
+        let served = dir.path().join("served");
+        let port = agent::free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let helm = |args: &[&str]| {
+            let out = std::process::Command::new(driftless_tests::cluster_bin("helm")).args(args).output().unwrap();
+            assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        helm(&["package", source.to_str().unwrap(), "--destination", served.to_str().unwrap()]);
+        helm(&["repo", "index", served.to_str().unwrap(), "--url", &url]);
+        let server = std::process::Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .current_dir(&served)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 serves the chart repository");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the chart repository did not start on {url}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ChartRepository { url, server, _dir: dir }
+    }
+}
+
+impl Drop for ChartRepository {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_dependency_is_downloaded_only_when_the_source_allows_it() {
+    let agent = Agent::new().await;
+    let ns = TestNamespace::new(&agent.client, "helm-deps").await;
+    let repository = ChartRepository::serve(&[
+        ("Chart.yaml", "apiVersion: v2\nname: cache\nversion: 0.3.0\n"),
+        (
+            "templates/cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cache\ndata: {size: \"{{ .Values.size }}\"}\n",
+        ),
+        ("values.yaml", "size: 64Mi\n"),
+    ]);
+    let repo = GitFixture::new();
+    let chart = format!(
+        "apiVersion: v2\nname: app\nversion: 0.1.0\ndependencies:\n  - name: cache\n    version: 0.3.0\n    repository: {}\n",
+        repository.url
+    );
+    repo.write("chart/Chart.yaml", chart).write("chart/values.yaml", "cache:\n  size: 1Gi\n");
+    repo.commit("a chart with a dependency in a repository");
+    let mut source = agent::source("helm-deps", &repo.url(), ns.name());
+    source.spec.path = "chart".into();
+    source.helm.release = Some("app".into());
+
+    // not allowed: refused, nothing downloaded or written
+    let refused = agent.sync(&source).await;
+    assert_eq!((refused.state, refused.reason), (State::Failed, Some(Reason::RenderFailed)), "{}", refused.message);
+    assert!(refused.message.contains("allowDependencyDownloads"), "{}", refused.message);
+    assert_eq!(writes(&refused), Vec::<String>::new());
+
+    // allowed: helm dependency build fetches it, and the chart renders with it
+    source.helm.allow_dependency_downloads = true;
+    let report = agent.sync(&source).await;
+    assert_eq!(report.state, State::Synced, "{:?}: {}", report.reason, report.message);
+    let cms = dynamic_api(&agent.client, "v1", "ConfigMap", "configmaps", ns.name());
+    let cache = get(&cms, "app-cache").await.expect("the downloaded subchart's ConfigMap");
+    assert_eq!(cache["data"]["size"], "1Gi", "the parent's values reach the subchart");
+
+    // the repository gone: the render fails, the applied objects stay
+    drop(repository);
+    repo.write("chart/values.yaml", "cache:\n  size: 2Gi\n");
+    repo.commit("bigger");
+    let offline = agent.sync(&source).await;
+    assert_eq!((offline.state, offline.reason), (State::Failed, Some(Reason::RenderFailed)), "{}", offline.message);
+    assert!(offline.message.contains("chart (helm dependency build)"), "{}", offline.message);
+    assert_eq!(get(&cms, "app-cache").await.expect("still there")["data"]["size"], "1Gi");
     ns.cleanup().await;
 }
