@@ -16,7 +16,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::tool::{self, Sandbox, ToolError};
-use super::{Problem, RenderError};
+use super::RenderError;
 use crate::keys;
 use crate::manifest::{Manifest, ResourceType, SourceFile};
 use crate::source::Checkout;
@@ -102,7 +102,7 @@ pub fn template(
 ) -> Result<Vec<SourceFile>, RenderError> {
     let dir = checkout.source_dir();
     let shown = if checkout.path.is_empty() { ".".to_string() } else { checkout.path.trim_end_matches('/').to_string() };
-    let fail = |file: String, cause: String| RenderError { problems: vec![Problem { file, line: None, object: None, cause }] };
+    let fail = RenderError::of_file;
     let chart_file = format!("{shown} (helm template)");
 
     // values: files inside the repository, then the inline values in a private file
@@ -126,7 +126,6 @@ pub fn template(
         args.extend(["--values".into(), path.into_os_string()]);
     }
 
-    let root = checkout.root().display().to_string();
     let renames = [(checkout.root(), "."), (inline.path(), "(inline values)")];
     // dependencies: downloaded into the chart's `charts/` only when the source allows it
     if values.allow_dependency_downloads {
@@ -134,25 +133,16 @@ pub fn template(
         checkout.unseal_source_dir().map_err(|e| fail(step.clone(), e.to_string()))?;
         let online = Sandbox { offline: false, ..helm.sandbox };
         let args: [&OsStr; 3] = ["dependency".as_ref(), "build".as_ref(), ".".as_ref()];
-        tool::run(&helm.program, &args, &dir, online, &renames).map_err(|e| {
-            let cause = match e {
-                ToolError::Failed { stderr, .. } => format!("helm dependency build failed: {stderr}"),
-                other => other.to_string(),
-            };
-            fail(step.clone(), cause)
-        })?;
+        tool::run(&helm.program, &args, &dir, online, &renames).map_err(|e| fail(step.clone(), e.cause("helm dependency build")))?;
     }
 
     let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
     let output = tool::run(&helm.program, &args, &dir, helm.sandbox, &renames).map_err(|e| {
-        let cause = match e {
-            ToolError::Failed { stderr, .. } if stderr.contains("missing in charts/ directory") => format!(
-                "helm template failed: {stderr}; vendor the chart's dependencies in its charts/ directory, or set helm.allowDependencyDownloads"
-            ),
-            ToolError::Failed { stderr, .. } => format!("helm template failed: {stderr}"),
-            other => other.to_string(),
-        };
-        fail(chart_file.clone(), cause.replace(&root, ""))
+        let mut cause = e.cause("helm template");
+        if matches!(&e, ToolError::Failed { stderr, .. } if stderr.contains("missing in charts/ directory")) {
+            cause.push_str("; vendor the chart's dependencies in its charts/ directory, or set helm.allowDependencyDownloads");
+        }
+        fail(chart_file.clone(), cause)
     })?;
     Ok(split_templates(&output, &shown))
 }

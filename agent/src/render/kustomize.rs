@@ -11,8 +11,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
-use super::tool::{self, Sandbox, ToolError};
-use super::{Problem, RenderError};
+use super::tool::{self, Sandbox};
+use super::RenderError;
 use crate::manifest::SourceFile;
 use crate::source::{Checkout, KUSTOMIZATION_FILES};
 
@@ -42,7 +42,7 @@ impl Kustomize {
 pub fn build(kustomize: &Kustomize, checkout: &Checkout) -> Result<SourceFile, RenderError> {
     let dir = checkout.source_dir();
     let shown = if checkout.path.is_empty() { ".".to_string() } else { checkout.path.clone() };
-    let fail = |file: String, cause: String| RenderError { problems: vec![Problem { file, line: None, object: None, cause }] };
+    let fail = RenderError::of_file;
     match first_refusal(checkout.root(), &dir) {
         None => {}
         Some(Refusal::Remote { .. }) if kustomize.allow_remote => {}
@@ -60,14 +60,8 @@ pub fn build(kustomize: &Kustomize, checkout: &Checkout) -> Result<SourceFile, R
         Some(Refusal::Unreadable { file, reason }) => return Err(fail(file, format!("cannot be checked before the build: {reason}"))),
     }
     let args: [&OsStr; 4] = ["build".as_ref(), "--load-restrictor".as_ref(), "LoadRestrictionsRootOnly".as_ref(), ".".as_ref()];
-    let root = checkout.root().display().to_string();
-    let output = tool::run(&kustomize.program, &args, &dir, kustomize.sandbox, &[(checkout.root(), ".")]).map_err(|e| {
-        let cause = match e {
-            ToolError::Failed { stderr, .. } => format!("kustomize build failed: {stderr}"),
-            other => other.to_string(),
-        };
-        fail(format!("{shown} (kustomize build)"), cause.replace(&root, ""))
-    })?;
+    let output = tool::run(&kustomize.program, &args, &dir, kustomize.sandbox, &[(checkout.root(), ".")])
+        .map_err(|e| fail(format!("{shown} (kustomize build)"), e.cause("kustomize build")))?;
     Ok(SourceFile { path: format!("{}/kustomization.yaml (kustomize build)", shown.trim_end_matches('/')), content: output })
 }
 

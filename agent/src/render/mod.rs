@@ -108,6 +108,11 @@ pub struct RenderError {
 impl RenderError {
     /// How many problems the `Display` form lists before summing up the rest.
     pub const SHOWN: usize = 20;
+
+    /// One problem of a whole file (a kustomization, a chart), with no line or object.
+    pub fn of_file(file: String, cause: String) -> Self {
+        RenderError { problems: vec![Problem { file, line: None, object: None, cause }] }
+    }
 }
 
 impl fmt::Display for RenderError {

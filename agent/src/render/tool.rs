@@ -55,6 +55,17 @@ pub enum ToolError {
     Failed { program: String, status: String, stderr: String },
 }
 
+impl ToolError {
+    /// The one-line cause of a failed `step` (`kustomize build`): what the tool printed to
+    /// stderr when it failed, else why it did not finish.
+    pub fn cause(&self, step: &str) -> String {
+        match self {
+            ToolError::Failed { stderr, .. } => format!("{step} failed: {stderr}"),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Runs `program args` in `cwd` inside the sandbox and returns its stdout. In a failure's
 /// stderr each `(path, name)` of `rename` is written as `name` (the sandbox's home as `$HOME`).
 pub fn run(program: &Path, args: &[&OsStr], cwd: &Path, sandbox: Sandbox, rename: &[(&Path, &str)]) -> Result<Vec<u8>, ToolError> {
