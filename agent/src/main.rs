@@ -1,5 +1,6 @@
 //! The `driftless` binary: parse flags, set up logging, run the command.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
@@ -29,7 +30,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // colours only for a person at a terminal: never in files and pipes, never with NO_COLOR
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cli.global.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),

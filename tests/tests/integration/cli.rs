@@ -143,6 +143,8 @@ async fn a_failing_sync_exits_1_with_the_reason_and_applies_nothing() {
     assert_eq!(code, 1, "{stdout}{stderr}");
     let line = summary(&stdout);
     assert!(line.contains("Failed (RenderFailed)") && line.contains("broken.yaml"), "{line}");
+    // the log, into a pipe: no colour codes
+    assert!(stderr.contains("sync failed") && !stderr.contains('\u{1b}'), "{stderr:?}");
     assert!(configmaps(&client, ns.name()).await.is_empty(), "a.yaml was applied");
 
     // the JSON report says the same
