@@ -280,7 +280,7 @@ impl SourceLoop {
         self.update_status(|s| s.fetch_started = None);
         let name = Metrics::source(&self.source.name);
         self.metrics().git_fetch_duration.get_or_create(&name).observe(noticed.elapsed().as_secs_f64());
-        let (commit, files) = match checked {
+        let (commit, revision) = match checked {
             Ok(Fetched::Unchanged(commit)) => (commit, None),
             Ok(Fetched::New { commit, revision }) => (commit, Some(revision)),
             Err(e) => {
@@ -320,7 +320,7 @@ impl SourceLoop {
             }
         };
         self.update_status(|s| s.last_fetched_commit = Some(commit.clone()));
-        let Some(files) = files else {
+        let Some(revision) = revision else {
             // nothing new in git; drift is the watches' business
             debug!(source = %self.source.name, elapsed_us = noticed.elapsed().as_micros() as u64, "poll: nothing new");
             return;
@@ -330,7 +330,7 @@ impl SourceLoop {
         let mode = if self.compared_all { Mode::Incremental } else { Mode::Full };
         let opts = Options { mode, live: Some(&self.live), heartbeat: Some(&self.heartbeat) };
         self.heartbeat.start();
-        let mut report = sync::reconcile_fetched(&self.ctx, &self.source, opts, Some((commit.clone(), files))).await;
+        let mut report = sync::reconcile_fetched(&self.ctx, &self.source, opts, Some((commit.clone(), revision))).await;
         self.heartbeat.stop();
         let mut drifted = Vec::new();
         self.attempted = true;

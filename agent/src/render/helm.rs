@@ -153,7 +153,7 @@ fn values_file(root: &Path, chart: &Path, file: &str) -> Result<std::path::PathB
     if file.is_empty() || Path::new(file).is_absolute() {
         return Err(format!("values file {file:?} must be a path relative to the chart directory"));
     }
-    let path = super::kustomize::normalize(&chart.join(file));
+    let path = super::normalize(&chart.join(file));
     if !path.starts_with(root) {
         return Err(format!("values file {file:?} leaves the repository; values files must be inside it"));
     }

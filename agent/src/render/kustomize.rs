@@ -7,12 +7,12 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::tool::{self, Sandbox};
-use super::RenderError;
+use super::{inside, normalize, RenderError};
 use crate::manifest::SourceFile;
 use crate::source::{Checkout, KUSTOMIZATION_FILES};
 
@@ -179,27 +179,6 @@ fn is_remote(entry: &str, local: &Path) -> bool {
     }
     let first = entry.split('/').next().unwrap_or_default();
     first.contains('.') && first != "." && first != ".." && entry.contains('/') && !local.exists()
-}
-
-/// Whether `path` stays under `root` once `..` is resolved (without following symlinks: the
-/// checkout holds none).
-fn inside(root: &Path, path: &Path) -> bool {
-    normalize(path).starts_with(root)
-}
-
-/// `path` with `.` and `..` resolved lexically.
-pub(super) fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod value;
 pub mod yaml;
 
 use std::fmt;
+use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -203,6 +204,27 @@ pub fn render(files: &[SourceFile], limits: &Limits) -> Result<Vec<Manifest>, Re
 
 fn file_problem(file: &SourceFile, line: Option<usize>, cause: String) -> Problem {
     Problem { file: file.path.clone(), line, object: None, cause }
+}
+
+/// Whether `path` stays under `root` once `..` is resolved (without following symlinks: a
+/// renderer's checkout holds none).
+fn inside(root: &Path, path: &Path) -> bool {
+    normalize(path).starts_with(root)
+}
+
+/// `path` with `.` and `..` resolved lexically.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The file's text: UTF-8 without a byte order mark. On error, the line of the first invalid

@@ -434,8 +434,8 @@ impl Repo {
     }
 
     /// Reads `commit` as the render stage takes it: the manifest files under the source path, or,
-    /// for a kustomization (`mode`, or [`RenderMode::Auto`] and a kustomization file at the
-    /// source path), the whole commit written out as files.
+    /// for a kustomization or a chart (`mode`, or [`RenderMode::Auto`] and a kustomization file or
+    /// `Chart.yaml` at the source path), the whole commit written out as files.
     pub fn read_revision(&self, commit: &str, limits: &ReadLimits, mode: RenderMode) -> Result<Revision, SourceError> {
         tree::read_revision(self, commit, limits, mode)
     }
