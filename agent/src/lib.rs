@@ -12,6 +12,7 @@
 //! | apply      | [`apply`]     | server-side dry-run of the whole revision, then server-side apply in waves |
 //! | prune      | [`inventory`] | the ApplySet inventory, and safeguarded deletion ([`inventory::prune`]) |
 //! | reconcile  | [`sync`]      | the stages above, in order, for one source                              |
+//! | preview    | [`preview`]   | what a sync would do, written nowhere: diffs, prunes, waves (`driftless plan`) |
 //! | status     | [`status`]    | HTTP (health, metrics, status, webhooks), Events, `driftless status`     |
 //!
 //! Shared by the stages: [`manifest`] (the object model, which depends on nothing) and [`cluster`]
@@ -36,6 +37,7 @@ pub mod leader;
 pub mod live;
 pub mod manifest;
 pub mod plan;
+pub mod preview;
 pub mod render;
 pub mod report;
 pub mod source;

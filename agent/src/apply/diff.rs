@@ -36,7 +36,7 @@ pub fn owned_differs(live: &Value, live_owned: &Expected, dry_run: &Value) -> bo
 }
 
 /// The `fieldsV1` of Driftless's apply (not of a subresource), if the object has one.
-fn owned_fields(object: &Value) -> Option<&Value> {
+pub(crate) fn owned_fields(object: &Value) -> Option<&Value> {
     object.get("metadata")?.get("managedFields")?.as_array()?.iter().find_map(|m| {
         let ours = m.get("manager")?.as_str()? == FIELD_MANAGER
             && m.get("operation")?.as_str()? == "Apply"
