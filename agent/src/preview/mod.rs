@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::manifest::ObjectRef;
 
 pub mod diff;
+pub mod output;
 
 /// What a sync of one revision would do.
 #[derive(Debug, Clone, PartialEq, Serialize)]
