@@ -28,13 +28,21 @@ const CHANGED: &str = "(changed value)";
 
 /// The unified diff from the live object (`None`: it would be created) to the dry-run result,
 /// of what Driftless would own; `None` when they do not differ there.
+///
+/// What Driftless owns is its apply's `fieldsV1` in the dry-run result, together with the one in
+/// the live object when `live` carries its managedFields (as the API returns it): then a field
+/// git no longer declares, which the apply would remove, shows as removed. Without Driftless's
+/// entry in the dry-run result the whole objects are compared.
 pub fn object_diff(id: &ObjectRef, live: Option<&Value>, dry_run: &Value) -> Option<String> {
     diff_within(id, live, dry_run, MAX_DIFF_BYTES)
 }
 
 fn diff_within(id: &ObjectRef, live: Option<&Value>, dry_run: &Value, max_bytes: usize) -> Option<String> {
-    // the fields Driftless would own, read before managedFields are stripped
-    let owned = owned_fields(dry_run).cloned();
+    // the fields Driftless would own and owns now, read before managedFields are stripped
+    let owned = owned_fields(dry_run).map(|fields| match live.and_then(owned_fields) {
+        Some(now) => union(fields, now),
+        None => fields.clone(),
+    });
     // both sides without status and volatile metadata, reduced to what Driftless would own
     let reduce = |o: &Value| {
         let mut o = o.clone();
@@ -118,6 +126,25 @@ fn retain(value: &Value, fields: &Value) -> Option<Value> {
         }
         // a scalar where the set names parts: owned as a whole
         _ => Some(value.clone()),
+    }
+}
+
+/// Two `fieldsV1` sets as one: what either names. A whole value (an empty set) on either side is
+/// the whole value.
+fn union(a: &Value, b: &Value) -> Value {
+    match (a.as_object(), b.as_object()) {
+        (Some(x), Some(y)) if !x.is_empty() && !y.is_empty() => {
+            let mut out = x.clone();
+            for (key, sub) in y {
+                let merged = match x.get(key) {
+                    Some(mine) => union(mine, sub),
+                    None => sub.clone(),
+                };
+                out.insert(key.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        _ => Value::Object(Map::new()),
     }
 }
 
@@ -282,6 +309,31 @@ mod tests {
         // an owned scalar
         let d = object_diff(&deployment_id(), Some(&live), &deployment("nginx:1", 3, true)).unwrap();
         assert!(d.contains("-  replicas: 2\n+  replicas: 3\n"), "{d}");
+    }
+
+    #[test]
+    fn a_field_git_no_longer_declares_shows_as_removed() {
+        let mut live = deployment("nginx:1", 2, true);
+        live["metadata"]["labels"]["team"] = json!("blue");
+        live["metadata"]["managedFields"][0]["fieldsV1"]["f:metadata"]["f:labels"]["f:team"] = json!({});
+        let dry = deployment("nginx:1", 2, true);
+        let d = object_diff(&deployment_id(), Some(&live), &dry).unwrap();
+        assert!(d.contains("-    team: blue\n"), "{d}");
+        // another manager owns it too: it stays, and is no difference
+        let mut kept = dry.clone();
+        kept["metadata"]["labels"]["team"] = json!("blue");
+        assert_eq!(object_diff(&deployment_id(), Some(&live), &kept), None);
+        // a live body without managedFields: only the dry-run's set
+        let mut body = live.clone();
+        object::strip(&mut body);
+        assert_eq!(object_diff(&deployment_id(), Some(&body), &dry), None);
+    }
+
+    #[test]
+    fn union_of_field_sets() {
+        let a = json!({"f:a": {}, "f:b": {"f:x": {}}});
+        let b = json!({"f:b": {"f:y": {}}, "f:c": {"f:z": {}}, "f:a": {"f:deep": {}}});
+        assert_eq!(union(&a, &b), json!({"f:a": {}, "f:b": {"f:x": {}, "f:y": {}}, "f:c": {"f:z": {}}}));
     }
 
     #[test]
