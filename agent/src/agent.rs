@@ -12,12 +12,13 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::{debug, info, warn};
 
 use crate::cluster::api_message;
 use crate::cluster::apply::ApplyOptions;
-use crate::config::Source;
+use crate::config::{Rollback, Source};
 use crate::inventory::applyset;
 use crate::live::drift::{self, Drift, Expected, Verdict};
 use crate::live::health::{self, Health};
@@ -124,6 +125,53 @@ fn drift_message(drifted: &[(ObjectRef, Option<Drift>)]) -> String {
     format!("{}{more}: drifted from git; selfHeal is off", names.join(", "))
 }
 
+/// Checks the remote at the source's interval (sooner on a webhook's trigger) until its ref
+/// names another commit than `applied`; returns that commit, fetched. Failed checks are retried
+/// at the next interval (the loop reports fetch failures, not this watch).
+async fn newer_commit(
+    ctx: &Context,
+    source: &Source,
+    applied: &str,
+    mut triggers: Option<&mut mpsc::Receiver<()>>,
+) -> (String, source::Revision) {
+    loop {
+        let wait = tokio::time::sleep(jittered(source.interval));
+        match triggers.as_deref_mut() {
+            Some(t) => tokio::select! {
+                () = wait => {}
+                Some(()) = t.recv() => {}
+            },
+            None => wait.await,
+        }
+        match sync::check_and_fetch(ctx, source, Some(applied)).await {
+            Ok(Fetched::New { commit, revision }) => return (commit, revision),
+            Ok(Fetched::Unchanged(_)) => {}
+            Err(e) => debug!(source = %source.name, error = %e, "remote check during a reconcile failed"),
+        }
+    }
+}
+
+/// Runs a reconcile to its end while `newer` watches for a newer commit; when one arrives,
+/// `cancel` ends the reconcile's wait for health (its apply of a group always finishes).
+async fn until_done<T>(
+    reconcile: impl std::future::Future<Output = Report>,
+    newer: impl std::future::Future<Output = T>,
+    cancel: &CancellationToken,
+) -> (Report, Option<T>) {
+    tokio::pin!(reconcile);
+    tokio::pin!(newer);
+    let mut found = None;
+    loop {
+        tokio::select! {
+            report = &mut reconcile => return (report, found),
+            arrived = &mut newer, if found.is_none() => {
+                cancel.cancel();
+                found = Some(arrived);
+            }
+        }
+    }
+}
+
 /// The running loop of one source.
 pub struct SourceLoop {
     ctx: Context,
@@ -161,6 +209,18 @@ pub struct SourceLoop {
     /// A reconcile compared every member with git since this loop started (a new loop starts
     /// with each leadership term): until then drift made while no loop watched is unseen.
     compared_all: bool,
+    /// When the applied commit's members must all be Healthy (its health timeout after the
+    /// apply); past it the revision fails its health check.
+    health_deadline: Option<Instant>,
+    /// The last commit this loop saw Synced with every member Healthy: what a rollback applies.
+    last_good: Option<String>,
+    /// A commit that failed and was rolled back: not reconciled again while the ref names it.
+    held_back: Option<String>,
+    /// A failed commit to roll back, and why it failed.
+    rollback_due: Option<(String, String)>,
+    /// The applied commit failed its health check after the apply: it turns Synced if its
+    /// members become Healthy later (without a rollback).
+    late_health: bool,
 }
 
 impl SourceLoop {
@@ -189,6 +249,11 @@ impl SourceLoop {
             refreshed: None,
             release_pending: false,
             compared_all: false,
+            health_deadline: None,
+            last_good: None,
+            held_back: None,
+            rollback_due: None,
+            late_health: false,
             fetch_started: None,
             heartbeat,
         }
@@ -238,8 +303,13 @@ impl SourceLoop {
                 _ = tokio::time::sleep_until(next_poll), if fetching.is_empty() => self.start_fetch(&mut fetching),
                 Some(()) = triggers.recv(), if fetching.is_empty() => self.start_fetch(&mut fetching),
                 Some(joined) = fetching.join_next() => {
-                    let result = joined.unwrap_or_else(|e| Err(crate::Error::Fetch(source::SourceError::Worker(e.to_string()))));
-                    self.on_fetched(result).await;
+                    let mut result = joined.unwrap_or_else(|e| Err(crate::Error::Fetch(source::SourceError::Worker(e.to_string()))));
+                    // a commit that arrived during the reconcile is reconciled right after it
+                    while let Some((commit, revision)) = self.on_fetched(result, Some(&mut triggers)).await {
+                        self.fetch_started = Some(Instant::now());
+                        result = Ok(Fetched::New { commit, revision });
+                    }
+                    self.roll_back_if_due().await;
                     next_poll = tokio::time::Instant::now() + jittered(self.source.interval);
                 }
                 Some(id) = self.drifted.recv() => self.heal(id).await,
@@ -253,14 +323,125 @@ impl SourceLoop {
                     if self.refreshed != Some(self.status_inputs()) {
                         self.refresh_health();
                     }
+                    self.check_health_deadline().await;
+                    self.roll_back_if_due().await;
                 }
             }
         }
     }
 
+    /// The commit a remote check does not reconcile again: the applied one, or the failed one
+    /// a rollback left behind.
+    fn skip_commit(&self) -> Option<&str> {
+        self.held_back.as_deref().or(self.applied_commit.as_deref())
+    }
+
+    /// Fails the applied revision's health check once its health timeout has passed after the
+    /// apply with members not Healthy (the last wave's health; the reconcile gates the waves
+    /// before it): reported as HealthCheckFailed, rolled back with `rollback: onFailure`.
+    async fn check_health_deadline(&mut self) {
+        let (Some(deadline), Some(commit)) = (self.health_deadline, self.applied_commit.clone()) else { return };
+        if self.pending_lead.is_none() {
+            self.health_deadline = None;
+            return;
+        }
+        if Instant::now() < deadline {
+            return;
+        }
+        self.health_deadline = None;
+        self.pending_lead = None;
+        self.late_health = true;
+        let healths = self.live.health();
+        let waiting: Vec<String> = healths
+            .iter()
+            .filter(|(_, s)| s.health != Health::Healthy)
+            .map(|(id, s)| format!("{id} is {}: {}", s.health.as_str(), s.reason))
+            .collect();
+        let missing = self.desired.objects().len().saturating_sub(healths.len());
+        let message = format!(
+            "{} object(s) not Healthy {}s after the apply{}",
+            waiting.len() + missing,
+            self.source.health_timeout.as_secs(),
+            waiting.first().map(|w| format!("; {w}")).unwrap_or_default()
+        );
+        warn!(source = %self.source.name, revision = source::short(&commit), error = %message, "health check failed");
+        let report = Report {
+            source: self.source.name.clone(),
+            commit: Some(commit.clone()),
+            state: State::Failed,
+            reason: Some(Reason::HealthCheckFailed),
+            message: message.clone(),
+            changes: ChangeSet::default(),
+            renderer: None,
+            duration: Duration::ZERO,
+            error: None,
+            outcome: None,
+        };
+        let m = self.metrics();
+        m.sync_failures_total.get_or_create(&FailureLabels { source: self.source.name.clone(), reason: Reason::HealthCheckFailed }).inc();
+        self.update_status(|s| {
+            s.state = SyncState::Failed;
+            s.reason = Some(Reason::HealthCheckFailed);
+            s.message.clone_from(&message);
+        });
+        self.publish(&report).await;
+        if self.source.rollback == Rollback::OnFailure {
+            self.rollback_due = Some((commit, message));
+        }
+    }
+
+    /// Rolls a failed commit back to the last good one, when one is due: the good revision is
+    /// read from the cache and reconciled (what the failed one added is pruned, behind the
+    /// safeguards); the failed commit is left alone until the ref names another.
+    async fn roll_back_if_due(&mut self) {
+        let Some((bad, cause)) = self.rollback_due.take() else { return };
+        let Some(good) = self.last_good.clone().filter(|good| *good != bad) else {
+            warn!(source = %self.source.name, revision = source::short(&bad), "no revision was Synced and Healthy since the agent started: nothing to roll back to");
+            return;
+        };
+        let (bad_short, good_short) = (source::short(&bad).to_string(), source::short(&good).to_string());
+        warn!(source = %self.source.name, failed = %bad_short, to = %good_short, cause = %cause, "rolling back");
+        let noticed = Instant::now();
+        let revision = match sync::read_commit(&self.ctx, &self.source, &good).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(source = %self.source.name, to = %good_short, error = %e, "cannot read the last good revision; not rolling back");
+                return;
+            }
+        };
+        self.held_back = Some(bad.clone());
+        let opts = Options { mode: Mode::Full, live: Some(&self.live), heartbeat: Some(&self.heartbeat), cancel: None };
+        self.heartbeat.start();
+        let report = sync::reconcile_fetched(&self.ctx, &self.source, opts, Some((good.clone(), revision))).await;
+        self.heartbeat.stop();
+        let rolled_back = report.state != State::Failed;
+        let failure = report.message.clone();
+        self.finish(report, &good, noticed).await;
+        let message = if rolled_back {
+            format!("rolled back from {bad_short} to {good_short}: {cause}")
+        } else {
+            // the loop goes on as without a rollback: the failed commit is retried
+            self.held_back = None;
+            format!("rolling back from {bad_short} to {good_short} failed: {failure}; the failure was: {cause}")
+        };
+        self.update_status(|s| {
+            if rolled_back {
+                s.state = SyncState::RolledBack;
+            }
+            s.reason = Some(Reason::RolledBack);
+            s.message.clone_from(&message);
+        });
+        if let Some(events) = self.telemetry.events.clone() {
+            let parent = applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
+            events.publish(&self.ctx.cluster, &parent, true, reasons::ROLLED_BACK, &message).await;
+        }
+        let annotation = Annotation { state: format!("{:?}", SyncState::RolledBack), health: None, message, time: SystemTime::now() };
+        self.annotation_writer().write(annotation);
+    }
+
     /// Starts a remote check (and fetch, when the commit is new) beside the loop.
     fn start_fetch(&mut self, fetching: &mut tokio::task::JoinSet<Result<Fetched, crate::Error>>) {
-        let (ctx, source, applied) = (self.ctx.clone(), self.source.clone(), self.applied_commit.clone());
+        let (ctx, source, applied) = (self.ctx.clone(), self.source.clone(), self.skip_commit().map(String::from));
         self.fetch_started = Some(Instant::now());
         self.update_status(|s| s.fetch_started = Some(SystemTime::now()));
         fetching.spawn(async move { sync::check_and_fetch(&ctx, &source, applied.as_deref()).await });
@@ -270,12 +451,22 @@ impl SourceLoop {
     /// place (tests and one-off callers; the loop runs the check beside itself).
     pub async fn poll(&mut self) {
         self.fetch_started = Some(Instant::now());
-        let result = sync::check_and_fetch(&self.ctx, &self.source, self.applied_commit.as_deref()).await;
-        self.on_fetched(result).await;
+        let mut result = sync::check_and_fetch(&self.ctx, &self.source, self.skip_commit()).await;
+        while let Some((commit, revision)) = self.on_fetched(result, None).await {
+            self.fetch_started = Some(Instant::now());
+            result = Ok(Fetched::New { commit, revision });
+        }
     }
 
-    /// Handles a finished remote check: reports a failure, or reconciles a new commit.
-    async fn on_fetched(&mut self, checked: Result<Fetched, crate::Error>) {
+    /// Handles a finished remote check: reports a failure, or reconciles a new commit. While it
+    /// reconciles, the remote is checked again at the source's interval (and on a webhook's
+    /// trigger): a newer commit ends a wave's wait for health and is returned, fetched, to be
+    /// reconciled next.
+    async fn on_fetched(
+        &mut self,
+        checked: Result<Fetched, crate::Error>,
+        triggers: Option<&mut mpsc::Receiver<()>>,
+    ) -> Option<(String, source::Revision)> {
         let noticed = self.fetch_started.take().unwrap_or_else(Instant::now);
         self.update_status(|s| s.fetch_started = None);
         let name = Metrics::source(&self.source.name);
@@ -316,22 +507,44 @@ impl SourceLoop {
                 if !repeated {
                     self.publish(&report).await;
                 }
-                return;
+                return None;
             }
         };
         self.update_status(|s| s.last_fetched_commit = Some(commit.clone()));
         let Some(revision) = revision else {
             // nothing new in git; drift is the watches' business
             debug!(source = %self.source.name, elapsed_us = noticed.elapsed().as_micros() as u64, "poll: nothing new");
-            return;
+            return None;
         };
+        // a commit other than the rolled-back one landed: it is reconciled, and may fail anew
+        self.held_back = None;
+        self.late_health = false;
         // the first reconcile of a loop compares every member with git: drift made while the
         // agent was down or another replica led is repaired (or reported) like any other
         let mode = if self.compared_all { Mode::Incremental } else { Mode::Full };
-        let opts = Options { mode, live: Some(&self.live), heartbeat: Some(&self.heartbeat) };
+        let cancel = CancellationToken::new();
+        let opts = Options { mode, live: Some(&self.live), heartbeat: Some(&self.heartbeat), cancel: Some(&cancel) };
         self.heartbeat.start();
-        let mut report = sync::reconcile_fetched(&self.ctx, &self.source, opts, Some((commit.clone(), revision))).await;
+        let reconcile = sync::reconcile_fetched(&self.ctx, &self.source, opts, Some((commit.clone(), revision)));
+        let newer = newer_commit(&self.ctx, &self.source, &commit, triggers);
+        let (report, newer) = until_done(reconcile, newer, &cancel).await;
         self.heartbeat.stop();
+        if let Some((newer, _)) = &newer {
+            info!(source = %self.source.name, revision = source::short(&commit), newer = source::short(newer), "a newer commit arrived during the reconcile; reconciling it next");
+        }
+        let failed = (report.state == State::Failed).then(|| (report.reason, report.message.clone()));
+        self.finish(report, &commit, noticed).await;
+        if let Some((Some(Reason::ApplyFailed | Reason::HealthCheckFailed), message)) = failed {
+            if self.source.rollback == Rollback::OnFailure {
+                self.rollback_due = Some((commit, message));
+            }
+        }
+        newer
+    }
+
+    /// Records a finished reconcile of `commit`: metrics, Events, what the source now desires and
+    /// watches, and its status.
+    async fn finish(&mut self, mut report: Report, commit: &str, noticed: Instant) {
         let mut drifted = Vec::new();
         self.attempted = true;
         self.record_sync(&report);
@@ -347,7 +560,8 @@ impl SourceLoop {
             self.watches.update(&self.ctx.cluster, &self.live, &outcome.applyset_id, &outcome.scopes);
         }
         if report.state != State::Failed {
-            self.applied_commit = Some(commit.clone());
+            self.applied_commit = Some(commit.to_string());
+            self.health_deadline = Some(Instant::now() + self.source.health_timeout);
             self.pending_lead = Some(noticed);
         }
         let counts: HashMap<Action, usize> =
@@ -371,7 +585,7 @@ impl SourceLoop {
         let duration = report.duration.as_secs_f64();
         self.update_status(|s| {
             if report.state != State::Failed {
-                s.last_applied_commit = Some(commit.clone());
+                s.last_applied_commit = Some(commit.to_string());
             }
             s.state = state;
             s.reason = reason;
@@ -537,13 +751,21 @@ impl SourceLoop {
         let healths = self.live.health();
         let worst = health::worst(healths.iter().map(|(_, s)| &s.health));
         let drifted = self.live.drifted().len();
-        let lead = match (self.pending_lead, worst == Health::Healthy && healths.len() == self.desired.objects().len()) {
+        let all_healthy = worst == Health::Healthy && healths.len() == self.desired.objects().len();
+        let lead = match (self.pending_lead, all_healthy) {
             (Some(noticed), true) => {
                 self.pending_lead = None;
+                self.health_deadline = None;
                 Some(noticed.elapsed().as_secs_f64())
             }
             _ => None,
         };
+        let state = self.telemetry.statuses.read().unwrap_or_else(|p| p.into_inner()).get(&self.source.name).map(|s| s.state);
+        if all_healthy && matches!(state, Some(SyncState::Progressing | SyncState::Synced | SyncState::OutOfSync | SyncState::RolledBack)) {
+            self.last_good.clone_from(&self.applied_commit);
+        }
+        // a revision that failed its health check after the apply and became Healthy since
+        let recovered = all_healthy && std::mem::take(&mut self.late_health) && state == Some(SyncState::Failed);
         if let Some(l) = lead {
             self.metrics().commit_to_healthy.get_or_create(&Metrics::source(&self.source.name)).observe(l);
         }
@@ -555,6 +777,11 @@ impl SourceLoop {
         let changes: HashMap<&ObjectRef, (&Action, &str)> =
             self.last_changes.entries.iter().map(|c| (&c.id, (&c.action, c.message.as_str()))).collect();
         self.update_status(|s| {
+            if recovered && s.reason == Some(Reason::HealthCheckFailed) {
+                s.state = SyncState::Progressing;
+                s.reason = None;
+                s.message.clear();
+            }
             s.health = if healths.is_empty() { Health::Healthy } else { worst };
             if let Some(l) = lead {
                 s.commit_to_healthy_seconds = Some(l);

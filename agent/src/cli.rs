@@ -55,6 +55,28 @@ pub enum Command {
     Run(RunArgs),
     /// Show each source's revision, state and health, from a running agent or the cluster.
     Status(StatusArgs),
+    /// Show what a sync would do (creates, updates with diffs, prunes, waves) without writing
+    /// anything: reads and server-side dry-runs only (0 nothing to do, 1 changes pending,
+    /// 2 usage, 3 the revision fails).
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Output format: a table with diffs, JSON, or Markdown for a pull request comment.
+    #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Table)]
+    pub output: PlanOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutput {
+    Table,
+    Json,
+    Markdown,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +189,10 @@ pub struct SourceArgs {
     /// Let helm download the chart's dependencies that are not vendored in its charts/.
     #[arg(long)]
     pub helm_allow_dependency_downloads: bool,
+    /// on-failure: roll a revision that fails midway or fails its health check back to the
+    /// last one that was Synced and Healthy (`run`).
+    #[arg(long, value_enum, default_value = "never")]
+    pub rollback: crate::config::Rollback,
     /// Longest one remote check or one fetch may take.
     #[arg(long = "fetch-timeout", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
@@ -232,6 +258,7 @@ impl SourceArgs {
                 values: serde_json::Map::new(),
                 allow_dependency_downloads: self.helm_allow_dependency_downloads,
             },
+            rollback: self.rollback,
         })
     }
 

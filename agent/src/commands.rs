@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::agent::SourceLoop;
-use crate::cli::{ClusterArgs, Output, RunArgs, StatusArgs, SyncArgs};
+use crate::cli::{ClusterArgs, Output, PlanArgs, PlanOutput, RunArgs, StatusArgs, SyncArgs};
 use crate::cluster::fence::Fence;
 use crate::cluster::{Cluster, ConnectOptions};
 use crate::config::{self, Source};
@@ -67,6 +67,37 @@ pub async fn sync(args: SyncArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `driftless plan`: what a sync would do, written nowhere; the exit code says whether anything
+/// is pending (see [`crate::preview::Preview::exit_code`]).
+pub async fn plan(args: PlanArgs) -> ExitCode {
+    let setup = async {
+        let source = args.source.to_config(Duration::from_secs(60)).and_then(|c| c.validate_with(&args.source.fetch()))?;
+        let mut ctx = context(&args.cluster, Fence::default()).await.map_err(|e| e.to_string())?;
+        // a private cache, gone when the command ends, unless one was named
+        let scratch = match &args.cluster.cache_dir {
+            Some(_) => None,
+            None => {
+                let dir = tempfile::tempdir().map_err(|e| format!("cannot create a cache directory: {e}"))?;
+                ctx.cache_dir = dir.path().to_path_buf();
+                Some(dir)
+            }
+        };
+        Ok::<_, String>((source, ctx, scratch))
+    };
+    let (source, ctx, _scratch) = match setup.await {
+        Ok(s) => s,
+        Err(e) => return usage_error(&e),
+    };
+    let preview = crate::preview::compare::preview(&ctx, &source).await;
+    let text = match args.output {
+        PlanOutput::Table => crate::preview::output::table(&preview),
+        PlanOutput::Markdown => crate::preview::output::markdown(&preview),
+        PlanOutput::Json => serde_json::to_string_pretty(&preview).unwrap_or_default() + "\n",
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    ExitCode::from(preview.exit_code())
 }
 
 /// Prints a report as a table (one line per object, then a summary) or as JSON.

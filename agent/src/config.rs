@@ -117,6 +117,10 @@ pub struct SourceConfig {
     /// How a chart at the path is rendered: release name, values files, inline values.
     #[serde(default)]
     pub helm: Release,
+    /// `onFailure`: a revision that fails midway or fails its health check is rolled back to the
+    /// last one that was Synced and Healthy (`never`, the default, stays on it).
+    #[serde(default)]
+    pub rollback: Rollback,
 }
 
 /// Credentials, always by file.
@@ -267,6 +271,7 @@ impl SourceConfig {
             allow_remote_bases: self.allow_remote_bases,
             render_timeout: self.render_timeout,
             helm: self.helm.clone(),
+            rollback: self.rollback,
         })
     }
 }
@@ -298,6 +303,19 @@ pub struct Source {
     pub allow_remote_bases: bool,
     pub render_timeout: Duration,
     pub helm: Release,
+    pub rollback: Rollback,
+}
+
+/// What happens when a revision fails midway or fails its health check.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "camelCase")]
+pub enum Rollback {
+    /// Stay on the failed revision (what it applied stays), retry it at each poll.
+    #[default]
+    Never,
+    /// Re-apply the last revision that was Synced and Healthy (pruning what the failed one
+    /// added), and leave the failed commit alone until a newer one lands.
+    OnFailure,
 }
 
 impl Source {

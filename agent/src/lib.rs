@@ -111,6 +111,9 @@ pub enum Error {
     /// A wave did not become Healthy within the source's health timeout.
     #[error("health check failed: {0}")]
     HealthCheck(String),
+    /// A newer commit arrived while a wave waited for health.
+    #[error("superseded by a newer commit while waiting for health")]
+    Superseded,
     /// Pruning failed.
     #[error("prune failed: {0}")]
     Prune(String),
@@ -141,6 +144,7 @@ impl Error {
             Error::Panicked(_) => Reason::Panicked,
             Error::Apply(_) => Reason::ApplyFailed,
             Error::HealthCheck(_) => Reason::HealthCheckFailed,
+            Error::Superseded => Reason::Superseded,
             Error::Prune(_) => Reason::PruneFailed,
             Error::Config(_) => Reason::ConfigInvalid,
             Error::Request { reason, .. } => *reason,

@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             Command::Sync(args) => driftless::commands::sync(args).await,
             Command::Run(args) => driftless::commands::run(args).await,
             Command::Status(args) => driftless::commands::status(args).await,
+            Command::Plan(args) => driftless::commands::plan(args).await,
         }
     })
 }

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::apply::validate::{decide, hold_drift, precheck};
@@ -74,11 +75,14 @@ pub struct Options<'a> {
     pub live: Option<&'a LiveState>,
     /// Beaten at every step of the reconcile, for whoever watches it for a stall.
     pub heartbeat: Option<&'a Heartbeat>,
+    /// Cancelled when a newer commit arrives: a wave's wait for health ends at once (the
+    /// revision is then superseded, see [`crate::Error::Superseded`]).
+    pub cancel: Option<&'a CancellationToken>,
 }
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options { mode: Mode::Full, live: None, heartbeat: None }
+        Options { mode: Mode::Full, live: None, heartbeat: None, cancel: None }
     }
 }
 
@@ -133,6 +137,37 @@ pub async fn check_and_fetch(ctx: &Context, source: &Source, applied: Option<&st
     Ok(source::check_and_fetch(source.spec.clone(), cache, applied.map(String::from), ctx.limits.read(), source.render).await?)
 }
 
+/// What the stages up to the live state leave: the revision rendered and planned, and what the
+/// cluster holds of it (the set's recorded inventory, its members, the desired objects' live
+/// state). A reconcile goes on to validate and apply it; `driftless plan` only compares it.
+pub struct Prepared {
+    pub commit: String,
+    pub renderer: String,
+    pub plan: Plan,
+    pub catalog: Catalog,
+    pub set: Set,
+    /// The inventory the set's parent records (empty before the first sync).
+    pub recorded: Inventory,
+    pub members: Vec<inventory::Listed>,
+    pub live: HashMap<ObjectRef, LiveObject>,
+}
+
+/// Whether the stages before the apply may write. A reconcile creates the agent's namespace and
+/// records its claims on objects of other sets; a preview writes nothing at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    Allowed,
+    Nothing,
+}
+
+/// Reads a commit already in the source's cache (the last good revision, to roll back to).
+pub async fn read_commit(ctx: &Context, source: &Source, commit: &str) -> Result<Revision, Error> {
+    let (spec, cache, limits, mode, commit) =
+        (source.spec.clone(), ctx.cache_dir.join(&source.name), ctx.limits.read(), source.render, commit.to_string());
+    let read = tokio::task::spawn_blocking(move || source::Repo::open(spec, &cache)?.read_revision(&commit, &limits, mode));
+    Ok(read.await.map_err(|e| source::SourceError::Worker(e.to_string()))??)
+}
+
 /// The stages in order. `Ok(Some(hold))` when everything applied but the prune was held.
 async fn run_stages(
     ctx: &Context,
@@ -142,129 +177,17 @@ async fn run_stages(
     run: &mut Run,
 ) -> Result<Option<Hold>, Error> {
     let started = Instant::now();
-    let to = Listeners { live: opts.live, heartbeat: opts.heartbeat };
+    let to = Listeners { live: opts.live, heartbeat: opts.heartbeat, cancel: opts.cancel };
     let stage_done = |stage: &str| {
         to.beat();
         debug!(source = %source.name, stage, elapsed_ms = started.elapsed().as_millis() as u64, "stage done")
     };
     let cluster = &ctx.cluster;
-    let changes = &mut run.changes;
-
-    // fetch: ask the remote for the ref's commit (unless the caller just did), fetch it if new,
-    // read its tree.
-    let (commit, revision) = match fetched {
-        Some(f) => f,
-        None => match check_and_fetch(ctx, source, None).await? {
-            Fetched::New { commit, revision } => (commit, revision),
-            // with no commit applied every commit is new; never reconcile an unread revision
-            Fetched::Unchanged(commit) => return Err(Error::Validation(format!("commit {commit} was not fetched"))),
-        },
-    };
-    run.commit = Some(commit.clone());
-    stage_done("fetch");
-
-    // discover, for a chart: its templates see the served kinds and the server's version as
-    // `.Capabilities` (other revisions are rendered first, so a bad file is named whatever the
-    // cluster answers)
-    let discover = || async { cluster.discover().await.map_err(Error::request(Reason::ValidationFailed, "discovering the served kinds")) };
-    let (discovered, capabilities) = match &revision {
-        Revision::Chart(_) => {
-            let discovered = discover().await?;
-            let kube_version =
-                cluster.server_version().await.map_err(Error::request(Reason::ValidationFailed, "reading the server's version"))?;
-            let capabilities = Capabilities { kube_version, api_versions: helm::api_versions(&discovered) };
-            (Some(discovered), capabilities)
-        }
-        _ => (None, Capabilities::default()),
-    };
-
-    // render: a kustomization built by kustomize or a chart by helm (in their sandbox), then
-    // documents to objects, within limits, off the async worker threads.
-    let renderer = match &revision {
-        Revision::Files(_) => "plain".to_string(),
-        Revision::Kustomization(_) => format!("kustomize {}", ctx.kustomize.version),
-        Revision::Chart(_) => format!("helm {}", ctx.helm.version),
-    };
-    run.renderer = Some(renderer.clone());
-    let limits = ctx.limits.clone();
-    // what a tool prints is one revision: bounded as a whole by the total size, not per file
-    let rendered = Limits { max_file_bytes: limits.max_total_bytes, ..limits.clone() };
-    let bounded = |sandbox: Sandbox, offline: bool| Sandbox {
-        timeout: source.render_timeout,
-        max_output: sandbox.max_output.min(limits.max_total_bytes),
-        offline: sandbox.offline && offline,
-    };
-    let allow_remote = source.allow_remote_bases;
-    let kustomize = Kustomize { allow_remote, sandbox: bounded(ctx.kustomize.sandbox, !allow_remote), ..ctx.kustomize.clone() };
-    // helm never fetches: dependencies are vendored
-    let helm = Helm { sandbox: bounded(ctx.helm.sandbox, true), ..ctx.helm.clone() };
-    let src = source.clone();
-    let manifests = blocking(move || match revision {
-        Revision::Files(files) => render::render(&files, &limits),
-        Revision::Kustomization(checkout) => render::render(&[kustomize::build(&kustomize, &checkout)?], &rendered),
-        Revision::Chart(checkout) => {
-            let files = helm::template(&helm, &checkout, src.helm_release(), &src.namespace, &src.helm, &capabilities)?;
-            let (manifests, skipped) = helm::hooks(render::render(&files, &rendered)?);
-            if !skipped.is_empty() {
-                info!(source = %src.name, skipped = %skipped.join(", "), "left out the chart's delete, rollback and test hooks");
-            }
-            Ok(manifests)
-        }
-    })
-    .await??;
-    stage_done("render");
-
-    // plan: resolve kinds through discovery, default namespaces, order, hash, label; read what
-    // the set's parent records, and refuse a set another install holds.
-    let catalog = Catalog::new(match discovered {
-        Some(discovered) => discovered,
-        None => discover().await?,
-    });
-    inventory::ensure_namespace(cluster, &ctx.agent_namespace)
-        .await
-        .map_err(Error::request(Reason::ApplyFailed, "creating the agent's namespace"))?;
-    let set = Set::of(&source.name, &ctx.agent_namespace);
-    let plan_opts = PlanOptions { default_namespace: source.namespace.clone(), applyset_id: set.id.clone(), source: source.name.clone() };
-    let (plan, catalog) = blocking(move || (plan::build(manifests, &catalog, &plan_opts), catalog)).await?;
-    let plan = plan.map_err(|e| Error::Validation(e.to_string()))?;
-    let parent = inventory::read_parent(cluster, &set.parent)
-        .await
-        .map_err(Error::request(Reason::ValidationFailed, "reading the ApplySet parent"))?;
-    let (recorded, holder) = parent.map_or((Inventory::default(), None), |(live, inv)| {
-        (inv, live["metadata"]["annotations"][keys::INSTANCE].as_str().map(String::from))
-    });
-    if let Some(other) = holder.filter(|other| *other != ctx.instance) {
-        return Err(Error::Validation(format!(
-            "the ApplySet parent {} belongs to the Driftless install {other:?} (this is {:?}): name the source differently or give this install its own inventory namespace",
-            set.parent, ctx.instance
-        )));
-    }
-    let desired_inventory = inventory::of_plan(&plan);
-
-    // live state: the set's members, and any desired object that is not one yet; objects of
-    // another set are conflicts. Incrementally only what the checks read is kept (an object whose
-    // hash changed is dry-run and written, a no-op on the server if equal); a full sync keeps
-    // what a dry-run result is compared with.
     let keep = if opts.mode == Mode::Full { Keep::Body } else { Keep::Checks };
-    let versions = plan.objects().iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
-    let mut members = inventory::list_members(cluster, &catalog, &versions, &set.id, &recorded.union(&desired_inventory), keep)
-        .await
-        .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Members(e) })?;
-    // the listed objects move to the live state; the members keep their plain data for the prune
-    let listed = members.iter_mut().map(|m| (m.member.id.clone(), std::mem::take(&mut m.object))).collect();
-    let live = object::read_desired(cluster, &plan, listed, keep).await.map_err(Error::LiveObject)?;
-    if let Err(conflicts) = check_ownership(&set, &plan, &live) {
-        if !conflicts.claims.is_empty() {
-            // record the claim, so the other source hands those objects over once its revision
-            // no longer declares them
-            let extra = [(keys::INSTANCE, ctx.instance.clone()), (keys::CLAIMS, inventory::prune::encode_claims(&conflicts.claims))];
-            inventory::write_parent(cluster, &set.parent, &recorded, &extra)
-                .await
-                .map_err(Error::request(Reason::ApplyFailed, "recording claims"))?;
-        }
-        return Err(Error::Validation(plan::first_problems(&conflicts.problems)));
-    }
-    stage_done("plan and live state");
+    let Prepared { commit, renderer, plan, catalog, set, recorded, members, live } =
+        prepare(ctx, source, fetched, keep, Writes::Allowed, &stage_done, &mut run.commit, &mut run.renderer).await?;
+    let desired_inventory = inventory::of_plan(&plan);
+    let changes = &mut run.changes;
 
     // validate: a server-side dry-run of every object that can be checked before any write
     // (incrementally, an object whose recorded desired hash is unchanged needs none); objects
@@ -313,6 +236,140 @@ async fn run_stages(
         return Err(Error::Prune(failures(changes)));
     }
     Ok(hold)
+}
+
+/// Fetch, render, plan and live state: the stages that only read (see [`Writes`] for the two
+/// writes a reconcile makes here). `commit` and `renderer` are filled in as soon as known, so a
+/// failure of a later stage still names them.
+#[allow(clippy::too_many_arguments)]
+pub async fn prepare(
+    ctx: &Context,
+    source: &Source,
+    fetched: Option<(String, Revision)>,
+    keep: Keep,
+    writes: Writes,
+    stage_done: &(dyn Fn(&str) + Sync),
+    commit_out: &mut Option<String>,
+    renderer_out: &mut Option<String>,
+) -> Result<Prepared, Error> {
+    let cluster = &ctx.cluster;
+    // fetch: ask the remote for the ref's commit (unless the caller just did), fetch it if new,
+    // read its tree.
+    let (commit, revision) = match fetched {
+        Some(f) => f,
+        None => match check_and_fetch(ctx, source, None).await? {
+            Fetched::New { commit, revision } => (commit, revision),
+            // with no commit applied every commit is new; never reconcile an unread revision
+            Fetched::Unchanged(commit) => return Err(Error::Validation(format!("commit {commit} was not fetched"))),
+        },
+    };
+    *commit_out = Some(commit.clone());
+    stage_done("fetch");
+
+    // discover, for a chart: its templates see the served kinds and the server's version as
+    // `.Capabilities` (other revisions are rendered first, so a bad file is named whatever the
+    // cluster answers)
+    let discover = || async { cluster.discover().await.map_err(Error::request(Reason::ValidationFailed, "discovering the served kinds")) };
+    let (discovered, capabilities) = match &revision {
+        Revision::Chart(_) => {
+            let discovered = discover().await?;
+            let kube_version =
+                cluster.server_version().await.map_err(Error::request(Reason::ValidationFailed, "reading the server's version"))?;
+            let capabilities = Capabilities { kube_version, api_versions: helm::api_versions(&discovered) };
+            (Some(discovered), capabilities)
+        }
+        _ => (None, Capabilities::default()),
+    };
+
+    // render: a kustomization built by kustomize or a chart by helm (in their sandbox), then
+    // documents to objects, within limits, off the async worker threads.
+    let renderer = match &revision {
+        Revision::Files(_) => "plain".to_string(),
+        Revision::Kustomization(_) => format!("kustomize {}", ctx.kustomize.version),
+        Revision::Chart(_) => format!("helm {}", ctx.helm.version),
+    };
+    *renderer_out = Some(renderer.clone());
+    let limits = ctx.limits.clone();
+    // what a tool prints is one revision: bounded as a whole by the total size, not per file
+    let rendered = Limits { max_file_bytes: limits.max_total_bytes, ..limits.clone() };
+    let bounded = |sandbox: Sandbox, offline: bool| Sandbox {
+        timeout: source.render_timeout,
+        max_output: sandbox.max_output.min(limits.max_total_bytes),
+        offline: sandbox.offline && offline,
+    };
+    let allow_remote = source.allow_remote_bases;
+    let kustomize = Kustomize { allow_remote, sandbox: bounded(ctx.kustomize.sandbox, !allow_remote), ..ctx.kustomize.clone() };
+    // helm never fetches: dependencies are vendored
+    let helm = Helm { sandbox: bounded(ctx.helm.sandbox, true), ..ctx.helm.clone() };
+    let src = source.clone();
+    let manifests = blocking(move || match revision {
+        Revision::Files(files) => render::render(&files, &limits),
+        Revision::Kustomization(checkout) => render::render(&[kustomize::build(&kustomize, &checkout)?], &rendered),
+        Revision::Chart(checkout) => {
+            let files = helm::template(&helm, &checkout, src.helm_release(), &src.namespace, &src.helm, &capabilities)?;
+            let (manifests, skipped) = helm::hooks(render::render(&files, &rendered)?);
+            if !skipped.is_empty() {
+                info!(source = %src.name, skipped = %skipped.join(", "), "left out the chart's delete, rollback and test hooks");
+            }
+            Ok(manifests)
+        }
+    })
+    .await??;
+    stage_done("render");
+
+    // plan: resolve kinds through discovery, default namespaces, order, hash, label; read what
+    // the set's parent records, and refuse a set another install holds.
+    let catalog = Catalog::new(match discovered {
+        Some(discovered) => discovered,
+        None => discover().await?,
+    });
+    if writes == Writes::Allowed {
+        inventory::ensure_namespace(cluster, &ctx.agent_namespace)
+            .await
+            .map_err(Error::request(Reason::ApplyFailed, "creating the agent's namespace"))?;
+    }
+    let set = Set::of(&source.name, &ctx.agent_namespace);
+    let plan_opts = PlanOptions { default_namespace: source.namespace.clone(), applyset_id: set.id.clone(), source: source.name.clone() };
+    let (plan, catalog) = blocking(move || (plan::build(manifests, &catalog, &plan_opts), catalog)).await?;
+    let plan = plan.map_err(|e| Error::Validation(e.to_string()))?;
+    let parent = inventory::read_parent(cluster, &set.parent)
+        .await
+        .map_err(Error::request(Reason::ValidationFailed, "reading the ApplySet parent"))?;
+    let (recorded, holder) = parent.map_or((Inventory::default(), None), |(live, inv)| {
+        (inv, live["metadata"]["annotations"][keys::INSTANCE].as_str().map(String::from))
+    });
+    if let Some(other) = holder.filter(|other| *other != ctx.instance) {
+        return Err(Error::Validation(format!(
+            "the ApplySet parent {} belongs to the Driftless install {other:?} (this is {:?}): name the source differently or give this install its own inventory namespace",
+            set.parent, ctx.instance
+        )));
+    }
+    let desired_inventory = inventory::of_plan(&plan);
+
+    // live state: the set's members, and any desired object that is not one yet; objects of
+    // another set are conflicts. Incrementally only what the checks read is kept (an object whose
+    // hash changed is dry-run and written, a no-op on the server if equal); a full sync keeps
+    // what a dry-run result is compared with.
+    let versions = plan.objects().iter().map(|p| (p.id.group_kind(), p.resource.clone())).collect();
+    let mut members = inventory::list_members(cluster, &catalog, &versions, &set.id, &recorded.union(&desired_inventory), keep)
+        .await
+        .map_err(|e| if e.is_forbidden() { Error::Validation(e.to_string()) } else { Error::Members(e) })?;
+    // the listed objects move to the live state; the members keep their plain data for the prune
+    let listed = members.iter_mut().map(|m| (m.member.id.clone(), std::mem::take(&mut m.object))).collect();
+    let live = object::read_desired(cluster, &plan, listed, keep).await.map_err(Error::LiveObject)?;
+    if let Err(conflicts) = check_ownership(&set, &plan, &live) {
+        if writes == Writes::Allowed && !conflicts.claims.is_empty() {
+            // record the claim, so the other source hands those objects over once its revision
+            // no longer declares them
+            let extra = [(keys::INSTANCE, ctx.instance.clone()), (keys::CLAIMS, inventory::prune::encode_claims(&conflicts.claims))];
+            inventory::write_parent(cluster, &set.parent, &recorded, &extra)
+                .await
+                .map_err(Error::request(Reason::ApplyFailed, "recording claims"))?;
+        }
+        return Err(Error::Validation(plan::first_problems(&conflicts.problems)));
+    }
+    stage_done("plan and live state");
+    Ok(Prepared { commit, renderer, plan, catalog, set, recorded, members, live })
 }
 
 /// Runs CPU-bound work (render, plan) off the async worker threads; a panic in it is a bug,

@@ -99,6 +99,23 @@ pub fn run_sync(args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Runs `driftless plan` against the local cluster with the ApplySet parents in
+/// `inventory_namespace` (which need not exist); returns (exit code, stdout, stderr).
+pub fn run_plan(inventory_namespace: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(driftless_bin())
+        .arg("plan")
+        .args(["--kubeconfig", kubeconfig_path().to_str().expect("utf-8 path")])
+        .args(["--inventory-namespace", inventory_namespace])
+        .args(args)
+        .envs(renderers())
+        .env_remove("POD_NAMESPACE")
+        .env_remove("DRIFTLESS_CACHE_DIR")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("driftless runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// The API of a kind (`apiVersion`, `Kind`, `plural`) in a namespace ("" for cluster scope).
 pub fn dynamic_api(client: &Client, api_version: &str, kind: &str, plural: &str, namespace: &str) -> Api<DynamicObject> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));

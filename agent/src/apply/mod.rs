@@ -40,6 +40,8 @@ pub type Decisions<'p> = HashMap<&'p ObjectRef, (Decision, Option<Expected>)>;
 pub struct Listeners<'a> {
     pub live: Option<&'a LiveState>,
     pub heartbeat: Option<&'a Heartbeat>,
+    /// Cancelled when a newer commit supersedes the revision being applied.
+    pub cancel: Option<&'a tokio_util::sync::CancellationToken>,
 }
 
 impl Listeners<'_> {

@@ -74,7 +74,7 @@ pub async fn dry_run(
 /// fails the revision: an unknown field (400) or an invalid value (422). Anything else (the name
 /// taken there, that namespace's quota or policies, RBAC) says nothing about the object in its
 /// own namespace, where the dry-run in place judges it once the namespace exists.
-async fn precheck_batch(cluster: &Cluster, objects: &[&Planned], namespace: &str) -> Result<(), Vec<(ObjectRef, String)>> {
+pub async fn precheck_batch(cluster: &Cluster, objects: &[&Planned], namespace: &str) -> Result<(), Vec<(ObjectRef, String)>> {
     let results: Vec<Option<(ObjectRef, String)>> = stream::iter(0..objects.len())
         .map(|i| async move {
             let p = objects[i];

@@ -176,7 +176,7 @@ struct Applied {
 /// source's watches already saw what was written, their cache answers; otherwise a GET does.
 async fn wait_healthy(cluster: &Cluster, objects: &[&Planned], timeout: Duration, to: Listeners<'_>) -> Result<(), Error> {
     let waiting = std::sync::Mutex::new(objects.to_vec());
-    let outcome = wait::until(timeout, HEALTH_POLL, || async {
+    let wait = wait::until(timeout, HEALTH_POLL, || async {
         to.beat();
         let looking = std::mem::take(&mut *waiting.lock().unwrap_or_else(|p| p.into_inner()));
         let mut still = Vec::new();
@@ -202,8 +202,15 @@ async fn wait_healthy(cluster: &Cluster, objects: &[&Planned], timeout: Duration
         } else {
             wait::Poll::Pending((count, last))
         }
-    })
-    .await;
+    });
+    // a newer commit ends the wait: this revision is superseded, the loop reconciles that one
+    let outcome = match to.cancel {
+        Some(cancel) => tokio::select! {
+            outcome = wait => outcome,
+            () = cancel.cancelled() => return Err(Error::Superseded),
+        },
+        None => wait.await,
+    };
     match outcome {
         wait::Outcome::Done(()) => Ok(()),
         wait::Outcome::Failed(message) => Err(Error::HealthCheck(message)),

@@ -1,14 +1,15 @@
 //! What a sync of one revision would do, written nowhere (`driftless plan`): for each desired
 //! object the action and the diff of what Driftless would own, the prune set, the wave order and
-//! the revision's problems. Pure: the command reads the cluster and dry-runs, this module only
-//! holds the result ([`Preview`]), diffs one object ([`diff::object_diff`], Secret values
-//! redacted) and writes the result as a table or a pull-request comment ([`output`]); JSON is
+//! the revision's problems. [`compare`] finds them with reads and server-side dry-runs only; the
+//! rest is pure: the result ([`Preview`]), the diff of one object ([`diff::object_diff`], Secret
+//! values redacted) and the result as a table or a pull-request comment ([`output`]); JSON is
 //! the serialized [`Preview`].
 
 use serde::Serialize;
 
 use crate::manifest::ObjectRef;
 
+pub mod compare;
 pub mod diff;
 pub mod output;
 

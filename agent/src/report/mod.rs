@@ -42,11 +42,16 @@ pub enum Reason {
     Panicked,
     /// Owned objects drifted and are not corrected.
     DriftDetected,
+    /// A newer commit arrived while a wave waited for health: the wait ended and the newer
+    /// commit is reconciled at once.
+    Superseded,
+    /// A failed revision was rolled back to the last one that was Synced and Healthy.
+    RolledBack,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::FetchFailed,
         Reason::RenderFailed,
         Reason::ValidationFailed,
@@ -57,6 +62,8 @@ impl Reason {
         Reason::ConfigInvalid,
         Reason::Panicked,
         Reason::DriftDetected,
+        Reason::Superseded,
+        Reason::RolledBack,
     ];
 
     /// The reasons a reconcile's stage fails with.
@@ -81,6 +88,8 @@ impl Reason {
             Reason::ConfigInvalid => "ConfigInvalid",
             Reason::Panicked => "Panicked",
             Reason::DriftDetected => "DriftDetected",
+            Reason::Superseded => "Superseded",
+            Reason::RolledBack => "RolledBack",
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod reasons {
     pub const PRUNE_HELD: &str = "PruneHeld";
     pub const DRIFT_CORRECTED: &str = "DriftCorrected";
     pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
+    pub const ROLLED_BACK: &str = "RolledBack";
 }
 
 impl Events {

@@ -30,6 +30,9 @@ pub enum SyncState {
     Failed,
     /// Applied, but a prune safeguard held the prune.
     PruneHeld,
+    /// The git revision failed and the last good one was applied again (`rollback: onFailure`);
+    /// the failed commit is not retried until a newer one lands.
+    RolledBack,
 }
 
 /// One object in a source's status.
