@@ -1,5 +1,5 @@
 //! Prometheus metrics, prefix `driftless_`. Labels are bounded: source, kind, action, result,
-//! health, reason, version, revision (one series per source: the old revision's is removed).
+//! health, reason, version, provider, revision (one series per source: the old revision's is removed).
 //! No URL, secret or object name ever becomes a label.
 
 use std::collections::HashMap;
@@ -59,6 +59,13 @@ pub struct InfoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub source: String,
+    /// Where a commit status or notification goes: `github`, `gitlab`, `gitea`, `webhook` or `slack`.
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: String,
 }
@@ -94,6 +101,8 @@ pub struct Metrics {
     pub git_fetch_duration: HistogramFamily<SourceLabels>,
     pub git_fetch_errors_total: Family<SourceLabels, Counter>,
     pub commit_to_healthy: HistogramFamily<SourceLabels>,
+    pub notifications_sent_total: Family<ProviderLabels, Counter>,
+    pub notification_failures_total: Family<ProviderLabels, Counter>,
     pub build_info: Family<VersionLabels, Gauge>,
     pub leader: Gauge,
     /// The revision each source's info series carries, to remove the old one.
@@ -126,6 +135,8 @@ impl Metrics {
             git_fetch_duration: Family::new_with_constructor(duration_buckets),
             git_fetch_errors_total: Family::default(),
             commit_to_healthy: Family::new_with_constructor(lead_time_buckets),
+            notifications_sent_total: Family::default(),
+            notification_failures_total: Family::default(),
             build_info: Family::default(),
             leader: Gauge::default(),
             revisions: Mutex::new(HashMap::new()),
@@ -167,6 +178,16 @@ impl Metrics {
             Unit::Seconds,
             m.commit_to_healthy.clone(),
         );
+        registry.register(
+            "notifications_sent",
+            "Commit statuses and notifications delivered, by provider",
+            m.notifications_sent_total.clone(),
+        );
+        registry.register(
+            "notification_failures",
+            "Commit statuses and notifications not delivered (after retries, or dropped on a full queue), by provider",
+            m.notification_failures_total.clone(),
+        );
         registry.register("build_info", "The running version (always 1)", m.build_info.clone());
         registry.register("leader", "1 when this replica leads and writes, 0 on standby", m.leader.clone());
         m.build_info.get_or_create(&VersionLabels { version: crate::VERSION.into() }).set(1);
@@ -199,6 +220,20 @@ impl Metrics {
         }
     }
 
+    /// Creates a source's notification series at zero, one per configured provider, so a rate
+    /// or an alert on them has a series before the first delivery.
+    pub fn zero_series(&self, source: &str, providers: &[&str]) {
+        for provider in providers {
+            let labels = Metrics::provider(source, provider);
+            let _ = self.notifications_sent_total.get_or_create(&labels);
+            let _ = self.notification_failures_total.get_or_create(&labels);
+        }
+    }
+
+    pub fn provider(source: &str, provider: &str) -> ProviderLabels {
+        ProviderLabels { source: source.into(), provider: provider.into() }
+    }
+
     pub fn source(source: &str) -> SourceLabels {
         SourceLabels { source: source.into() }
     }
@@ -225,6 +260,17 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn notification_series_start_at_zero_per_provider() {
+        let m = Metrics::new();
+        m.zero_series("shop", &["github", "slack"]);
+        let text = m.encode();
+        assert!(text.contains("driftless_notification_failures_total{source=\"shop\",provider=\"github\"} 0"), "{text}");
+        assert!(text.contains("driftless_notification_failures_total{source=\"shop\",provider=\"slack\"} 0"), "{text}");
+        assert!(text.contains("driftless_notifications_sent_total{source=\"shop\",provider=\"slack\"} 0"), "{text}");
+        assert!(!text.contains("provider=\"gitlab\""));
     }
 
     #[test]
