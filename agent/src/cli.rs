@@ -259,6 +259,8 @@ impl SourceArgs {
                 allow_dependency_downloads: self.helm_allow_dependency_downloads,
             },
             rollback: self.rollback,
+            commit_status: None,
+            notify: Vec::new(),
         })
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::manifest::GroupKind;
 use crate::render::helm::{valid_release, Release};
@@ -121,6 +121,167 @@ pub struct SourceConfig {
     /// last one that was Synced and Healthy (`never`, the default, stays on it).
     #[serde(default)]
     pub rollback: Rollback,
+    /// Where each sync's outcome is posted as a status of the commit it applied.
+    #[serde(default)]
+    pub commit_status: Option<CommitStatusConfig>,
+    /// Where notifications of this source's events are sent.
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// A commit status on a forge, posted after each sync of the commit (see
+/// [`crate::status::notify::forge`]). These types live here rather than in `status` because
+/// `status` reads this module.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitStatusConfig {
+    pub provider: Provider,
+    /// The forge's API root; GitHub's and GitLab's public ones by default, required for Gitea.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// `owner/name`; on GitLab also `group/subgroup/project` or a numeric project id.
+    pub repository: String,
+    /// File holding the API token (read at each post, so it can rotate).
+    pub token_file: PathBuf,
+}
+
+/// The forges a commit status can be posted to.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    GitHub,
+    GitLab,
+    Gitea,
+}
+
+impl Provider {
+    /// Its name in the config file and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::GitHub => "github",
+            Provider::GitLab => "gitlab",
+            Provider::Gitea => "gitea",
+        }
+    }
+
+    /// The public API root, where the forge has one.
+    pub fn default_api_url(self) -> Option<&'static str> {
+        match self {
+            Provider::GitHub => Some("https://api.github.com"),
+            Provider::GitLab => Some("https://gitlab.com/api/v4"),
+            Provider::Gitea => None,
+        }
+    }
+}
+
+impl CommitStatusConfig {
+    /// The API root: the one set, or the provider's public one.
+    pub fn api_url(&self) -> Option<&str> {
+        self.api_url.as_deref().or(self.provider.default_api_url())
+    }
+
+    /// Checks the API root and the repository's form.
+    fn check(&self) -> Result<(), String> {
+        let provider = self.provider.as_str();
+        let Some(api) = self.api_url() else { return Err(format!("commitStatus: apiUrl is required for {provider}")) };
+        match url::Url::parse(api) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                if !u.username().is_empty() || u.password().is_some() || u.query().is_some() {
+                    return Err("commitStatus: apiUrl must carry no credentials nor query (the token is read from tokenFile)".into());
+                }
+            }
+            _ => return Err("commitStatus: apiUrl must be an http:// or https:// URL".into()),
+        }
+        let name_part =
+            |p: &str| !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let parts: Vec<&str> = self.repository.split('/').collect();
+        let valid = match self.provider {
+            Provider::GitHub | Provider::Gitea => parts.len() == 2 && parts.iter().all(|p| name_part(p)),
+            Provider::GitLab => {
+                let id = !self.repository.is_empty() && self.repository.chars().all(|c| c.is_ascii_digit());
+                id || (parts.len() >= 2 && parts.iter().all(|p| name_part(p)))
+            }
+        };
+        if !valid {
+            let form =
+                if self.provider == Provider::GitLab { "owner/name, group/.../project or a numeric project id" } else { "owner/name" };
+            return Err(format!("commitStatus: repository {:?} must be {form} for {provider}", self.repository));
+        }
+        Ok(())
+    }
+}
+
+/// A notification target (see [`crate::status::notify::hook`]).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `webhook` (JSON, optionally signed) or `slack` (an incoming webhook).
+    #[serde(rename = "type")]
+    pub kind: NotifyType,
+    /// File holding the URL (a Slack webhook URL is a secret); read at each send.
+    pub url_file: PathBuf,
+    /// File holding the secret that signs a webhook's body (`X-Signature-256`).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// The events sent; empty sends all.
+    #[serde(default)]
+    pub events: Vec<NotifyEvent>,
+}
+
+/// How a notification is sent.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyType {
+    Webhook,
+    Slack,
+}
+
+impl NotifyType {
+    /// Its name in the config file and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyType::Webhook => "webhook",
+            NotifyType::Slack => "slack",
+        }
+    }
+}
+
+/// What a notification tells.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum NotifyEvent {
+    Synced,
+    SyncFailed,
+    HealthCheckFailed,
+    PruneHeld,
+    DriftCorrected,
+    RolledBack,
+}
+
+impl NotifyEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::Synced => "Synced",
+            NotifyEvent::SyncFailed => "SyncFailed",
+            NotifyEvent::HealthCheckFailed => "HealthCheckFailed",
+            NotifyEvent::PruneHeld => "PruneHeld",
+            NotifyEvent::DriftCorrected => "DriftCorrected",
+            NotifyEvent::RolledBack => "RolledBack",
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// Whether this target wants `event` (an empty list wants every event).
+    pub fn wants(&self, event: NotifyEvent) -> bool {
+        self.events.is_empty() || self.events.contains(&event)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.kind == NotifyType::Slack && self.secret_file.is_some() {
+            return Err("notify: secretFile is for type webhook (a Slack incoming webhook is not signed)".into());
+        }
+        Ok(())
+    }
 }
 
 /// Credentials, always by file.
@@ -255,6 +416,12 @@ impl SourceConfig {
             insecure_http: fetch.insecure_http,
         };
         spec.check_plain_http().map_err(|e| format!("source {n}: {e}"))?;
+        if let Some(cs) = &self.commit_status {
+            cs.check().map_err(|e| format!("source {n}: {e}"))?;
+        }
+        for target in &self.notify {
+            target.check().map_err(|e| format!("source {n}: {e}"))?;
+        }
         Ok(Source {
             name: self.name.clone(),
             spec,
@@ -272,6 +439,8 @@ impl SourceConfig {
             render_timeout: self.render_timeout,
             helm: self.helm.clone(),
             rollback: self.rollback,
+            commit_status: self.commit_status.clone(),
+            notify: self.notify.clone(),
         })
     }
 }
@@ -303,6 +472,8 @@ pub struct Source {
     pub allow_remote_bases: bool,
     pub render_timeout: Duration,
     pub helm: Release,
+    pub commit_status: Option<CommitStatusConfig>,
+    pub notify: Vec<NotifyConfig>,
     pub rollback: Rollback,
 }
 
@@ -435,6 +606,63 @@ sources:
         ];
         for (text, expect) in cases {
             let err = parse(text).unwrap_err();
+            assert!(err.contains(expect), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn commit_status_and_notify_are_read_and_checked() {
+        let text = r#"
+sources:
+- name: shop
+  repo: https://git.example/shop.git
+  commitStatus: {provider: gitlab, repository: group/sub/shop, tokenFile: /t/gitlab}
+  notify:
+  - {type: slack, urlFile: /t/slack, events: [SyncFailed, HealthCheckFailed]}
+  - {type: webhook, urlFile: /t/hook, secretFile: /t/hook-secret}
+"#;
+        let s = &parse(text).unwrap()[0];
+        let cs = s.commit_status.as_ref().unwrap();
+        assert_eq!((cs.provider, cs.repository.as_str()), (Provider::GitLab, "group/sub/shop"));
+        assert_eq!(cs.api_url(), Some("https://gitlab.com/api/v4"));
+        assert_eq!(s.notify.len(), 2);
+        assert_eq!(s.notify[0].kind, NotifyType::Slack);
+        assert!(s.notify[0].wants(NotifyEvent::SyncFailed) && !s.notify[0].wants(NotifyEvent::Synced));
+        assert!(s.notify[1].wants(NotifyEvent::RolledBack), "no events: every event");
+        assert_eq!(s.notify[1].secret_file.as_deref(), Some(std::path::Path::new("/t/hook-secret")));
+        let github = parse("sources:\n- {name: a, repo: x, commitStatus: {provider: github, repository: o/r, tokenFile: /t}}").unwrap();
+        assert_eq!(github[0].commit_status.as_ref().unwrap().api_url(), Some("https://api.github.com"));
+        let gitlab_id = "sources:\n- {name: a, repo: x, commitStatus: {provider: gitlab, repository: '1234', tokenFile: /t}}";
+        assert!(parse(gitlab_id).is_ok());
+        let gitea = "sources:\n- {name: a, repo: x, commitStatus: {provider: gitea, apiUrl: 'http://127.0.0.1:3000/api/v1', repository: o/r, tokenFile: /t}}";
+        assert!(parse(gitea).is_ok());
+        assert!(parse("sources:\n- {name: a, repo: x}").unwrap()[0].notify.is_empty());
+    }
+
+    #[test]
+    fn bad_commit_status_and_notify_settings_are_refused() {
+        let cs = |body: &str| format!("sources:\n- {{name: a, repo: x, commitStatus: {{{body}}}}}");
+        let cases = [
+            (cs("provider: gitea, repository: o/r, tokenFile: /t"), "apiUrl is required for gitea"),
+            (cs("provider: github, apiUrl: 'ftp://x', repository: o/r, tokenFile: /t"), "http:// or https://"),
+            (cs("provider: github, apiUrl: 'https://u:p@x', repository: o/r, tokenFile: /t"), "no credentials"),
+            (cs("provider: github, repository: '', tokenFile: /t"), "must be owner/name for github"),
+            (cs("provider: github, repository: shop, tokenFile: /t"), "must be owner/name for github"),
+            (cs("provider: gitea, apiUrl: 'https://g', repository: o/r/x, tokenFile: /t"), "must be owner/name for gitea"),
+            (cs("provider: gitlab, repository: '../x', tokenFile: /t"), "numeric project id"),
+            (cs("provider: bitbucket, repository: o/r, tokenFile: /t"), "unknown variant"),
+            (cs("provider: github, repository: o/r"), "tokenFile"),
+            (cs("provider: github, repository: o/r, tokenFile: /t, token: x"), "unknown field"),
+            ("sources:\n- {name: a, repo: x, notify: [{type: email, urlFile: /u}]}".into(), "unknown variant"),
+            ("sources:\n- {name: a, repo: x, notify: [{type: slack, urlFile: /u, events: [Deployed]}]}".into(), "unknown variant"),
+            (
+                "sources:\n- {name: a, repo: x, notify: [{type: slack, urlFile: /u, secretFile: /s}]}".into(),
+                "secretFile is for type webhook",
+            ),
+            ("sources:\n- {name: a, repo: x, notify: [{type: webhook}]}".into(), "urlFile"),
+        ];
+        for (text, expect) in cases {
+            let err = parse(&text).unwrap_err();
             assert!(err.contains(expect), "{text:?}: {err}");
         }
     }
