@@ -1,7 +1,8 @@
 //! Status: where users read what Driftless did. The HTTP server ([`http`]: health, readiness,
 //! metrics, status API, push webhooks), Prometheus metrics ([`metrics`]), webhook verification
 //! ([`webhook`]), Kubernetes Events ([`events`]) and annotations (here) on each source's ApplySet parent,
-//! and `driftless status` ([`cli`]).
+//! `driftless status` ([`cli`]), and what is sent out after a sync: commit statuses and
+//! notifications ([`notify`]).
 //!
 //! Nothing here ever carries a credential or Secret data: URLs are redacted, messages come from
 //! reports that name objects and causes only.
@@ -11,6 +12,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod webhook;
 
 use std::collections::HashMap;
