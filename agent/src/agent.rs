@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::api_message;
 use crate::cluster::apply::ApplyOptions;
-use crate::config::{Rollback, Source};
+use crate::config::{NotifyEvent, Rollback, Source};
 use crate::inventory::applyset;
 use crate::live::drift::{self, Drift, Expected, Verdict};
 use crate::live::health::{self, Health};
@@ -31,6 +31,8 @@ use crate::report::{Heartbeat, Reason, Report, State};
 use crate::source::{self, Fetched};
 use crate::status::metrics::{ActionLabels, FailureLabels, KindLabels, Metrics, ResultLabels};
 use crate::status::model::{ObjectStatus, SourceStatus, SyncState};
+use crate::status::notify::forge::CommitState;
+use crate::status::notify::{self, hook::Notification};
 use crate::status::{self, reasons, Annotation, AnnotationWriter, Telemetry};
 use crate::sync::{self, Context, Mode, Options};
 
@@ -221,7 +223,13 @@ pub struct SourceLoop {
     /// The applied commit failed its health check after the apply: it turns Synced if its
     /// members become Healthy later (without a rollback).
     late_health: bool,
+    /// When each drift correction was last notified: at most one notification per object per
+    /// [`DRIFT_NOTIFY_EVERY`].
+    drift_notified: HashMap<ObjectRef, Instant>,
 }
+
+/// The shortest time between two DriftCorrected notifications of one object.
+const DRIFT_NOTIFY_EVERY: Duration = Duration::from_secs(300);
 
 impl SourceLoop {
     pub fn new(ctx: Context, source: Source, telemetry: Telemetry) -> Self {
@@ -254,6 +262,7 @@ impl SourceLoop {
             held_back: None,
             rollback_due: None,
             late_health: false,
+            drift_notified: HashMap::new(),
             fetch_started: None,
             heartbeat,
         }
@@ -277,6 +286,55 @@ impl SourceLoop {
         let _ = m.fights_total.get_or_create(&name);
         let _ = m.prune_held_total.get_or_create(&name);
         let _ = m.git_fetch_errors_total.get_or_create(&name);
+        m.zero_series(&self.source.name, &notify::providers(self.source.commit_status.as_ref(), &self.source.notify));
+    }
+
+    /// Posts a commit status on the source's forge, if it has one (queued; never waits).
+    fn post_status(&self, commit: &str, state: CommitState, description: String) {
+        if let Some(cfg) = &self.source.commit_status {
+            self.telemetry.outbox.post_status(&self.source.name, cfg, commit, state, description);
+        }
+    }
+
+    /// Sends a notification to the source's targets that want it (queued; never waits).
+    fn notify(&self, event: NotifyEvent, commit: Option<&str>, reason: Option<Reason>, message: String, object: Option<&ObjectRef>) {
+        if self.source.notify.is_empty() {
+            return;
+        }
+        let n = Notification {
+            event,
+            source: self.source.name.clone(),
+            commit: commit.map(String::from),
+            reason: reason.map(|r| r.as_str().to_string()),
+            message,
+            object: object.map(ToString::to_string),
+        };
+        self.telemetry.outbox.notify(&self.source.name, &self.source.notify, n);
+    }
+
+    /// Reports a finished reconcile of a commit to the forge and the notification targets:
+    /// a failure at once; success is posted once its members are Healthy.
+    fn announce(&self, report: &Report) {
+        let Some(commit) = report.commit.as_deref() else {
+            if report.state == State::Failed {
+                self.notify(NotifyEvent::SyncFailed, None, report.reason, report.message.clone(), None);
+            }
+            return;
+        };
+        let why = |reason: Option<Reason>| format!("{}: {}", reason.map_or("Failed", Reason::as_str), report.message);
+        match report.state {
+            State::Synced => {}
+            State::PruneHeld => {
+                self.post_status(commit, CommitState::Failure, why(report.reason));
+                self.notify(NotifyEvent::PruneHeld, Some(commit), report.reason, report.message.clone(), None);
+            }
+            State::Failed => {
+                self.post_status(commit, CommitState::Failure, why(report.reason));
+                let event =
+                    if report.reason == Some(Reason::HealthCheckFailed) { NotifyEvent::HealthCheckFailed } else { NotifyEvent::SyncFailed };
+                self.notify(event, Some(commit), report.reason, report.message.clone(), None);
+            }
+        }
     }
 
     /// What the status is computed from, beyond what the loop itself changes.
@@ -385,6 +443,7 @@ impl SourceLoop {
             s.message.clone_from(&message);
         });
         self.publish(&report).await;
+        self.announce(&report);
         if self.source.rollback == Rollback::OnFailure {
             self.rollback_due = Some((commit, message));
         }
@@ -435,6 +494,7 @@ impl SourceLoop {
             let parent = applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
             events.publish(&self.ctx.cluster, &parent, true, reasons::ROLLED_BACK, &message).await;
         }
+        self.notify(NotifyEvent::RolledBack, Some(&bad), Some(Reason::RolledBack), message.clone(), None);
         let annotation = Annotation { state: format!("{:?}", SyncState::RolledBack), health: None, message, time: SystemTime::now() };
         self.annotation_writer().write(annotation);
     }
@@ -506,6 +566,7 @@ impl SourceLoop {
                 // an unchanged failure is not reported again at every poll
                 if !repeated {
                     self.publish(&report).await;
+                    self.announce(&report);
                 }
                 return None;
             }
@@ -522,6 +583,7 @@ impl SourceLoop {
         // the first reconcile of a loop compares every member with git: drift made while the
         // agent was down or another replica led is repaired (or reported) like any other
         let mode = if self.compared_all { Mode::Incremental } else { Mode::Full };
+        self.post_status(&commit, CommitState::Pending, format!("applying {}", source::short(&commit)));
         let cancel = CancellationToken::new();
         let opts = Options { mode, live: Some(&self.live), heartbeat: Some(&self.heartbeat), cancel: Some(&cancel) };
         self.heartbeat.start();
@@ -549,6 +611,7 @@ impl SourceLoop {
         self.attempted = true;
         self.record_sync(&report);
         self.publish(&report).await;
+        self.announce(&report);
         if let Some(outcome) = report.outcome.take() {
             self.compared_all = true;
             drifted = outcome.drifted;
@@ -655,6 +718,12 @@ impl SourceLoop {
                         s.fights += 1;
                     }
                 });
+                let due = self.drift_notified.get(&id).is_none_or(|at| at.elapsed() >= DRIFT_NOTIFY_EVERY);
+                if due {
+                    self.drift_notified.insert(id.clone(), Instant::now());
+                    let message = format!("{id} {found}; re-applied");
+                    self.notify(NotifyEvent::DriftCorrected, self.applied_commit.as_deref(), None, message, Some(&id));
+                }
                 if let Some(events) = &self.telemetry.events {
                     let parent = applyset::parent_ref(&self.source.name, &self.ctx.agent_namespace);
                     let revision = self.applied_commit.as_deref().map(source::short).unwrap_or("-");
@@ -768,6 +837,12 @@ impl SourceLoop {
         let recovered = all_healthy && std::mem::take(&mut self.late_health) && state == Some(SyncState::Failed);
         if let Some(l) = lead {
             self.metrics().commit_to_healthy.get_or_create(&Metrics::source(&self.source.name)).observe(l);
+            let synced = !matches!(state, Some(SyncState::Failed | SyncState::PruneHeld));
+            if let (Some(commit), true) = (self.applied_commit.as_deref(), synced) {
+                let note = format!("Synced and Healthy {:.1}s after it was noticed", l);
+                self.post_status(commit, CommitState::Success, note.clone());
+                self.notify(NotifyEvent::Synced, Some(commit), None, note, None);
+            }
         }
         let counts: Vec<(&'static str, i64)> = [Health::Healthy, Health::Progressing, Health::Degraded, Health::Unknown]
             .into_iter()

@@ -161,10 +161,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
     if sources.is_empty() {
         warn!("the configuration lists no sources: serving health and metrics, reconciling nothing");
     }
+    let metrics = Arc::new(Metrics::new());
     let telemetry = Telemetry {
         statuses: Default::default(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: metrics.clone(),
         events: Some(Arc::new(Events::new(&ctx.agent_namespace, std::env::var("POD_NAME").ok()))),
+        outbox: status::notify::Outbox::new(metrics),
     };
     let webhook_secrets = sources.iter().filter_map(|s| Some((s.name.clone(), s.webhook_secret_file.clone()?))).collect();
     let shared = Arc::new(Shared {
@@ -231,6 +233,8 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     telemetry.metrics.leader.set(0);
     info!("shutting down");
+    // what is queued for the forge and the notification targets gets a few seconds to go out
+    let _ = tokio::time::timeout(Duration::from_secs(5), telemetry.outbox.flush()).await;
     let _ = stop_tx.send(true);
     exit
 }

@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod git_http;
+pub mod receiver;
 
 use std::fmt::Debug;
 use std::fs;

@@ -87,19 +87,21 @@ impl Drop for LoopGuard {
     }
 }
 
-/// What a source loop reports through: the shared statuses, metrics and Events.
+/// What a source loop reports through: the shared statuses, metrics and Events, and the outbox
+/// of commit statuses and notifications.
 #[derive(Clone)]
 pub struct Telemetry {
     pub statuses: Statuses,
     pub metrics: Arc<Metrics>,
     /// `None` where Events are not wanted (unit tests).
     pub events: Option<Arc<Events>>,
+    pub outbox: notify::Outbox,
 }
 
 impl Telemetry {
     /// Statuses and metrics only.
     pub fn quiet() -> Self {
-        Telemetry { statuses: Statuses::default(), metrics: Arc::new(Metrics::new()), events: None }
+        Telemetry { statuses: Statuses::default(), metrics: Arc::new(Metrics::new()), events: None, outbox: notify::Outbox::disabled() }
     }
 }
 

@@ -13,6 +13,7 @@ mod helm_render;
 mod kustomize;
 mod leader_election;
 mod live_state;
+mod notifications;
 mod observability;
 mod ownership;
 mod plan;
