@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use driftless_tests::agent::{configmap, eventually_ok, AgentProcess};
+use driftless_tests::agent::{configmap, dynamic_api, eventually_ok, get, AgentProcess};
 use driftless_tests::receiver::{Received, Receiver};
 use driftless_tests::{unique_name, GitFixture, TestNamespace};
 use hmac::{Hmac, Mac};
+use kube::api::{Patch, PatchParams};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "ghp-test-token-never-logged";
@@ -125,6 +126,33 @@ async fn commit_statuses_and_notifications_follow_a_good_commit_and_a_rolled_bac
         assert_eq!(r.headers.get("x-signature-256"), Some(&format!("sha256={expected}")));
         assert_eq!(r.headers.get("content-type").map(String::as_str), Some("application/json"));
     }
+
+    // two edits of an owned object: both reverted, one DriftCorrected notification (rate-limited)
+    let configmaps = dynamic_api(&client, "v1", "ConfigMap", "configmaps", ns.name());
+    for edit in ["by-hand-1", "by-hand-2"] {
+        let params = PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() };
+        configmaps.patch("settings", &params, &Patch::Merge(json!({"data": {"value": edit}}))).await.unwrap();
+        eventually_ok(&agent, "the edit reverted", Duration::from_secs(20), || async {
+            let value = get(&configmaps, "settings").await.and_then(|o| o["data"]["value"].as_str().map(String::from));
+            if value.as_deref() == Some("v1") {
+                Ok(())
+            } else {
+                Err(format!("{value:?}"))
+            }
+        })
+        .await;
+    }
+    let drift = |hooks: &Receiver| webhook_events(hooks).iter().filter(|(e, _)| e == "DriftCorrected").count();
+    eventually_ok(&agent, "a DriftCorrected notification", Duration::from_secs(20), || async {
+        if drift(&hooks) >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", webhook_events(&hooks)))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(drift(&hooks), 1, "one notification per object per 5 minutes: {:?}", webhook_events(&hooks));
 
     // a bad commit: its Deployment never becomes Available; the agent rolls back to the good one
     repo.write("settings.yaml", configmap("settings", "v2"));

@@ -80,6 +80,8 @@ async fn a_plan_before_any_agent_shows_creates_and_writes_nothing() {
     let writes: Vec<&Value> = requests.iter().filter(|e| is_write(e)).collect();
     assert!(writes.is_empty(), "plan wrote: {writes:#?}");
     assert!(requests.iter().filter(|e| is_dry_run(e)).count() >= 2, "every object dry-run: {requests:#?}");
+    let (code, _, err) = run_plan(&inventory, &["--repo", &path, "--namespace", ns.name()]);
+    assert_eq!(code, 2, "a usage error (no --name): {err}");
     let namespaces = driftless_tests::agent::dynamic_api(&client, "v1", "Namespace", "namespaces", "");
     assert!(driftless_tests::agent::get(&namespaces, &inventory).await.is_none(), "the inventory namespace was not created");
     ns.cleanup().await;
