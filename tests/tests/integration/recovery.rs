@@ -10,7 +10,9 @@ use driftless::live::health::Health;
 use driftless::report::Reason;
 use driftless::status::model::SyncState;
 use driftless_tests::agent::{audit_events, configmap, driftless_requests_since, dynamic_api, get, is_write, Agent, RunningSource};
-use driftless_tests::{GitFixture, TestNamespace};
+use driftless_tests::{unique_name, GitFixture, TestNamespace};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, PostParams};
 
 /// A Deployment that never becomes Available: no node matches its selector.
 const STUCK: &str = r#"apiVersion: apps/v1
@@ -147,5 +149,48 @@ async fn a_commit_failing_its_health_check_is_rolled_back_to_the_last_good_one()
     })
     .await;
     assert_eq!(value(&agent, ns.name(), "settings").await.as_deref(), Some("v3"));
+    ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_healthy_only_after_its_health_timeout_fails_then_turns_synced() {
+    let agent = Agent::new().await;
+    let ns = TestNamespace::new(&agent.client, "recover-late").await;
+    // pods of this Deployment fit only a node that does not exist yet (tainted for it alone)
+    let label = unique_name("late-node");
+    let late = STUCK
+        .replace("name: stuck", "name: late")
+        .replace("{app: stuck}", "{app: late}")
+        .replace("{no-such-node: \"true\"}", &format!("{{{label}: \"true\"}}"))
+        .replace(
+            "      containers:",
+            &format!("      tolerations: [{{key: {label}, operator: Exists, effect: NoSchedule}}]\n      containers:"),
+        );
+    let repo = GitFixture::new();
+    repo.write("late.yaml", late);
+    let commit = repo.commit("a rollout that finishes late");
+    let mut source = driftless_tests::agent::source("late", &repo.url(), ns.name());
+    source.interval = Duration::from_secs(1);
+    source.health_timeout = Duration::from_secs(3);
+    let run = RunningSource::start(&agent, source);
+    run.wait("HealthCheckFailed after the apply", Duration::from_secs(60), |s| {
+        s.state == SyncState::Failed && s.reason == Some(Reason::HealthCheckFailed)
+    })
+    .await;
+    assert_eq!(run.status().last_applied_commit.as_deref(), Some(commit.as_str()), "the revision was applied");
+
+    // the node arrives: the rollout finishes, the source turns Synced without a new commit
+    let nodes: Api<Node> = Api::all(agent.client.clone());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": label, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {"type": "kwok", label.as_str(): "true"}},
+        "spec": {"taints": [{"key": label, "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "10", "memory": "10Gi", "pods": "10"}, "capacity": {"cpu": "10", "memory": "10Gi", "pods": "10"}},
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    // (were this to time out, the node stays behind: tainted for this test alone, it takes no other pod)
+    run.wait("Synced once Healthy", Duration::from_secs(90), |s| s.state == SyncState::Synced && s.health == Health::Healthy).await;
+    let _ = nodes.delete(&label, &DeleteParams::default()).await;
     ns.cleanup().await;
 }
