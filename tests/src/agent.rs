@@ -142,6 +142,24 @@ pub async fn configmaps(client: &Client, namespace: &str) -> BTreeMap<String, St
         .collect()
 }
 
+/// A Deployment that never becomes Available: no node matches its selector.
+pub const STUCK_DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: stuck
+spec:
+  selector:
+    matchLabels: {app: stuck}
+  template:
+    metadata:
+      labels: {app: stuck}
+    spec:
+      nodeSelector: {no-such-node: "true"}
+      containers:
+        - name: app
+          image: registry.example/app:1
+"#;
+
 /// A ConfigMap manifest.
 pub fn configmap(name: &str, data: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{data}\"\n")

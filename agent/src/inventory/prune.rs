@@ -40,15 +40,7 @@ pub async fn prune(
             }
         }
     }
-    let policy = PrunePolicy {
-        applyset_id: set.id.clone(),
-        allow_empty: source.allow_empty,
-        max_prune_percent: source.max_prune_percent,
-        prunable: source.prunable.clone(),
-        agent_namespace: set.agent_namespace.clone(),
-        parent: set.parent.clone(),
-        claims,
-    };
+    let policy = policy(source, set, claims);
     let prune_plan = plan_prune(members.iter().map(|m| &m.member), &desired, &policy);
     for (id, reason) in &prune_plan.kept {
         if *reason != KeepReason::NotAMember {
@@ -62,6 +54,19 @@ pub async fn prune(
     let types = members.iter().map(|m| (&m.member.id, &*m.resource)).collect();
     execute(cluster, &prune_plan, &types, changes).await;
     None
+}
+
+/// The safeguards of a source's prune: its settings, its set, and what other sets claim.
+pub fn policy(source: &Source, set: &Set, claims: HashMap<ObjectRef, String>) -> PrunePolicy {
+    PrunePolicy {
+        applyset_id: set.id.clone(),
+        allow_empty: source.allow_empty,
+        max_prune_percent: source.max_prune_percent,
+        prunable: source.prunable.clone(),
+        agent_namespace: set.agent_namespace.clone(),
+        parent: set.parent.clone(),
+        claims,
+    }
 }
 
 /// The claims of every other Driftless parent in the agent's namespace: object -> the claiming

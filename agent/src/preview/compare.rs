@@ -90,15 +90,7 @@ pub async fn preview(ctx: &Context, source: &Source) -> Preview {
             }
         }
     }
-    let policy = PrunePolicy {
-        applyset_id: set.id.clone(),
-        allow_empty: source.allow_empty,
-        max_prune_percent: source.max_prune_percent,
-        prunable: source.prunable.clone(),
-        agent_namespace: set.agent_namespace.clone(),
-        parent: set.parent.clone(),
-        claims,
-    };
+    let policy = crate::inventory::prune::policy(source, &set, claims);
     let pruned = plan_prune(members.iter().map(|m| &m.member), &desired, &policy);
     let held = match (&pruned.held, source.prune) {
         (_, false) => Some("prune is off for this source".to_string()),

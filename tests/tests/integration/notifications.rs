@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use driftless_tests::agent::{configmap, dynamic_api, eventually_ok, get, AgentProcess};
+use driftless_tests::agent::{configmap, dynamic_api, eventually_ok, get, AgentProcess, STUCK_DEPLOYMENT as STUCK};
 use driftless_tests::receiver::{Received, Receiver};
 use driftless_tests::{unique_name, GitFixture, TestNamespace};
 use hmac::{Hmac, Mac};
@@ -14,23 +14,6 @@ use serde_json::{json, Value};
 const TOKEN: &str = "ghp-test-token-never-logged";
 const SECRET: &str = "webhook-secret-never-logged";
 const SLACK_PATH: &str = "/services/T000/B000/slack-url-is-a-secret";
-
-const STUCK: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: stuck
-spec:
-  selector:
-    matchLabels: {app: stuck}
-  template:
-    metadata:
-      labels: {app: stuck}
-    spec:
-      nodeSelector: {no-such-node: "true"}
-      containers:
-        - name: app
-          image: registry.example/app:1
-"#;
 
 /// The commit statuses the forge got for `commit`, in order: (state, body).
 fn statuses(forge: &Receiver, commit: &str) -> Vec<Received> {

@@ -9,28 +9,12 @@ use driftless::config::Rollback;
 use driftless::live::health::Health;
 use driftless::report::Reason;
 use driftless::status::model::SyncState;
-use driftless_tests::agent::{audit_events, configmap, driftless_requests_since, dynamic_api, get, is_write, Agent, RunningSource};
+use driftless_tests::agent::{
+    audit_events, configmap, driftless_requests_since, dynamic_api, get, is_write, Agent, RunningSource, STUCK_DEPLOYMENT as STUCK,
+};
 use driftless_tests::{unique_name, GitFixture, TestNamespace};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, PostParams};
-
-/// A Deployment that never becomes Available: no node matches its selector.
-const STUCK: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: stuck
-spec:
-  selector:
-    matchLabels: {app: stuck}
-  template:
-    metadata:
-      labels: {app: stuck}
-    spec:
-      nodeSelector: {no-such-node: "true"}
-      containers:
-        - name: app
-          image: registry.example/app:1
-"#;
 
 fn wave(manifest: &str, wave: i64) -> String {
     manifest.replacen("metadata:\n", &format!("metadata:\n  annotations: {{driftless.dev/wave: \"{wave}\"}}\n"), 1)
