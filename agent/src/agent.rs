@@ -580,6 +580,7 @@ impl SourceLoop {
         // a commit other than the rolled-back one landed: it is reconciled, and may fail anew
         self.held_back = None;
         self.late_health = false;
+        self.rollback_due = None;
         // the first reconcile of a loop compares every member with git: drift made while the
         // agent was down or another replica led is repaired (or reported) like any other
         let mode = if self.compared_all { Mode::Incremental } else { Mode::Full };
