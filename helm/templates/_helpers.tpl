@@ -169,7 +169,7 @@ names, duplicate names, auth combinations, known_hosts for SSH.
 {{- if $src.ref }}{{ $_ := set $entry "ref" (toString $src.ref) }}{{ end }}
 {{- if $src.path }}{{ $_ := set $entry "path" (toString $src.path) }}{{ end }}
 {{- $_ := set $entry "namespace" (coalesce $src.namespace $defaults.namespace $.Release.Namespace) }}
-{{- range $key := list "interval" "prune" "allowEmpty" "maxPrunePercent" "prunable" "selfHeal" "healthTimeout" "timeout" "maxFetchBytes" "insecureHttp" "render" "renderTimeout" "allowRemoteBases" }}
+{{- range $key := list "interval" "prune" "allowEmpty" "maxPrunePercent" "prunable" "selfHeal" "healthTimeout" "timeout" "maxFetchBytes" "insecureHttp" "render" "renderTimeout" "allowRemoteBases" "rollback" }}
 {{- if hasKey $src $key }}
 {{- $_ := set $entry $key (index $src $key) }}
 {{- else if hasKey $defaults $key }}
