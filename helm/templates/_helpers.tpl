@@ -88,9 +88,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 The credential files of every source, as a JSON list of
-{source, field, file, secret, key}: `field` is the config-file setting (tokenFile...), `file` the
-file name under the source's directory. Keys default to the conventional Secret keys
-(kubernetes.io/basic-auth and kubernetes.io/ssh-auth use username/password and ssh-privatekey).
+{source, field, file, secret, key, target}: `field` is the config-file setting (tokenFile...,
+`commitStatus.tokenFile`, `notify.urlFile`, `notify.secretFile`), `file` the file name under the
+source's directory, `target` the index in `notify` (notify files only: notify-<index>-url,
+notify-<index>-secret, unique per source). Keys default to the conventional Secret keys
+(kubernetes.io/basic-auth and kubernetes.io/ssh-auth use username/password and ssh-privatekey;
+token, url and secret for commitStatus and notify).
 */}}
 {{- define "driftless.credentialFiles" -}}
 {{- $refs := list
@@ -114,6 +117,24 @@ file name under the source's directory. Keys default to the conventional Secret 
 {{- $out = append $out (dict "source" $src.name "field" $field "file" $file "secret" $ref.name "key" (default $defaultKey $ref.key)) }}
 {{- end }}
 {{- end }}
+{{- with ($src.commitStatus | default dict).tokenSecret }}
+{{- if not .name }}
+{{- fail (printf "sources[%d] (%s): commitStatus.tokenSecret needs the name of an existing Secret ({name: ..., key: ...})" $i (toString $src.name)) }}
+{{- end }}
+{{- $out = append $out (dict "source" $src.name "field" "commitStatus.tokenFile" "file" "commit-status-token" "secret" .name "key" (default "token" .key)) }}
+{{- end }}
+{{- range $n, $target := ($src.notify | default list) }}
+{{- range list (list "urlSecret" "urlFile" "url") (list "secretSecret" "secretFile" "secret") }}
+{{- $value := index . 0 }}{{ $field := index . 1 }}{{ $suffix := index . 2 }}
+{{- $ref := index ($target | default dict) $value }}
+{{- if $ref }}
+{{- if not $ref.name }}
+{{- fail (printf "sources[%d] (%s): notify[%d].%s needs the name of an existing Secret ({name: ..., key: ...})" $i (toString $src.name) $n $value) }}
+{{- end }}
+{{- $out = append $out (dict "source" $src.name "field" (printf "notify.%s" $field) "file" (printf "notify-%d-%s" $n $suffix) "secret" $ref.name "key" (default $suffix $ref.key) "target" $n) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- toJson $out }}
 {{- end }}
@@ -121,7 +142,9 @@ file name under the source's directory. Keys default to the conventional Secret 
 {{/*
 The agent's config file (YAML), from `sources` and `sourceDefaults`. Checks what the agent would
 refuse at start, and the chart's own rules, failing the render with the reason:
-names, duplicate names, auth combinations, known_hosts for SSH.
+names, duplicate names, auth combinations, known_hosts for SSH, commitStatus (provider,
+repository, tokenSecret, apiUrl for gitea) and notify targets (type, urlSecret, no secretSecret for
+slack).
 */}}
 {{- define "driftless.config" -}}
 {{- $defaults := .Values.sourceDefaults }}
@@ -164,6 +187,34 @@ names, duplicate names, auth combinations, known_hosts for SSH.
 {{- if and $ssh (not $auth.knownHostsSecret) }}
 {{- fail (printf "sources[%d] (%s): known_hosts is mandatory for SSH sources: set auth.knownHostsSecret ({name: <secret>, key: known_hosts}) so the git host's key is verified" $i $name) }}
 {{- end }}
+{{- $cs := $src.commitStatus }}
+{{- if $cs }}
+{{- $provider := toString ($cs.provider | default "") }}
+{{- if not (has $provider (list "github" "gitlab" "gitea")) }}
+{{- fail (printf "sources[%d] (%s): commitStatus.provider must be github, gitlab or gitea (got %q)" $i $name $provider) }}
+{{- end }}
+{{- if not $cs.tokenSecret }}
+{{- fail (printf "sources[%d] (%s): commitStatus.tokenSecret is required: the Secret holding the forge's API token ({name: <secret>, key: token}), mounted for the agent as tokenFile" $i $name) }}
+{{- end }}
+{{- if empty (toString ($cs.repository | default "")) }}
+{{- fail (printf "sources[%d] (%s): commitStatus.repository is required: owner/name (on GitLab also group/.../project or a numeric project id)" $i $name) }}
+{{- end }}
+{{- if and (eq $provider "gitea") (not $cs.apiUrl) }}
+{{- fail (printf "sources[%d] (%s): commitStatus.apiUrl is required for provider gitea (its API root, e.g. https://gitea.example.com/api/v1); github and gitlab default to their public APIs" $i $name) }}
+{{- end }}
+{{- end }}
+{{- range $n, $target := ($src.notify | default list) }}
+{{- $type := toString (($target | default dict).type | default "") }}
+{{- if not (has $type (list "webhook" "slack")) }}
+{{- fail (printf "sources[%d] (%s): notify[%d].type must be webhook or slack (got %q)" $i $name $n $type) }}
+{{- end }}
+{{- if not $target.urlSecret }}
+{{- fail (printf "sources[%d] (%s): notify[%d].urlSecret is required: the Secret holding the %s URL ({name: <secret>, key: url}), mounted for the agent as urlFile" $i $name $n (ternary "Slack incoming webhook" "webhook" (eq $type "slack"))) }}
+{{- end }}
+{{- if and (eq $type "slack") $target.secretSecret }}
+{{- fail (printf "sources[%d] (%s): notify[%d].secretSecret is for type webhook only (a Slack incoming webhook is not signed): remove it" $i $name $n) }}
+{{- end }}
+{{- end }}
 {{- /* the config entry: fixed keys, then every default the source does not override */}}
 {{- $entry := dict "name" $name "repo" (toString $src.repo) }}
 {{- if $src.ref }}{{ $_ := set $entry "ref" (toString $src.ref) }}{{ end }}
@@ -177,12 +228,19 @@ names, duplicate names, auth combinations, known_hosts for SSH.
 {{- end }}
 {{- end }}
 {{- $authOut := dict }}
+{{- $statusFiles := dict }}
+{{- $notifyFiles := dict }}
 {{- if $auth.username }}{{ $_ := set $authOut "username" (toString $auth.username) }}{{ end }}
 {{- range $files }}
 {{- if eq .source $name }}
 {{- $path := printf "%s/%s" (include "driftless.sourceDir" $name) .file }}
 {{- if eq .field "webhookSecretFile" }}
 {{- $_ := set $entry "webhookSecretFile" $path }}
+{{- else if hasPrefix "commitStatus." .field }}
+{{- $_ := set $statusFiles (trimPrefix "commitStatus." .field) $path }}
+{{- else if hasPrefix "notify." .field }}
+{{- $key := printf "%d" (int .target) }}
+{{- $_ := set $notifyFiles $key (merge (dict (trimPrefix "notify." .field) $path) (get $notifyFiles $key | default dict)) }}
 {{- else }}
 {{- $_ := set $authOut .field $path }}
 {{- end }}
@@ -190,6 +248,22 @@ names, duplicate names, auth combinations, known_hosts for SSH.
 {{- end }}
 {{- if $src.helm }}{{ $_ := set $entry "helm" $src.helm }}{{ end }}
 {{- if $authOut }}{{ $_ := set $entry "auth" $authOut }}{{ end }}
+{{- with $cs }}
+{{- $status := dict "provider" (toString .provider) "repository" (toString .repository) "tokenFile" $statusFiles.tokenFile }}
+{{- if .apiUrl }}{{ $_ := set $status "apiUrl" (toString .apiUrl) }}{{ end }}
+{{- $_ := set $entry "commitStatus" $status }}
+{{- end }}
+{{- if $src.notify }}
+{{- $targets := list }}
+{{- range $n, $target := $src.notify }}
+{{- $paths := get $notifyFiles (printf "%d" $n) }}
+{{- $hook := dict "type" (toString $target.type) "urlFile" $paths.urlFile }}
+{{- if $paths.secretFile }}{{ $_ := set $hook "secretFile" $paths.secretFile }}{{ end }}
+{{- if $target.events }}{{ $_ := set $hook "events" $target.events }}{{ end }}
+{{- $targets = append $targets $hook }}
+{{- end }}
+{{- $_ := set $entry "notify" $targets }}
+{{- end }}
 {{- $sources = append $sources $entry }}
 {{- end }}
 {{- toYaml (dict "sources" $sources) }}
