@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use driftless::config::{NotifyType, Provider, Rollback};
 use driftless::source::RenderMode;
 use driftless_tests::agent::{audit_events, configmap, dynamic_api, get, is_write, remove_example, run_sync_with_kubeconfig};
 use driftless_tests::{client, cluster_bin, kubeconfig_path, repo_root, unique_name, wait_for, GitFixture, TestNamespace};
@@ -289,11 +290,43 @@ fn inconsistent_values_fail_the_render_with_the_reason() {
         ("sources[0].name=Shop,sources[0].repo=https://x/y.git".into(), "/sources/0/name"),
         ("replicas=two".into(), "/replicas"),
         (format!("{https},sources[0].intervall=1m"), "'intervall' not allowed"),
+        // commitStatus and notify: what the agent would refuse, and the schema's required fields
+        (
+            format!("{https},sources[0].commitStatus.provider=gitea,sources[0].commitStatus.repository=o/n,sources[0].commitStatus.tokenSecret.name=t"),
+            "sources[0] (shop): commitStatus.apiUrl is required for provider gitea",
+        ),
+        (
+            format!("{https},sources[0].notify[0].type=slack,sources[0].notify[0].urlSecret.name=s,sources[0].notify[0].secretSecret.name=x"),
+            "sources[0] (shop): notify[0].secretSecret is for type webhook only",
+        ),
+        (format!("{https},sources[0].commitStatus.provider=github,sources[0].commitStatus.repository=o/n"), "missing property 'tokenSecret'"),
+        (format!("{https},sources[0].commitStatus.provider=github,sources[0].commitStatus.tokenSecret.name=t"), "missing property 'repository'"),
+        (format!("{https},sources[0].notify[0].type=webhook"), "missing property 'urlSecret'"),
+        (format!("{https},sources[0].notify[0].type=email,sources[0].notify[0].urlSecret.name=s"), "/sources/0/notify/0/type"),
+        (format!("{https},sources[0].rollback=always"), "/sources/0/rollback"),
     ];
     for (set, expected) in cases {
         let out = helm.run(&["template", "r", chart.to_str().unwrap(), "--set", &set]);
         assert_ne!(out.code, 0, "--set {set} rendered:\n{}", out.stdout);
         assert!(out.stderr.contains(expected), "--set {set}: expected {expected:?} in:\n{}", out.stderr);
+    }
+    // the templates' own checks of what the schema also requires, naming the source (seen when
+    // the schema is skipped)
+    let unchecked: Vec<(String, &str)> = vec![
+        (
+            format!("{https},sources[0].commitStatus.provider=github,sources[0].commitStatus.repository=o/n"),
+            "sources[0] (shop): commitStatus.tokenSecret is required",
+        ),
+        (
+            format!("{https},sources[0].commitStatus.provider=github,sources[0].commitStatus.tokenSecret.name=t"),
+            "sources[0] (shop): commitStatus.repository is required",
+        ),
+        (format!("{https},sources[0].notify[0].type=webhook"), "sources[0] (shop): notify[0].urlSecret is required"),
+    ];
+    for (set, expected) in unchecked {
+        let out = helm.run(&["template", "r", chart.to_str().unwrap(), "--skip-schema-validation", "--set", &set]);
+        assert_ne!(out.code, 0, "--skip-schema-validation --set {set} rendered:\n{}", out.stdout);
+        assert!(out.stderr.contains(expected), "--skip-schema-validation --set {set}: expected {expected:?} in:\n{}", out.stderr);
     }
 }
 
@@ -400,6 +433,33 @@ fn the_render_follows_the_values() {
     );
     let shop = agent_view.iter().find(|s| s.name == "shop").unwrap();
     assert_eq!((shop.render, shop.render_timeout, shop.allow_remote_bases), (RenderMode::Auto, Duration::from_secs(60), false));
+    // rollback, commit statuses and notifications: the chart's default and the source's own;
+    // each token and URL a file mounted from its Secret, unique per source
+    assert_eq!((shop.rollback, public.rollback), (Rollback::OnFailure, Rollback::Never));
+    let status = shop.commit_status.as_ref().expect("shop posts commit statuses");
+    assert_eq!(
+        (status.provider, status.api_url(), status.repository.as_str()),
+        (Provider::GitHub, Some("https://git.example.com/api/v3"), "shop/deploy")
+    );
+    assert_eq!(status.token_file, Path::new("/etc/driftless/sources/shop/commit-status-token"));
+    let hooks: Vec<(NotifyType, &Path, Option<&Path>, usize)> =
+        shop.notify.iter().map(|n| (n.kind, n.url_file.as_path(), n.secret_file.as_deref(), n.events.len())).collect();
+    assert_eq!(
+        hooks,
+        [
+            (
+                NotifyType::Webhook,
+                Path::new("/etc/driftless/sources/shop/notify-0-url"),
+                Some(Path::new("/etc/driftless/sources/shop/notify-0-secret")),
+                6
+            ),
+            (NotifyType::Slack, Path::new("/etc/driftless/sources/shop/notify-1-url"), None, 2),
+        ]
+    );
+    let platform_view = agent_view.iter().find(|s| s.name == "platform").unwrap();
+    let gitlab = platform_view.commit_status.as_ref().expect("platform posts commit statuses");
+    assert_eq!((gitlab.provider, gitlab.repository.as_str()), (Provider::GitLab, "4242"), "a numeric GitLab project id stays a string");
+    assert!(public.commit_status.is_none() && public.notify.is_empty());
     let pod = &find(&docs, "Deployment")[0]["spec"]["template"]["spec"];
     let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
     for dir in ["shop", "billing", "platform"] {
@@ -409,6 +469,26 @@ fn the_render_follows_the_values() {
     }
     assert!(!mounts.iter().any(|m| m["mountPath"] == "/etc/driftless/sources/public"));
     assert!(pod["volumes"].to_string().contains("\"name\":\"platform-ssh\""), "the SSH key comes from its Secret");
+    let shop_volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "source-0").expect("shop's credential volume");
+    let items: Vec<(String, String, String)> = shop_volume["projected"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let item = &s["secret"]["items"][0];
+            (s["secret"]["name"].as_str().unwrap().into(), item["key"].as_str().unwrap().into(), item["path"].as_str().unwrap().into())
+        })
+        .collect();
+    for expected in [
+        ("shop-forge", "status-token", "commit-status-token"),
+        ("shop-hooks", "url", "notify-0-url"),
+        ("shop-hooks", "hmac", "notify-0-secret"),
+        ("shop-slack", "webhook-url", "notify-1-url"),
+    ] {
+        let expected = (expected.0.to_string(), expected.1.to_string(), expected.2.to_string());
+        assert!(items.contains(&expected), "{expected:?} is not mounted: {items:?}");
+    }
+    assert!(!config.contains("shop-forge") && !config.contains("shop-slack"), "the config names files, never Secrets");
     let cluster_scoped: Vec<String> =
         docs.iter().filter(|(d, _)| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding").map(|(d, _)| kind_name(d)).collect();
     assert_eq!(
