@@ -423,18 +423,8 @@ impl SourceLoop {
             waiting.first().map(|w| format!("; {w}")).unwrap_or_default()
         );
         warn!(source = %self.source.name, revision = source::short(&commit), error = %message, "health check failed");
-        let report = Report {
-            source: self.source.name.clone(),
-            commit: Some(commit.clone()),
-            state: State::Failed,
-            reason: Some(Reason::HealthCheckFailed),
-            message: message.clone(),
-            changes: ChangeSet::default(),
-            renderer: None,
-            duration: Duration::ZERO,
-            error: None,
-            outcome: None,
-        };
+        let report =
+            Report::failed(&self.source.name, Some(commit.clone()), Reason::HealthCheckFailed, message.clone(), Duration::ZERO, None);
         let m = self.metrics();
         m.sync_failures_total.get_or_create(&FailureLabels { source: self.source.name.clone(), reason: Reason::HealthCheckFailed }).inc();
         self.update_status(|s| {
@@ -538,18 +528,7 @@ impl SourceLoop {
                 // a sync that failed at its first stage: counted, shown and reported like any other
                 self.attempted = true;
                 warn!(source = %self.source.name, reason = %e.reason(), error = %e, "remote check failed; the last good state stays in place");
-                let report = Report {
-                    source: self.source.name.clone(),
-                    commit: None,
-                    state: State::Failed,
-                    reason: Some(e.reason()),
-                    message: e.to_string(),
-                    changes: ChangeSet::default(),
-                    renderer: None,
-                    duration: noticed.elapsed(),
-                    error: Some(e),
-                    outcome: None,
-                };
+                let report = Report::failed(&self.source.name, None, e.reason(), e.to_string(), noticed.elapsed(), Some(e));
                 self.record_sync(&report);
                 let repeated = {
                     let all = self.telemetry.statuses.read().unwrap_or_else(|p| p.into_inner());

@@ -168,6 +168,25 @@ pub struct Report {
     pub outcome: Option<Outcome>,
 }
 
+impl Report {
+    /// A failure the run loop finds outside a reconcile (a remote check, a health timeout after
+    /// the apply): nothing changed by it.
+    pub fn failed(source: &str, commit: Option<String>, reason: Reason, message: String, duration: Duration, error: Option<Error>) -> Self {
+        Report {
+            source: source.to_string(),
+            commit,
+            state: State::Failed,
+            reason: Some(reason),
+            message,
+            changes: ChangeSet::default(),
+            renderer: None,
+            duration,
+            error,
+            outcome: None,
+        }
+    }
+}
+
 /// A reconcile's heartbeat: it beats at every step (a stage done, prune included; a batch of
 /// dry-runs; an object applied; a health poll), so a reconcile that runs long can be told from
 /// one that is stuck. Every API request is bounded, so a reconcile that stops beating is a bug,
