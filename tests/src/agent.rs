@@ -86,28 +86,35 @@ pub fn renderers() -> [(&'static str, PathBuf); 2] {
 /// Runs `driftless sync` against the local cluster with `args`; returns (exit code, stdout, stderr).
 pub fn run_sync(args: &[&str]) -> (i32, String, String) {
     let cache = TempDir::new().expect("a cache directory");
-    let out = Command::new(driftless_bin())
-        .arg("sync")
-        .args(["--kubeconfig", kubeconfig_path().to_str().expect("utf-8 path")])
-        .args(["--inventory-namespace", AGENT_NAMESPACE])
-        .args(["--cache-dir", cache.path().to_str().expect("utf-8 path")])
-        .args(args)
-        .envs(renderers())
-        .env_remove("POD_NAMESPACE")
-        .output()
-        .expect("driftless runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    run_driftless("sync", &kubeconfig_path(), AGENT_NAMESPACE, Some(cache.path()), args)
 }
 
 /// Runs `driftless plan` against the local cluster with the ApplySet parents in
 /// `inventory_namespace` (which need not exist); returns (exit code, stdout, stderr).
 pub fn run_plan(inventory_namespace: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(driftless_bin())
-        .arg("plan")
-        .args(["--kubeconfig", kubeconfig_path().to_str().expect("utf-8 path")])
-        .args(["--inventory-namespace", inventory_namespace])
+    run_driftless("plan", &kubeconfig_path(), inventory_namespace, None, args)
+}
+
+/// Runs a one-shot `driftless <command>` with `kubeconfig`, the ApplySet parents in
+/// `inventory_namespace` and, when given, the git cache in `cache`; nothing is taken from the
+/// environment (KUBECONFIG, POD_NAMESPACE, DRIFTLESS_CACHE_DIR are removed). Returns (exit
+/// code, stdout, stderr).
+fn run_driftless(
+    command: &str,
+    kubeconfig: &std::path::Path,
+    inventory_namespace: &str,
+    cache: Option<&std::path::Path>,
+    args: &[&str],
+) -> (i32, String, String) {
+    let mut run = Command::new(driftless_bin());
+    run.arg(command).arg("--kubeconfig").arg(kubeconfig).args(["--inventory-namespace", inventory_namespace]);
+    if let Some(cache) = cache {
+        run.arg("--cache-dir").arg(cache);
+    }
+    let out = run
         .args(args)
         .envs(renderers())
+        .env_remove("KUBECONFIG")
         .env_remove("POD_NAMESPACE")
         .env_remove("DRIFTLESS_CACHE_DIR")
         .env("NO_COLOR", "1")
@@ -257,22 +264,7 @@ pub fn is_dry_run(e: &Value) -> bool {
 /// POD_NAMESPACE, DRIFTLESS_CACHE_DIR are removed); the git cache is a fresh directory.
 pub fn run_sync_with_kubeconfig(kubeconfig: &std::path::Path, inventory_namespace: &str, args: &[&str]) -> (i32, String, String) {
     let cache = TempDir::new().expect("a cache directory");
-    let out = Command::new(driftless_bin())
-        .arg("sync")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--inventory-namespace", inventory_namespace])
-        .arg("--cache-dir")
-        .arg(cache.path())
-        .args(args)
-        .envs(renderers())
-        .env_remove("KUBECONFIG")
-        .env_remove("POD_NAMESPACE")
-        .env_remove("DRIFTLESS_CACHE_DIR")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("driftless runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    run_driftless("sync", kubeconfig, inventory_namespace, Some(cache.path()), args)
 }
 
 /// A free loopback port: bound to `127.0.0.1:0` and released (another process may take it
