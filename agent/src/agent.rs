@@ -859,7 +859,8 @@ impl SourceLoop {
                 .map(|(id, st)| {
                     let (action, message) = changes.get(id).map(|(a, m)| (**a, *m)).unwrap_or((Action::Unchanged, ""));
                     let message = if st.health == Health::Healthy { message.to_string() } else { st.reason.clone() };
-                    ObjectStatus { id: id.clone(), action, health: st.health, message }
+                    let wave = self.desired.get(id).map_or(0, |p| p.wave);
+                    ObjectStatus { id: id.clone(), action, health: st.health, message, wave }
                 })
                 .collect();
         });

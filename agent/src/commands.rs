@@ -178,6 +178,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
         refusal_limits: Default::default(),
         running: Arc::new(AtomicUsize::new(0)),
         expected_loops: AtomicUsize::new(0),
+        leader_elect: args.leader_elect,
+        agent_namespace: ctx.agent_namespace.clone(),
+        recent_events: Some(status::page::recent::RecentEvents::new(ctx.cluster.clone())),
     });
     let (stop_tx, mut stop_server) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(status::http::serve(args.listen, shared.clone(), async move {

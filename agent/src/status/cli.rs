@@ -37,7 +37,7 @@ pub async fn from_server(url: &str) -> Result<Vec<Row>, String> {
         .map(|s| Row {
             name: s.name,
             revision: s.last_applied_commit.as_deref().map(|c| crate::source::short(c).to_string()).unwrap_or_default(),
-            state: format!("{:?}", s.state),
+            state: s.state.as_str().to_string(),
             health: s.health.as_str().to_string(),
             age_seconds: s.last_sync_time.map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
             message: s.message,

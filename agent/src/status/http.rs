@@ -3,6 +3,9 @@
 //!
 //! | route                 | answers                                                                  |
 //! |-----------------------|--------------------------------------------------------------------------|
+//! | `GET /`               | the status page: every source (HTML, see [`super::page`])                  |
+//! | `GET /sources/{name}` | the status page of one source: objects by wave and kind, Events, last error |
+//! | `GET /ui/{asset}`     | the page's stylesheet and script (embedded)                              |
 //! | `GET /healthz`        | 200 while every source loop runs; independent of git and the API server   |
 //! | `GET /readyz`         | 200 once the config is loaded and every source reconciled once and synced its watches; 503 with the reason before |
 //! | `GET /metrics`        | Prometheus exposition (OpenMetrics text)                                 |
@@ -15,13 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tracing::{info, warn};
 
+use super::page::{self, assets};
 use super::webhook::{self, RateLimit};
 use super::Shared;
 
@@ -54,6 +58,10 @@ fn budget(
 /// The router over the shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(overview_page))
+        .route("/sources/{source}", get(source_page))
+        .route("/ui/style.css", get(|| async { asset("text/css; charset=utf-8", assets::STYLE) }))
+        .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", assets::SCRIPT) }))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -73,6 +81,48 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     info!(address = %listener.local_addr()?, "serving health, metrics, status and webhooks");
     axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown).await
+}
+
+/// A page: HTML, never cached, under the page's Content-Security-Policy.
+fn html(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(assets::CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// An embedded asset (its URL carries the version, so it may be cached for a day).
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "public, max-age=86400"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (headers, body).into_response()
+}
+
+async fn overview_page(State(shared): State<Arc<Shared>>) -> Response {
+    let sources: Vec<_> = shared.statuses.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    html(StatusCode::OK, page::overview(&sources, shared.role(), std::time::SystemTime::now()))
+}
+
+async fn source_page(State(shared): State<Arc<Shared>>, Path(source): Path<String>, RawQuery(query): RawQuery) -> Response {
+    let now = std::time::SystemTime::now();
+    let status = shared.statuses.read().unwrap_or_else(|p| p.into_inner()).get(&source).cloned();
+    let Some(status) = status else {
+        return html(StatusCode::NOT_FOUND, page::not_found(&source, now));
+    };
+    let events = match &shared.recent_events {
+        Some(recent) => recent.about(&crate::inventory::applyset::parent_ref(&status.name, &shared.agent_namespace)).await,
+        None => Err("Events are not read here".to_string()),
+    };
+    let health = page::health_filter(query.as_deref());
+    html(StatusCode::OK, page::source(&status, health, &events, shared.role(), now))
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {

@@ -1,7 +1,7 @@
 //! Status: where users read what Driftless did. The HTTP server ([`http`]: health, readiness,
 //! metrics, status API, push webhooks), Prometheus metrics ([`metrics`]), webhook verification
 //! ([`webhook`]), Kubernetes Events ([`events`]) and annotations (here) on each source's ApplySet parent,
-//! `driftless status` ([`cli`]), and what is sent out after a sync: commit statuses and
+//! `driftless status` ([`cli`]), the status page ([`page`]), and what is sent out after a sync: commit statuses and
 //! notifications ([`notify`]).
 //!
 //! Nothing here ever carries a credential or Secret data: URLs are redacted, messages come from
@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod page;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -62,12 +63,27 @@ pub struct Shared {
     pub running: Arc<AtomicUsize>,
     /// Source loops that should be running: all of them while leading, none on standby.
     pub expected_loops: AtomicUsize,
+    /// Whether replicas elect a leader (so this one may be on standby).
+    pub leader_elect: bool,
+    /// The namespace of the ApplySet parents, whose Events the source pages show.
+    pub agent_namespace: String,
+    /// Reads those Events; none where there is no cluster (unit tests).
+    pub recent_events: Option<page::recent::RecentEvents>,
 }
 
 impl Shared {
     /// Whether every source loop is alive.
     pub fn alive(&self) -> bool {
         self.running.load(Ordering::SeqCst) >= self.expected_loops.load(Ordering::SeqCst)
+    }
+
+    /// Leading, or waiting for the lease while another replica writes.
+    pub fn role(&self) -> page::Role {
+        if self.leader_elect && self.metrics.leader.get() == 0 {
+            page::Role::Standby
+        } else {
+            page::Role::Leading
+        }
     }
 }
 

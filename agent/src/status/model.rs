@@ -35,6 +35,20 @@ pub enum SyncState {
     RolledBack,
 }
 
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Pending => "Pending",
+            SyncState::Synced => "Synced",
+            SyncState::Progressing => "Progressing",
+            SyncState::OutOfSync => "OutOfSync",
+            SyncState::Failed => "Failed",
+            SyncState::PruneHeld => "PruneHeld",
+            SyncState::RolledBack => "RolledBack",
+        }
+    }
+}
+
 /// One object in a source's status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ObjectStatus {
@@ -44,6 +58,9 @@ pub struct ObjectStatus {
     pub health: Health,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The apply wave it belongs to (`driftless.dev/wave`).
+    #[serde(default)]
+    pub wave: i64,
 }
 
 /// What a source looks like from outside: the status API, the CLI and the metrics read this.
@@ -262,6 +279,7 @@ mod tests {
             action: Action::Created,
             health: Health::Healthy,
             message: String::new(),
+            wave: 0,
         });
         status.reconcile.start();
         let json = serde_json::to_value(&status).unwrap();

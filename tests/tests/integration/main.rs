@@ -22,6 +22,7 @@ mod real_repositories;
 mod recovery;
 mod seed_manifests;
 mod ssh_source;
+mod status_page;
 mod support;
 mod sync_errors;
 mod sync_example_repo;
