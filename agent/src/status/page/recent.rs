@@ -73,7 +73,7 @@ async fn read(cluster: &Cluster, parent: &ObjectRef) -> Result<Vec<RecentEvent>,
 
 /// Newest first, at most [`SHOWN`].
 fn newest(mut events: Vec<RecentEvent>) -> Vec<RecentEvent> {
-    events.sort_by(|a, b| b.time.cmp(&a.time));
+    events.sort_by_key(|e| std::cmp::Reverse(e.time));
     events.truncate(SHOWN);
     events
 }
