@@ -58,6 +58,9 @@ async fn only_the_leader_writes_and_a_terminated_leader_hands_over_within_five_s
     .await;
     assert_eq!(second.gauge("driftless_leader").await, Some(0.0), "replica-b stands by");
     assert_eq!(second.get("/healthz").await.status, 200, "a standby is alive");
+    let standby_page = second.get("/").await;
+    assert!(standby_page.body.contains("id=\"standby\""), "the standby's page says so: {}", standby_page.body);
+    assert!(!first.get("/").await.body.contains("id=\"standby\""), "the leader's page does not");
 
     // SIGTERM to the leader: it releases the lease, the standby takes over within 5 s
     let stopped = Instant::now();
@@ -68,6 +71,7 @@ async fn only_the_leader_writes_and_a_terminated_leader_hands_over_within_five_s
     .await;
     let handover = stopped.elapsed();
     assert!(handover < Duration::from_secs(5), "handed over in {handover:?}");
+    assert!(!second.get("/").await.body.contains("id=\"standby\""), "the new leader's page is not a standby's");
     let mut first = first;
     wait_for("replica-a to exit", Duration::from_secs(10), || std::future::ready(first.exited())).await;
 
