@@ -457,10 +457,25 @@ impl HttpResponse {
 
 /// One plain HTTP/1.1 request (`Connection: close`) with a 30 s limit. The body is written while
 /// the answer is read, so a server that answers before reading everything (413) is seen answering.
+/// Panics when there is no answer (see [`try_http_request`] for an error instead).
 pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    try_http_request(addr, method, path, headers, body, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// [`http_request`] with a limit of the caller's, failing instead of panicking when the
+/// connection is refused, the answer is malformed or none comes within `timeout`.
+pub async fn try_http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<HttpResponse> {
+    use anyhow::{anyhow, Context as _};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
         let (mut reader, mut writer) = stream.into_split();
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
         for (name, value) in headers {
@@ -480,18 +495,22 @@ pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, 
         loop {
             match reader.read(&mut buf).await {
                 Ok(0) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    raw.extend_from_slice(&buf[..n]);
+                    // some servers (chromedriver) answer `Connection: close` and keep it open
+                    if is_complete(&raw) {
+                        break;
+                    }
+                }
                 // a reset after the answer arrived (the server closed with our body unread)
                 Err(_) if !raw.is_empty() => break,
-                Err(e) => panic!("{method} {path}: {e}"),
+                Err(e) => return Err(anyhow!("{method} {path}: {e}")),
             }
         }
         drop(write.await);
-        parse_http_response(&raw).unwrap_or_else(|| panic!("{method} {path}: malformed answer: {:?}", String::from_utf8_lossy(&raw)))
+        parse_http_response(&raw).ok_or_else(|| anyhow!("{method} {path}: malformed answer: {:?}", String::from_utf8_lossy(&raw)))
     };
-    tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{method} http://{addr}{path}: no answer in 30s"))
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| anyhow!("{method} http://{addr}{path}: no answer in {timeout:?}"))?
 }
 
 fn parse_http_response(raw: &[u8]) -> Option<HttpResponse> {
@@ -508,6 +527,20 @@ fn parse_http_response(raw: &[u8]) -> Option<HttpResponse> {
         body.truncate(len);
     }
     Some(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// Whether `raw` holds a whole answer by its own framing (`Content-Length` or a last chunk); one
+/// without framing ends when the server closes.
+pub(crate) fn is_complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let Ok(head) = std::str::from_utf8(&raw[..split]) else { return false };
+    let body = &raw[split + 4..];
+    let header =
+        |name: &str| head.split("\r\n").skip(1).filter_map(|l| l.split_once(':')).find(|(n, _)| n.trim().eq_ignore_ascii_case(name));
+    if header("transfer-encoding").is_some_and(|(_, v)| v.trim().eq_ignore_ascii_case("chunked")) {
+        return dechunk(body).is_some();
+    }
+    header("content-length").and_then(|(_, v)| v.trim().parse::<usize>().ok()).is_some_and(|len| body.len() >= len)
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {

@@ -12,9 +12,11 @@
 //! - paths: [`repo_root`], [`kubeconfig_path`], [`cluster_bin`], [`audit_log_path`];
 //! - [`agent`]: Driftless itself on that cluster: a reconcile context, sources, the binary, counts;
 //! - [`cluster`]: a [`cluster::PrivateCluster`] of a test's own (to stop its kube-apiserver
-//!   without disturbing the other tests) and [`cluster::AuditTail`] to read an audit log as it grows.
+//!   without disturbing the other tests) and [`cluster::AuditTail`] to read an audit log as it grows;
+//! - [`browser`]: a [`browser::Browser`], headless Chromium driven over WebDriver, for web pages.
 
 pub mod agent;
+pub mod browser;
 pub mod cluster;
 pub mod git_http;
 pub mod receiver;

@@ -1,9 +1,10 @@
 //! The integration tests, one module per area, built as one test binary (one link instead of
 //! eighteen on two cores). They run against the local control plane (`bash tests/cluster/up`);
-//! `support` needs no cluster. Run one area with `cargo test -p driftless-tests --test integration faults::`.
+//! `support` and `browser` need no cluster. Run one area with `cargo test -p driftless-tests --test integration faults::`.
 
 mod agent_run;
 mod apply_order;
+mod browser;
 mod cli;
 mod control_plane;
 mod faults;

@@ -1,8 +1,9 @@
-//! Tests of the support crate itself that need no cluster: git fixtures, names, waiting.
+//! Tests of the support crate itself that need no cluster: git fixtures, names, waiting, HTTP.
 
 use std::path::Path;
 use std::time::Duration;
 
+use driftless_tests::agent::try_http_request;
 use driftless_tests::{unique_name, wait_for, GitFixture, FIXTURE_AUTHOR};
 use git2::{ObjectType, Repository};
 
@@ -104,4 +105,37 @@ async fn wait_for_returns_the_value() {
 #[should_panic(expected = "waiting for something that never happens")]
 async fn wait_for_panics_with_what_on_timeout() {
     wait_for("something that never happens", Duration::from_millis(200), || async { None::<()> }).await;
+}
+
+/// A server that reads one request, writes `answer` and then keeps the connection open.
+async fn answer_and_stay(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("a connection");
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        stream.write_all(answer).await.expect("write the answer");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(stream);
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http_requests_end_with_the_answer_when_the_server_keeps_the_connection_open() {
+    let sized = answer_and_stay(b"HTTP/1.1 200 OK\r\nContent-Length:5\r\nConnection:close\r\n\r\nhello").await;
+    let chunked = answer_and_stay(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").await;
+    let limit = Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let answer = try_http_request(sized, "GET", "/", &[], b"", limit).await.expect("the sized answer");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "hello"));
+    let answer = try_http_request(chunked, "POST", "/", &[], b"{}", limit).await.expect("the chunked answer");
+    assert_eq!((answer.status, answer.body.as_str()), (201, "abcde"));
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+
+    let silent = answer_and_stay(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").await;
+    let err = try_http_request(silent, "GET", "/x", &[], b"", Duration::from_millis(300)).await.expect_err("an incomplete answer");
+    assert!(format!("{err:#}").contains("GET http://") && format!("{err:#}").contains("/x: no answer in 300ms"), "{err:#}");
 }
