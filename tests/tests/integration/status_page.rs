@@ -1,12 +1,14 @@
 //! The status page of `driftless run` against the local control plane: the overview and a
 //! source's page list what `/status` says, escape what a manifest or the API server says (a
-//! `<script>` in a label value and an object name), and show no Secret value.
+//! `<script>` in a label value and an object name), and show no Secret value; and headless
+//! Chromium renders the page and sees a new commit arrive on it without a reload.
 //!
 //! Each test has its own namespaces, source, repository and agent process.
 
 use std::time::Duration;
 
 use driftless_tests::agent::{eventually_ok as eventually, AgentProcess};
+use driftless_tests::browser::Browser;
 use driftless_tests::{client, unique_name, GitFixture, TestNamespace};
 use serde_json::{json, Value};
 
@@ -144,4 +146,78 @@ async fn the_pages_list_what_status_says_escape_hostile_text_and_show_no_secret(
     }
     let page = s.page(&format!("/sources/{}", s.source)).await;
     assert!(page.contains("<h2>Last error</h2>"), "{page}");
+}
+
+/// Where the browser test leaves its screenshot (under the target directory, for a look after a
+/// failed run).
+fn screenshot_path() -> std::path::PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| driftless_tests::repo_root().join("target"));
+    target.join("test-screenshots").join("status-page.png")
+}
+
+#[tokio::test]
+async fn a_browser_shows_the_sources_and_a_new_commit_without_a_reload() {
+    let s = PageScenario::start("page-browser").await;
+    let status = s.wait("the first revision Synced", |st| st["state"] == "Synced" && st["lastAppliedCommit"].is_string()).await;
+    let first = status["lastAppliedCommit"].as_str().unwrap().to_string();
+    let browser = Browser::start().await.unwrap();
+    browser.goto(&format!("{}/", s.agent.url())).await.unwrap();
+    assert_eq!(browser.title().await.unwrap(), "Sources · Driftless");
+
+    // the rendered DOM: the source, its commit and its state
+    let row = format!("tr[data-source=\"{}\"]", s.source);
+    let text = |css: String| {
+        let browser = &browser;
+        async move {
+            let e = browser.find(&css).await.unwrap().unwrap_or_else(|| panic!("no element {css}"));
+            browser.text(&e).await.unwrap()
+        }
+    };
+    assert_eq!(text(format!("{row} td.source a")).await, s.source);
+    assert_eq!(text(format!("{row} td.commit")).await, first[..12]);
+    assert_eq!(text(format!("{row} td.state .badge")).await, "Synced");
+    assert_eq!(text(format!("{row} td.health .badge")).await, "Healthy");
+    let png = browser.screenshot().await.unwrap();
+    assert!(driftless_tests::browser::png_size(&png).is_some_and(|(w, h)| w >= 800 && h >= 400), "a PNG of the page");
+    let path = screenshot_path();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &png).unwrap();
+
+    // a new commit shows up on the page, the page never reloaded
+    browser.execute("window.__driftlessMarker = 'still the same page'; return null", vec![]).await.unwrap();
+    let stamp = text("#updated time".into()).await;
+    s.repo.write("settings.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: careful\n");
+    let second = s.repo.commit("settings: careful mode");
+    let shown = browser.wait_text(&format!("{row} td.commit"), Duration::from_secs(40), |t| t == &second[..12]).await;
+    assert!(shown.is_ok(), "{shown:?}\nagent log:\n{}", driftless_tests::agent::tail(&s.agent.stderr(), 30));
+    let marker = browser.execute("return window.__driftlessMarker || null", vec![]).await.unwrap();
+    assert_eq!(marker, json!("still the same page"), "the page was reloaded");
+    assert_ne!(text("#updated time".into()).await, stamp, "the last-updated time moves on");
+    assert_eq!(text(format!("{row} td.state .badge")).await, "Synced");
+    // the whole content was swapped in, not part of it
+    assert_eq!(browser.find_all(&format!("{row} td")).await.unwrap().len(), 8, "every cell of the row");
+    assert_eq!(browser.find_all("main#content table#sources").await.unwrap().len(), 1);
+
+    // the source's page, reached by its link: the objects by wave
+    let link = browser.find(&format!("{row} td.source a")).await.unwrap().unwrap();
+    assert_eq!(browser.attribute(&link, "href").await.unwrap().as_deref(), Some(&*format!("/sources/{}", s.source)));
+    browser.goto(&format!("{}/sources/{}", s.agent.url(), s.source)).await.unwrap();
+    assert_eq!(text("h1 .badge".into()).await, "Synced");
+    let objects = browser.find_all("tr.object").await.unwrap();
+    assert_eq!(objects.len(), 3, "ConfigMap, Secret and Deployment");
+    let waves = browser.find_all("h3").await.unwrap();
+    assert_eq!(waves.len(), 2, "waves 0 and 1");
+    // the health filter keeps only the matching objects
+    browser.goto(&format!("{}/sources/{}?health=Degraded", s.agent.url(), s.source)).await.unwrap();
+    assert_eq!(browser.find_all("tr.object").await.unwrap().len(), 0);
+    assert_eq!(text(".objects .empty".into()).await, "No object has this health.");
+
+    // on a phone's width the page does not scroll sideways (tables scroll in their own box)
+    browser.set_window_size(390, 844).await.unwrap();
+    for path in ["/".to_string(), format!("/sources/{}", s.source)] {
+        browser.goto(&format!("{}{path}", s.agent.url())).await.unwrap();
+        let overflow = browser.execute("return document.documentElement.scrollWidth - window.innerWidth", vec![]).await.unwrap();
+        assert!(overflow.as_i64().is_some_and(|o| o <= 0), "{path} is {overflow} px wider than a phone's screen");
+    }
 }

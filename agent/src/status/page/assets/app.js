@@ -7,10 +7,13 @@
   if (!updated || !window.fetch || !window.DOMParser) return;
   var every = (parseInt(updated.getAttribute("data-refresh"), 10) || 3) * 1000;
 
+  // moves the children of `source` (from the fetched page) into `target`; copied to an array
+  // first, since adopting a node takes it out of the live child list
   function adopt(target, source) {
-    target.replaceChildren.apply(target, Array.prototype.map.call(source.childNodes, function (n) {
+    var nodes = Array.prototype.slice.call(source.childNodes).map(function (n) {
       return document.adoptNode(n);
-    }));
+    });
+    target.replaceChildren.apply(target, nodes);
   }
 
   function refresh() {
