@@ -109,6 +109,7 @@ fn set_panicked(telemetry: &Telemetry, source: &str, message: &str) {
         s.reason = Some(Reason::Panicked);
         s.message = format!("the reconcile panicked: {message}");
         s.last_sync_time = Some(SystemTime::now());
+        telemetry.metrics.set_state(source, SyncState::Failed);
     }
 }
 
@@ -237,6 +238,9 @@ impl SourceLoop {
         let status = SourceStatus::new(&source);
         let heartbeat = status.reconcile.clone();
         telemetry.statuses.write().unwrap_or_else(|p| p.into_inner()).insert(source.name.clone(), status);
+        // the state series start with the status (Pending); update_status keeps them in step
+        telemetry.metrics.set_state(&source.name, SyncState::Pending);
+        telemetry.metrics.set_interval(&source.name, source.interval);
         SourceLoop {
             ctx,
             source,
@@ -552,7 +556,11 @@ impl SourceLoop {
         };
         self.update_status(|s| s.last_fetched_commit = Some(commit.clone()));
         let Some(revision) = revision else {
-            // nothing new in git; drift is the watches' business
+            // nothing new in git: the source is as in sync as its last reconcile left it (a
+            // Failed one is not); drift is the watches' business
+            if self.state().is_some_and(|s| s != SyncState::Failed) {
+                self.metrics().set_in_sync(&self.source.name, SystemTime::now());
+            }
             debug!(source = %self.source.name, elapsed_us = noticed.elapsed().as_micros() as u64, "poll: nothing new");
             return None;
         };
@@ -774,6 +782,10 @@ impl SourceLoop {
             }
         }
         if report.state != State::Failed {
+            // what git names is applied (a rollback's reconcile of the last good commit too)
+            m.set_in_sync(&self.source.name, SystemTime::now());
+        }
+        if report.state != State::Failed {
             if let Some(commit) = &report.commit {
                 m.set_revision(&self.source.name, commit);
             }
@@ -809,7 +821,7 @@ impl SourceLoop {
             }
             _ => None,
         };
-        let state = self.telemetry.statuses.read().unwrap_or_else(|p| p.into_inner()).get(&self.source.name).map(|s| s.state);
+        let state = self.state();
         if all_healthy && matches!(state, Some(SyncState::Progressing | SyncState::Synced | SyncState::OutOfSync | SyncState::RolledBack)) {
             self.last_good.clone_from(&self.applied_commit);
         }
@@ -885,11 +897,24 @@ impl SourceLoop {
         self.annotation_writer().write(annotation);
     }
 
+    /// Changes the source's status; a changed state moves the `driftless_source_state` series
+    /// with it (the one place the loop changes the state).
     fn update_status(&self, f: impl FnOnce(&mut SourceStatus)) {
-        let mut all = self.telemetry.statuses.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = all.get_mut(&self.source.name) {
+        let changed = {
+            let mut all = self.telemetry.statuses.write().unwrap_or_else(|p| p.into_inner());
+            let Some(s) = all.get_mut(&self.source.name) else { return };
+            let before = s.state;
             f(s);
+            (s.state != before).then_some(s.state)
+        };
+        if let Some(state) = changed {
+            self.metrics().set_state(&self.source.name, state);
         }
+    }
+
+    /// The source's state now.
+    fn state(&self) -> Option<SyncState> {
+        self.telemetry.statuses.read().unwrap_or_else(|p| p.into_inner()).get(&self.source.name).map(|s| s.state)
     }
 }
 

@@ -13,7 +13,8 @@ use driftless::render::kustomize::Kustomize;
 use driftless::render::Limits;
 use driftless::report::Report;
 use driftless::sync::{self, Context};
-use kube::api::{Api, DynamicObject, ListParams};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use serde_json::Value;
@@ -613,6 +614,40 @@ pub async fn remove_example(client: &Client) {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `GET /status/{source}` of a running agent (200 expected).
+pub async fn source_status(agent: &AgentProcess, source: &str) -> Value {
+    let r = agent.get(&format!("/status/{source}")).await;
+    assert_eq!(r.status, 200, "/status/{source}: {}", r.body);
+    r.json()
+}
+
+/// Waits until `/status/{source}` satisfies `f`; returns it.
+pub async fn wait_status(agent: &AgentProcess, source: &str, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    eventually_ok(agent, what, timeout, || async {
+        let s = source_status(agent, source).await;
+        if f(&s) {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await
+}
+
+/// Changes `data.value` of a ConfigMap as another field manager (`intruder`): drift.
+pub async fn intrude_configmap(client: &Client, namespace: &str, name: &str, value: &str) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams { field_manager: Some("intruder".into()), ..PatchParams::default() };
+    let patched = api.patch(name, &params, &Patch::Merge(serde_json::json!({"data": {"value": value}}))).await.expect("patch as intruder");
+    assert_eq!(patched.data.expect("the patched ConfigMap has data")["value"], value);
+}
+
+/// `data.value` of a ConfigMap, if it exists.
+pub async fn configmap_value(client: &Client, namespace: &str, name: &str) -> Option<String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name).await.expect("get configmap").and_then(|c| c.data).and_then(|d| d.get("value").cloned())
 }
 
 /// Polls `f` every 100 ms until it returns `Ok`; on timeout panics with the last error and the

@@ -14,10 +14,12 @@
 //! - [`cluster`]: a [`cluster::PrivateCluster`] of a test's own (to stop its kube-apiserver
 //!   without disturbing the other tests) and [`cluster::AuditTail`] to read an audit log as it grows;
 //! - [`browser`]: a [`browser::Browser`], headless Chromium driven over WebDriver, for web pages.
+//! - [`dashboard`]: the Grafana dashboard's panels and queries.
 
 pub mod agent;
 pub mod browser;
 pub mod cluster;
+pub mod dashboard;
 pub mod git_http;
 pub mod receiver;
 

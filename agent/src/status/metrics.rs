@@ -1,9 +1,12 @@
 //! Prometheus metrics, prefix `driftless_`. Labels are bounded: source, kind, action, result,
-//! health, reason, version, provider, revision (one series per source: the old revision's is removed).
+//! health, reason, state, version, provider, revision (one series per source: the old revision's is
+//! removed).
 //! No URL, secret or object name ever becomes a label.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +16,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::report::Reason;
+use crate::status::model::SyncState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -53,6 +57,14 @@ pub struct HealthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub source: String,
+    /// A [`SyncState`] by name: `Pending`, `Synced`, `Progressing`, `OutOfSync`, `Failed`,
+    /// `PruneHeld` or `RolledBack`.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InfoLabels {
     pub source: String,
     pub revision: String,
@@ -71,6 +83,7 @@ pub struct VersionLabels {
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn duration_buckets() -> Histogram {
     // 5 ms to about 80 s
@@ -88,8 +101,14 @@ pub struct Metrics {
     pub sync_total: Family<ResultLabels, Counter>,
     pub sync_failures_total: Family<FailureLabels, Counter>,
     pub sync_duration: HistogramFamily<SourceLabels>,
-    pub last_sync_timestamp: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    pub last_successful_sync_timestamp: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub last_sync_timestamp: Family<SourceLabels, FloatGauge>,
+    pub last_successful_sync_timestamp: Family<SourceLabels, FloatGauge>,
+    /// When the source was last known in sync with git (see [`Metrics::set_in_sync`]).
+    pub last_in_sync_timestamp: Family<SourceLabels, FloatGauge>,
+    /// One-hot over every [`SyncState`]: the source's state is 1, the others 0.
+    pub source_state: Family<StateLabels, Gauge>,
+    /// The source's poll interval.
+    pub source_interval: Family<SourceLabels, FloatGauge>,
     pub source_info: Family<InfoLabels, Gauge>,
     pub objects: Family<HealthLabels, Gauge>,
     pub apply_total: Family<ActionLabels, Counter>,
@@ -124,6 +143,9 @@ impl Metrics {
             sync_duration: Family::new_with_constructor(duration_buckets),
             last_sync_timestamp: Family::default(),
             last_successful_sync_timestamp: Family::default(),
+            last_in_sync_timestamp: Family::default(),
+            source_state: Family::default(),
+            source_interval: Family::default(),
             source_info: Family::default(),
             objects: Family::default(),
             apply_total: Family::default(),
@@ -157,6 +179,14 @@ impl Metrics {
             Unit::Seconds,
             m.last_successful_sync_timestamp.clone(),
         );
+        registry.register_with_unit(
+            "last_in_sync_timestamp",
+            "When the source was last known in sync with git: a reconcile that did not fail, or a remote check that found the applied commit unchanged while the source was not Failed (Unix time)",
+            Unit::Seconds,
+            m.last_in_sync_timestamp.clone(),
+        );
+        registry.register("source_state", "The source's state: 1 for the current one, 0 for every other", m.source_state.clone());
+        registry.register_with_unit("source_interval", "The source's poll interval", Unit::Seconds, m.source_interval.clone());
         registry.register("source_info", "The revision a source has applied (always 1)", m.source_info.clone());
         registry.register("objects", "Objects a source manages, by health", m.objects.clone());
         registry.register("apply", "Objects handled by reconciles, by action", m.apply_total.clone());
@@ -211,6 +241,26 @@ impl Metrics {
             }
         }
         self.source_info.get_or_create(&InfoLabels { source: source.into(), revision: revision.into() }).set(1);
+    }
+
+    /// Sets a source's state series: `state` to 1, every other state to 0 (all seven exist, so
+    /// an alert on one state has a series whatever the source does).
+    pub fn set_state(&self, source: &str, state: SyncState) {
+        for s in SyncState::ALL {
+            let labels = StateLabels { source: source.into(), state: s.as_str().into() };
+            self.source_state.get_or_create(&labels).set(i64::from(s == state));
+        }
+    }
+
+    /// Records the source's poll interval.
+    pub fn set_interval(&self, source: &str, interval: Duration) {
+        self.source_interval.get_or_create(&Metrics::source(source)).set(interval.as_secs_f64());
+    }
+
+    /// Records that the source was in sync with git at `at`.
+    pub fn set_in_sync(&self, source: &str, at: SystemTime) {
+        let unix = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        self.last_in_sync_timestamp.get_or_create(&Metrics::source(source)).set(unix);
     }
 
     /// Sets the per-health object counts of a source (every health, zeros included).
@@ -271,6 +321,42 @@ mod tests {
         assert!(text.contains("driftless_notification_failures_total{source=\"shop\",provider=\"slack\"} 0"), "{text}");
         assert!(text.contains("driftless_notifications_sent_total{source=\"shop\",provider=\"slack\"} 0"), "{text}");
         assert!(!text.contains("provider=\"gitlab\""));
+    }
+
+    #[test]
+    fn the_state_series_are_one_hot_over_every_state() {
+        let m = Metrics::new();
+        m.set_state("shop", SyncState::Pending);
+        m.set_state("web", SyncState::Synced);
+        m.set_state("shop", SyncState::Failed);
+        let text = m.encode();
+        let value = |source: &str, state: &str| {
+            let series = format!("driftless_source_state{{source=\"{source}\",state=\"{state}\"}} ");
+            let line = text.lines().find_map(|l| l.strip_prefix(series.as_str()));
+            line.unwrap_or_else(|| panic!("{series} missing from:\n{text}")).trim().to_string()
+        };
+        for state in SyncState::ALL {
+            let name = state.as_str();
+            assert_eq!(value("shop", name), if state == SyncState::Failed { "1" } else { "0" }, "shop {name}");
+            assert_eq!(value("web", name), if state == SyncState::Synced { "1" } else { "0" }, "web {name}");
+        }
+        assert_eq!(text.matches("driftless_source_state{").count(), 2 * SyncState::ALL.len(), "{text}");
+        assert!(text.contains("# TYPE driftless_source_state gauge"), "{text}");
+    }
+
+    #[test]
+    fn interval_and_last_in_sync_are_seconds() {
+        let m = Metrics::new();
+        m.set_interval("shop", Duration::from_millis(2500));
+        m.set_in_sync("shop", SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        m.set_in_sync("shop", SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_060));
+        let text = m.encode();
+        assert!(text.contains("# TYPE driftless_source_interval_seconds gauge"), "{text}");
+        assert!(text.contains("# UNIT driftless_source_interval_seconds seconds"), "{text}");
+        assert!(text.contains("driftless_source_interval_seconds{source=\"shop\"} 2.5"), "{text}");
+        assert!(text.contains("# TYPE driftless_last_in_sync_timestamp_seconds gauge"), "{text}");
+        assert!(text.contains("driftless_last_in_sync_timestamp_seconds{source=\"shop\"} 1700000060"), "the latest time: {text}");
+        assert_eq!(text.matches("driftless_last_in_sync_timestamp_seconds{").count(), 1);
     }
 
     #[test]

@@ -36,6 +36,18 @@ pub enum SyncState {
 }
 
 impl SyncState {
+    /// Every state, in the order above (the `driftless_source_state` series).
+    pub const ALL: [SyncState; 7] = [
+        SyncState::Pending,
+        SyncState::Synced,
+        SyncState::Progressing,
+        SyncState::OutOfSync,
+        SyncState::Failed,
+        SyncState::PruneHeld,
+        SyncState::RolledBack,
+    ];
+
+    /// The state's name, as the status JSON and the metrics spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             SyncState::Pending => "Pending",
@@ -296,5 +308,14 @@ mod tests {
             "health": "Unknown", "reason": "ApiError", "message": "m", "lastSyncTime": u64::MAX});
         let read: SourceStatus = serde_json::from_value(other).unwrap();
         assert_eq!((read.state, read.reason, read.last_sync_time, read.objects.len()), (SyncState::Failed, None, None, 0));
+    }
+
+    #[test]
+    fn state_names_are_the_json_names() {
+        for state in SyncState::ALL {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str(), "{state:?}");
+        }
+        let distinct: std::collections::BTreeSet<&str> = SyncState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(distinct.len(), SyncState::ALL.len());
     }
 }

@@ -16,9 +16,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use driftless_tests::agent::{configmap, dynamic_api, eventually_ok as eventually, run_status, tail, AgentProcess, HttpResponse};
+use driftless_tests::agent::{
+    configmap, configmap_value, dynamic_api, eventually_ok as eventually, intrude_configmap, run_status, source_status, tail, wait_status,
+    AgentProcess, HttpResponse,
+};
+use driftless_tests::dashboard::{all_panels, dashboard_queries, load_dashboard};
 use driftless_tests::git_http::GitHttpServer;
-use driftless_tests::{client, cluster_bin, kubeconfig_path, repo_root, unique_name, GitFixture, TestNamespace};
+use driftless_tests::{client, cluster_bin, kubeconfig_path, unique_name, GitFixture, TestNamespace};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{json, Value};
@@ -105,26 +109,6 @@ async fn post_hook(agent: &AgentProcess, source: &str, secret: &str, forge: Forg
         Forge::Generic => ("X-Event", "push"),
     };
     agent.request("POST", &format!("/hooks/{source}"), &[(header, value), event, ("Content-Type", "application/json")], body).await
-}
-
-/// `GET /status/{source}` (200 expected).
-async fn source_status(agent: &AgentProcess, source: &str) -> Value {
-    let r = agent.get(&format!("/status/{source}")).await;
-    assert_eq!(r.status, 200, "/status/{source}: {}", r.body);
-    r.json()
-}
-
-/// Waits until `/status/{source}` satisfies `f`; returns it.
-async fn wait_status(agent: &AgentProcess, source: &str, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
-    eventually(agent, what, timeout, || async {
-        let s = source_status(agent, source).await;
-        if f(&s) {
-            Ok(s)
-        } else {
-            Err(s.to_string())
-        }
-    })
-    .await
 }
 
 async fn wait_ready(agent: &AgentProcess) {
@@ -332,7 +316,7 @@ print(json.dumps(families))
 }
 
 /// Label names a Driftless metric may carry (bounded; `le` for histogram buckets).
-const ALLOWED_LABELS: [&str; 9] = ["source", "kind", "action", "result", "health", "reason", "revision", "version", "le"];
+const ALLOWED_LABELS: [&str; 10] = ["source", "kind", "action", "result", "health", "reason", "state", "revision", "version", "le"];
 
 /// Parses the exposition with the reference parser; checks it lists `families` (name, type)
 /// and that every label name is an allowed one. Returns the parsed families.
@@ -430,19 +414,6 @@ fn kubectl_describe_parent(inventory: &str, source: &str) -> String {
         .expect("kubectl runs");
     assert!(out.status.success(), "kubectl describe: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Changes `data.value` of a ConfigMap as another field manager (`intruder`).
-async fn intrude_configmap(client: &kube::Client, namespace: &str, name: &str, value: &str) {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let params = PatchParams { field_manager: Some("intruder".into()), ..PatchParams::default() };
-    let patched = api.patch(name, &params, &Patch::Merge(json!({"data": {"value": value}}))).await.expect("patch as intruder");
-    assert_eq!(patched.data.unwrap()["value"], value);
-}
-
-async fn configmap_value(client: &kube::Client, namespace: &str, name: &str) -> Option<String> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    api.get_opt(name).await.expect("get configmap").and_then(|c| c.data).and_then(|d| d.get("value").cloned())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -821,12 +792,15 @@ async fn a_signed_push_webhook_applies_a_new_commit_within_two_seconds() {
 // ---------------------------------------------------------------------------------------------
 
 /// Every family of the agent: (name as the reference parser names it, type).
-const FAMILIES: [(&str, &str); 17] = [
+const FAMILIES: [(&str, &str); 20] = [
     ("driftless_sync", "counter"),
     ("driftless_sync_failures", "counter"),
     ("driftless_sync_duration_seconds", "histogram"),
     ("driftless_last_sync_timestamp_seconds", "gauge"),
     ("driftless_last_successful_sync_timestamp_seconds", "gauge"),
+    ("driftless_last_in_sync_timestamp_seconds", "gauge"),
+    ("driftless_source_state", "gauge"),
+    ("driftless_source_interval_seconds", "gauge"),
     ("driftless_source_info", "gauge"),
     ("driftless_objects", "gauge"),
     ("driftless_apply", "counter"),
@@ -840,6 +814,17 @@ const FAMILIES: [(&str, &str); 17] = [
     ("driftless_build_info", "gauge"),
     ("driftless_leader", "gauge"),
 ];
+
+/// The states whose `driftless_source_state` series is 1 for `source`; panics unless the source
+/// has a series for every state, each 0 or 1.
+fn states_on(m: &Metrics, source: &str) -> Vec<String> {
+    let series = m.find("driftless_source_state", &[("source", source)]);
+    let states: BTreeSet<&str> = series.iter().map(|s| s.labels["state"].as_str()).collect();
+    let every = ["Pending", "Synced", "Progressing", "OutOfSync", "Failed", "PruneHeld", "RolledBack"];
+    assert_eq!(states, BTreeSet::from(every), "{source}: one series per state: {series:?}");
+    assert!(series.iter().all(|s| s.value == 0.0 || s.value == 1.0), "{series:?}");
+    series.iter().filter(|s| s.value == 1.0).map(|s| s.labels["state"].clone()).collect()
+}
 
 /// The one `driftless_source_info` series of a source: its revision.
 fn revision_series(m: &Metrics, source: &str) -> Vec<String> {
@@ -884,6 +869,12 @@ async fn every_metric_has_sane_values_after_a_sync_drift_a_prune_and_failures() 
     assert!(m.check_histogram("driftless_git_fetch_duration_seconds", &good) >= 1.0);
     assert!(m.check_histogram("driftless_commit_to_healthy_seconds", &good) >= 1.0);
     assert_eq!(m.value("driftless_git_fetch_errors_total", &g).unwrap_or(0.0), 0.0);
+    // the state, one-hot; the interval; in sync since the first sync ended
+    assert_eq!(states_on(&m, &good), ["Synced"]);
+    assert_eq!(m.must("driftless_source_interval_seconds", &g), 3600.0);
+    assert_eq!(m.must("driftless_source_interval_seconds", &[("source", &broken)]), 2.0);
+    let in_sync = m.must("driftless_last_in_sync_timestamp_seconds", &g);
+    assert!(in_sync >= last && in_sync <= now_secs() + 1.0, "in sync at {in_sync}, the sync ended at {last}");
     // the broken source: its remote checks fail and are counted, and it never had a revision
     let m = wait_metrics(&s.agent, "two failed remote checks of the broken source", |m| {
         match m.value("driftless_git_fetch_errors_total", &[("source", &broken)]) {
@@ -897,6 +888,8 @@ async fn every_metric_has_sane_values_after_a_sync_drift_a_prune_and_failures() 
     assert_eq!(m.value("driftless_last_successful_sync_timestamp_seconds", &[("source", &broken)]), None);
     let st = source_status(&s.agent, &broken).await;
     assert_eq!((st["state"].as_str(), st["reason"].as_str()), (Some("Failed"), Some("FetchFailed")), "{st:#}");
+    assert_eq!(states_on(&m, &broken), ["Failed"]);
+    assert_eq!(m.value("driftless_last_in_sync_timestamp_seconds", &[("source", &broken)]), None, "never in sync");
 
     // drift: corrected three times in a row is a fight
     for round in 1..=3 {
@@ -953,6 +946,12 @@ async fn every_metric_has_sane_values_after_a_sync_drift_a_prune_and_failures() 
     assert_eq!(m.must("driftless_last_successful_sync_timestamp_seconds", &g), ok_after_c2);
     assert!(m.must("driftless_last_sync_timestamp_seconds", &g) >= ok_after_c2);
     assert_eq!(m.check_histogram("driftless_sync_duration_seconds", &good), 3.0);
+    assert_eq!(states_on(&m, &good), ["Failed"]);
+    let in_sync_failed = m.must("driftless_last_in_sync_timestamp_seconds", &g);
+    assert!(
+        in_sync_failed >= ok_after_c2 && in_sync_failed < m.must("driftless_last_sync_timestamp_seconds", &g),
+        "a failed sync is not in sync"
+    );
 
     // a commit removing the whole set: applied, the prune held
     let c4 = s.commit_prune_held().await;
@@ -965,6 +964,8 @@ async fn every_metric_has_sane_values_after_a_sync_drift_a_prune_and_failures() 
     assert_eq!(m.check_histogram("driftless_sync_duration_seconds", &good), 4.0);
     let total: f64 = m.find("driftless_sync_total", &g).iter().map(|s| s.value).sum();
     assert_eq!(total, 4.0, "every reconcile counted once by result");
+    assert_eq!(states_on(&m, &good), ["PruneHeld"]);
+    assert!(m.must("driftless_last_in_sync_timestamp_seconds", &g) > in_sync_failed, "a held prune applied git: in sync");
 
     // the exposition passes the reference parser, lists every family, uses bounded labels only
     let parsed = check_with_reference_parser(&m, &FAMILIES);
@@ -1497,28 +1498,6 @@ async fn the_test_git_server_serves_git_behind_its_token() {
 // the Grafana dashboard
 // ---------------------------------------------------------------------------------------------
 
-fn dashboard_path() -> PathBuf {
-    repo_root().join("helm/dashboards/driftless.json")
-}
-
-fn load_dashboard() -> Value {
-    let text = std::fs::read_to_string(dashboard_path()).expect("helm/dashboards/driftless.json exists");
-    serde_json::from_str(&text).expect("the dashboard is valid JSON")
-}
-
-/// Every panel, rows' nested panels included.
-fn all_panels(dashboard: &Value) -> Vec<&Value> {
-    fn walk<'a>(panels: &'a Value, out: &mut Vec<&'a Value>) {
-        for p in panels.as_array().into_iter().flatten() {
-            out.push(p);
-            walk(&p["panels"], out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dashboard["panels"], &mut out);
-    out
-}
-
 /// Every `datasource` object anywhere in the dashboard, with where it is.
 fn datasource_refs(v: &Value, path: &str, out: &mut Vec<(String, Value)>) {
     match v {
@@ -1696,19 +1675,6 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
         i += 1;
     }
     names
-}
-
-/// Every PromQL expression of the dashboard: panel targets and the `source` variable's query.
-fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for p in all_panels(dashboard) {
-        for t in p["targets"].as_array().into_iter().flatten() {
-            if let Some(expr) = t["expr"].as_str() {
-                out.push((format!("{} / {}", p["title"].as_str().unwrap_or("?"), t["refId"].as_str().unwrap_or("?")), expr.to_string()));
-            }
-        }
-    }
-    out
 }
 
 #[test]
