@@ -4,10 +4,12 @@
 //!    values the agent would refuse (an SSH source without known_hosts...) fail the render with
 //!    a clear message; the render follows the values (leader election with replicas > 1, the
 //!    config checksum, credential mounts, per-release cluster-scoped names, a config the agent
-//!    parses), and the dashboard ConfigMap needs both `dashboard.enabled` and the JSON file;
+//!    parses), the dashboard ConfigMap needs both `dashboard.enabled` and the JSON file, and the
+//!    PrometheusRule (behind `prometheusRule.enabled`) holds the groups of the alert rules file;
 //! 2. every object `helm template` renders (defaults and the ci values) passes a server-side
 //!    dry-run in a namespace enforcing the `restricted` Pod Security Standard, warnings being
-//!    errors (ServiceMonitor is skipped when monitoring.coreos.com is not served);
+//!    errors (ServiceMonitor and PrometheusRule are skipped when monitoring.coreos.com is not
+//!    served);
 //! 3. `helm install` brings the Deployment to Available on the kwok node, and an upgrade to two
 //!    replicas turns leader election and the PodDisruptionBudget on and rolls the pod when the
 //!    config changes;
@@ -529,6 +531,50 @@ fn the_dashboard_configmap_needs_both_the_flag_and_the_dashboard_file() {
     assert_eq!(cms[0]["data"]["driftless.json"], json, "the dashboard is shipped byte for byte");
 }
 
+#[test]
+fn the_prometheus_rule_holds_the_alert_rules_file_and_needs_the_flag() {
+    let helm = Helm::new();
+    let rules = |chart: &Path, args: &[&str]| -> Vec<(Value, String)> {
+        documents(&helm.template_chart(chart, "rel", "ops", args)).into_iter().filter(|(d, _)| d["kind"] == "PrometheusRule").collect()
+    };
+    assert!(rules(&chart(), &[]).is_empty(), "the PrometheusRule is opt-in");
+
+    let rendered = rules(&chart(), &["--set", "prometheusRule.enabled=true,prometheusRule.labels.release=prometheus"]);
+    assert_eq!(rendered.len(), 1, "one PrometheusRule");
+    let (rule, text) = &rendered[0];
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!((rule["metadata"]["name"].as_str(), rule["metadata"]["namespace"].as_str()), (Some("rel-driftless"), Some("ops")));
+    let labels = &rule["metadata"]["labels"];
+    assert_eq!(labels["release"], "prometheus", "the extra labels are applied: {labels}");
+    assert_eq!(labels["app.kubernetes.io/name"], "driftless", "and the chart's own: {labels}");
+
+    // the spec is the rules file, parsed: the same groups, nothing else
+    let file = std::fs::read_to_string(chart().join("alerts/driftless.rules.yaml")).expect("helm/alerts/driftless.rules.yaml");
+    let from_file = driftless::render::yaml::parse_config(&file).expect("the rules file is YAML");
+    let spec = rule["spec"].as_object().expect("a spec");
+    assert_eq!(spec.keys().collect::<Vec<_>>(), ["groups"], "{spec:?}");
+    assert_eq!(rule["spec"]["groups"], from_file["groups"], "the PrometheusRule's groups are the rules file's");
+    let alerts: Vec<&str> =
+        rule["spec"]["groups"][0]["rules"].as_array().expect("rules").iter().filter_map(|r| r["alert"].as_str()).collect();
+    for name in ["DriftlessSourceFailing", "DriftlessSourceNotSynced", "DriftlessFight", "DriftlessPruneHeld", "DriftlessNoLeader"] {
+        assert!(alerts.contains(&name), "{name} missing: {alerts:?}");
+    }
+    // Helm left the rules' own templates alone, for Prometheus to expand
+    assert!(text.contains("{{ $labels.source }}"), "{text}");
+    assert_eq!(text.matches("{{ $labels.source }}").count(), file.matches("{{ $labels.source }}").count());
+
+    // a chart without the rules file refuses the flag rather than render an empty rule
+    let dir = TempDir::new().unwrap();
+    let copy = dir.path().join("driftless");
+    let cp = Command::new("cp").arg("-R").arg(chart()).arg(&copy).status().expect("cp runs");
+    assert!(cp.success());
+    std::fs::remove_file(copy.join("alerts/driftless.rules.yaml")).unwrap();
+    assert!(rules(&copy, &[]).is_empty());
+    let refused = helm.run(&["template", "rel", copy.to_str().unwrap(), "--set", "prometheusRule.enabled=true"]);
+    assert_ne!(refused.code, 0, "{}", refused.all());
+    assert!(refused.all().contains("the chart carries no alerts/driftless.rules.yaml"), "{}", refused.all());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. server-side dry-run of everything the chart renders
 // ---------------------------------------------------------------------------------------------
@@ -542,11 +588,17 @@ async fn every_rendered_object_passes_a_server_side_dry_run() {
     let helm = Helm::new();
     let release = unique_name("dry");
 
-    // ServiceMonitor is a Prometheus Operator CRD: dry-run it only where it is served.
+    // ServiceMonitor and PrometheusRule are Prometheus Operator CRDs: dry-run them only where
+    // they are served.
     let monitoring = kubectl(&["get", "--raw", "/apis/monitoring.coreos.com/v1"], None).code == 0;
     if !monitoring {
-        eprintln!("note: monitoring.coreos.com/v1 is not served by this cluster: the ServiceMonitor is rendered but not dry-run");
+        eprintln!(
+            "note: monitoring.coreos.com/v1 is not served by this cluster: the ServiceMonitor and PrometheusRule are rendered but not dry-run"
+        );
     }
+    let operator_kind = |d: &Value| {
+        d["apiVersion"] == "monitoring.coreos.com/v1" && matches!(d["kind"].as_str(), Some("ServiceMonitor" | "PrometheusRule"))
+    };
 
     // The ci values name namespaces of their own (apps, shop, monitoring): the objects that go
     // there are sent to this test's namespaces instead (the release namespace and another
@@ -564,8 +616,8 @@ async fn every_rendered_object_passes_a_server_side_dry_run() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let docs = documents(&helm.template(&release, ns.name(), &args));
         assert!(docs.iter().any(|(d, _)| d["kind"] == "Deployment"), "{label}: no Deployment rendered");
-        let (checked, skipped): (Vec<_>, Vec<_>) = docs.into_iter().partition(|(d, _)| monitoring || d["kind"] != "ServiceMonitor");
-        assert!(skipped.iter().all(|(d, _)| d["kind"] == "ServiceMonitor"));
+        let (checked, skipped): (Vec<_>, Vec<_>) = docs.into_iter().partition(|(d, _)| monitoring || !operator_kind(d));
+        assert!(skipped.iter().all(|(d, _)| operator_kind(d)));
         let stream: String = checked.iter().map(|(_, text)| format!("---\n{text}")).collect();
         // every object names its namespace (helm template does not add one), so no --namespace
         let out = kubectl(&["--warnings-as-errors", "apply", "--server-side", "--dry-run=server", "-f", "-"], Some(&stream));
