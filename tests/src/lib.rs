@@ -13,14 +13,16 @@
 //! - [`agent`]: Driftless itself on that cluster: a reconcile context, sources, the binary, counts;
 //! - [`cluster`]: a [`cluster::PrivateCluster`] of a test's own (to stop its kube-apiserver
 //!   without disturbing the other tests) and [`cluster::AuditTail`] to read an audit log as it grows;
-//! - [`browser`]: a [`browser::Browser`], headless Chromium driven over WebDriver, for web pages.
-//! - [`dashboard`]: the Grafana dashboard's panels and queries.
+//! - [`browser`]: a [`browser::Browser`], headless Chromium driven over WebDriver, for web pages;
+//! - [`dashboard`]: the Grafana dashboard's panels and queries;
+//! - [`prometheus`]: a real Prometheus scraping an agent and evaluating alert rules, and `promtool`.
 
 pub mod agent;
 pub mod browser;
 pub mod cluster;
 pub mod dashboard;
 pub mod git_http;
+pub mod prometheus;
 pub mod receiver;
 
 use std::fmt::Debug;

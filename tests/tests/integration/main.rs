@@ -18,6 +18,7 @@ mod notifications;
 mod observability;
 mod ownership;
 mod plan;
+mod prometheus;
 mod prune_safeguards;
 mod real_repositories;
 mod recovery;
