@@ -227,6 +227,16 @@ pub struct SourceLoop {
     /// When each drift correction was last notified: at most one notification per object per
     /// [`DRIFT_NOTIFY_EVERY`].
     drift_notified: HashMap<ObjectRef, Instant>,
+    /// A failed remote check that made the source Failed: what it wrote, and the state it
+    /// replaced, put back when the remote answers again with nothing new.
+    fetch_failure: Option<FetchFailure>,
+}
+
+/// The status a failed remote check replaced (state, reason, message), and the reason and
+/// message it wrote instead.
+struct FetchFailure {
+    replaced: (SyncState, Option<Reason>, String),
+    wrote: (Option<Reason>, String),
 }
 
 /// The shortest time between two DriftCorrected notifications of one object.
@@ -267,6 +277,7 @@ impl SourceLoop {
             rollback_due: None,
             late_health: false,
             drift_notified: HashMap::new(),
+            fetch_failure: None,
             fetch_started: None,
             heartbeat,
         }
@@ -534,10 +545,21 @@ impl SourceLoop {
                 warn!(source = %self.source.name, reason = %e.reason(), error = %e, "remote check failed; the last good state stays in place");
                 let report = Report::failed(&self.source.name, None, e.reason(), e.to_string(), noticed.elapsed(), Some(e));
                 self.record_sync(&report);
-                let repeated = {
+                let (repeated, before) = {
                     let all = self.telemetry.statuses.read().unwrap_or_else(|p| p.into_inner());
-                    all.get(&self.source.name).is_some_and(|s| s.state == SyncState::Failed && s.message == report.message)
+                    let s = all.get(&self.source.name);
+                    let repeated = s.is_some_and(|s| s.state == SyncState::Failed && s.message == report.message);
+                    (repeated, s.map(|s| (s.state, s.reason, s.message.clone())))
                 };
+                // the state before the first of a run of failed checks is what comes back, unless
+                // something else (a health check) changed the status between two of them
+                let still = |f: &FetchFailure| {
+                    before.as_ref().is_some_and(|(state, reason, message)| {
+                        *state == SyncState::Failed && (*reason, message.as_str()) == (f.wrote.0, f.wrote.1.as_str())
+                    })
+                };
+                let replaced = self.fetch_failure.take().filter(still).map(|f| f.replaced).or(before);
+                self.fetch_failure = replaced.map(|replaced| FetchFailure { replaced, wrote: (report.reason, report.message.clone()) });
                 let duration = report.duration.as_secs_f64();
                 self.update_status(|s| {
                     s.state = SyncState::Failed;
@@ -555,7 +577,11 @@ impl SourceLoop {
             }
         };
         self.update_status(|s| s.last_fetched_commit = Some(commit.clone()));
+        let failure = self.fetch_failure.take();
         let Some(revision) = revision else {
+            if let Some(failure) = failure {
+                self.fetch_failure_over(failure);
+            }
             // nothing new in git: the source is as in sync as its last reconcile left it (a
             // Failed one is not); drift is the watches' business
             if self.state().is_some_and(|s| s != SyncState::Failed) {
@@ -590,6 +616,24 @@ impl SourceLoop {
             }
         }
         newer
+    }
+
+    /// The remote answered again with the commit already handled: the state the failed checks
+    /// replaced comes back, unless something else (a health check) changed the status since.
+    fn fetch_failure_over(&mut self, failure: FetchFailure) {
+        let FetchFailure { replaced: (state, reason, message), wrote } = failure;
+        let mut restored = false;
+        self.update_status(|s| {
+            if s.state == SyncState::Failed && (s.reason, s.message.as_str()) == (wrote.0, wrote.1.as_str()) {
+                (s.state, s.reason, s.message) = (state, reason, message);
+                restored = true;
+            }
+        });
+        if restored {
+            info!(source = %self.source.name, state = state.as_str(), "the remote answers again with nothing new; the source is back to its state before the failed checks");
+            // health, readiness and the parent's annotations follow the state put back
+            self.refresh_health();
+        }
     }
 
     /// Records a finished reconcile of `commit`: metrics, Events, what the source now desires and

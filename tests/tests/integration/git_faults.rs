@@ -360,6 +360,55 @@ async fn a_git_server_down_for_several_polls_changes_nothing_and_the_agent_conve
     assert_eq!(values(&check, ns.name()).await, converged());
 }
 
+/// The value of `name{source="<source>",<label>}` on the agent's `/metrics`.
+async fn gauge(agent: &AgentProcess, name: &str, source: &str, label: &str) -> Option<f64> {
+    let text = agent.get("/metrics").await.body;
+    let prefix = format!("{name}{{source=\"{source}\"{label}}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_failed_by_a_git_outage_is_synced_again_when_git_answers_with_nothing_new() {
+    let client = driftless_tests::client().await;
+    let inv = TestNamespace::new(&client, "faults-blip-inv").await;
+    let ns = TestNamespace::new(&client, "faults-blip").await;
+    let mut served = Served::new().await;
+    let name = unique_name("faults-blip");
+    let config = served.files.path().join("driftless.yaml");
+    let entry = json!({"name": name, "repo": served.gate.url(), "namespace": ns.name(), "interval": "1s",
+                       "timeout": "3s", "insecureHttp": true, "auth": {"tokenFile": served.token_file()}});
+    std::fs::write(&config, serde_json::to_string_pretty(&json!({ "sources": [entry] })).unwrap()).unwrap();
+    let first = served.repo.head();
+    let agent = AgentProcess::start(inv.name(), &["--config", config.to_str().unwrap()]).await;
+    wait_status(&agent, &name, "the first revision Synced", Duration::from_secs(60), |s| {
+        s["state"] == "Synced" && s["lastAppliedCommit"] == first.as_str()
+    })
+    .await;
+
+    // git goes away for a few polls: the source is Failed (FetchFailed)
+    served.gate.down().await;
+    wait_status(&agent, &name, "Failed while git is down", Duration::from_secs(30), |s| {
+        s["state"] == "Failed" && s["reason"] == "FetchFailed"
+    })
+    .await;
+    assert_eq!(gauge(&agent, "driftless_source_state", &name, ",state=\"Failed\"").await, Some(1.0));
+    let in_sync_before = gauge(&agent, "driftless_last_in_sync_timestamp_seconds", &name, "").await.expect("in sync once");
+
+    // back, with the same commit: the failure is over, nothing needs a reconcile
+    served.gate.up().await;
+    let back = wait_status(&agent, &name, "Synced again with the same commit", Duration::from_secs(30), |s| {
+        s["state"] == "Synced" && s["reason"] == "" && s["message"] == ""
+    })
+    .await;
+    assert_eq!(back["lastAppliedCommit"], first.as_str(), "{back}");
+    assert_eq!(gauge(&agent, "driftless_source_state", &name, ",state=\"Synced\"").await, Some(1.0));
+    assert_eq!(gauge(&agent, "driftless_source_state", &name, ",state=\"Failed\"").await, Some(0.0));
+    let in_sync = gauge(&agent, "driftless_last_in_sync_timestamp_seconds", &name, "").await.expect("in sync");
+    assert!(in_sync > in_sync_before, "in sync again: {in_sync} after {in_sync_before}");
+    ns.cleanup().await;
+    inv.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn drift_is_corrected_while_a_fetch_hangs_and_a_stuck_fetch_shows_in_status() {
     let client = driftless_tests::client().await;
