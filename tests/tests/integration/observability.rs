@@ -623,7 +623,7 @@ async fn endpoints_answer_as_specified() {
     assert_eq!(st["counts"], json!({"created": 1}));
     assert_eq!(
         st["objects"],
-        json!([{"group": "", "kind": "ConfigMap", "namespace": ns.name(), "name": "web-a", "action": "created", "health": "Healthy"}])
+        json!([{"group": "", "kind": "ConfigMap", "namespace": ns.name(), "name": "web-a", "action": "created", "health": "Healthy", "wave": 0}])
     );
     assert_eq!(st["ready"], true);
 
