@@ -22,7 +22,7 @@ use crate::config::{NotifyEvent, Rollback, Source};
 use crate::inventory::applyset;
 use crate::live::drift::{self, Drift, Expected, Verdict};
 use crate::live::health::{self, Health};
-use crate::live::watch::Watches;
+use crate::live::watch::Subscription;
 use crate::live::LiveState;
 use crate::manifest::ObjectRef;
 use crate::plan::Plan;
@@ -182,7 +182,7 @@ pub struct SourceLoop {
     telemetry: Telemetry,
     live: Arc<LiveState>,
     drifted: mpsc::UnboundedReceiver<ObjectRef>,
-    watches: Watches,
+    watches: Subscription,
     /// What the source wants now, by identity (memory grows with what it manages).
     desired: Plan,
     applyset_id: String,
@@ -239,6 +239,9 @@ struct FetchFailure {
     wrote: (Option<Reason>, String),
 }
 
+/// How long a watch may lag behind Driftless's own write before a drift it shows is believed.
+const WATCH_LAG: Duration = Duration::from_secs(2);
+
 /// The shortest time between two DriftCorrected notifications of one object.
 const DRIFT_NOTIFY_EVERY: Duration = Duration::from_secs(300);
 
@@ -252,12 +255,12 @@ impl SourceLoop {
         telemetry.metrics.set_state(&source.name, SyncState::Pending);
         telemetry.metrics.set_interval(&source.name, source.interval);
         SourceLoop {
+            watches: Subscription::new(ctx.watches.clone()),
             ctx,
             source,
             telemetry,
             live: Arc::new(live),
             drifted,
-            watches: Watches::default(),
             desired: Plan::default(),
             applyset_id: String::new(),
             applied_commit: None,
@@ -652,7 +655,7 @@ impl SourceLoop {
                 self.live.forget(&c.id);
             }
             self.desired = outcome.plan;
-            self.watches.update(&self.ctx.cluster, &self.live, &outcome.applyset_id, &outcome.scopes);
+            self.watches.update(&self.live, &outcome.applyset_id, &outcome.scopes).await;
         }
         if report.state != State::Failed {
             self.applied_commit = Some(commit.to_string());
@@ -695,12 +698,29 @@ impl SourceLoop {
         self.refresh_health();
     }
 
+    /// Judges a drifted object again at `at`, once however often it drifts meanwhile.
+    fn wait_before_judging(&mut self, id: ObjectRef, at: Instant) {
+        match self.backoff_keys.get(&id) {
+            Some(key) => self.backoffs.reset_at(key, at.into()),
+            None => {
+                let key = self.backoffs.insert_at(id.clone(), at.into());
+                self.backoff_keys.insert(id, key);
+            }
+        }
+    }
+
     /// Handles a drifted object: correct it (self-heal) or report it.
     pub async fn heal(&mut self, id: ObjectRef) {
         let Some(t) = self.live.dequeue(&id) else { return };
         let Some(expected) = t.expected.as_ref() else { return };
         let Some(found) = drift::detect(t.entry.as_ref(), expected) else { return };
         let Some(planned) = self.desired.get(&id) else { return };
+        // a watch shared with other sources may not have delivered Driftless's own last write
+        // yet: what it holds can be older than that write, so give it a moment before believing it
+        if t.unseen_write.is_some() && t.written_at.is_some_and(|at| at.elapsed() < WATCH_LAG) {
+            self.wait_before_judging(id, Instant::now() + WATCH_LAG / 8);
+            return;
+        }
         let kind = KindLabels { source: self.source.name.clone(), kind: id.group_kind().to_string() };
         self.metrics().drift_detected_total.get_or_create(&kind).inc();
         if !self.source.self_heal {
@@ -720,19 +740,17 @@ impl SourceLoop {
         }
         let now = Instant::now();
         if let Verdict::Wait(at) = t.fight.on_drift(now) {
-            match self.backoff_keys.get(&id) {
-                Some(key) => self.backoffs.reset_at(key, at.into()),
-                None => {
-                    let key = self.backoffs.insert_at(id.clone(), at.into());
-                    self.backoff_keys.insert(id, key);
-                }
-            }
+            self.wait_before_judging(id, at);
             return;
         }
         self.live.begin_apply(&id);
         match self.ctx.cluster.apply(&planned.resource, &planned.id, &planned.object, ApplyOptions::default()).await {
             Ok(object) => {
                 self.live.applied(&id, Expected::from_object(&object));
+                let meta = &object["metadata"];
+                if let (Some(uid), Some(rv)) = (meta["uid"].as_str(), meta["resourceVersion"].as_str()) {
+                    self.live.written(&id, uid, rv);
+                }
                 let fight = self.live.corrected(&id, now);
                 let corrections = self.live.get(&id).map(|t| t.fight.corrections).unwrap_or(0);
                 info!(source = %self.source.name, object = %id, drift = %found, latency_ms = now.elapsed().as_millis() as u64, "drift corrected");

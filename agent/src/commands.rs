@@ -15,6 +15,7 @@ use crate::cluster::fence::Fence;
 use crate::cluster::{Cluster, ConnectOptions};
 use crate::config::{self, Source};
 use crate::leader::Elector;
+use crate::live::watch::WatchHub;
 use crate::render::helm::Helm;
 use crate::render::kustomize::Kustomize;
 use crate::render::Limits;
@@ -31,13 +32,14 @@ async fn context(args: &ClusterArgs, fence: Fence) -> Result<Context, crate::Err
     let cluster = Cluster::connect_with(args.kubeconfig.as_deref(), &opts).await.map_err(|e| crate::Error::Config(e.to_string()))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("driftless"));
     Ok(Context {
-        cluster,
         agent_namespace: args.inventory_namespace.clone(),
         cache_dir,
         instance: args.instance.clone(),
         limits: Limits::default(),
         kustomize: Kustomize::new(&args.kustomize),
         helm: Helm::new(&args.helm),
+        watches: Arc::new(WatchHub::new(cluster.clone())),
+        cluster,
     })
 }
 
@@ -161,7 +163,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
     if sources.is_empty() {
         warn!("the configuration lists no sources: serving health and metrics, reconciling nothing");
     }
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    metrics.count_watches(ctx.watches.open_watches());
+    let metrics = Arc::new(metrics);
     let telemetry = Telemetry {
         statuses: Default::default(),
         metrics: metrics.clone(),

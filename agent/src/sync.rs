@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,7 @@ use crate::config::Source;
 use crate::inventory::applyset::Inventory;
 use crate::inventory::{self, Set};
 use crate::live::object::{self, Keep, LiveObject};
-use crate::live::watch::Scope;
+use crate::live::watch::{Scope, WatchHub};
 use crate::live::LiveState;
 use crate::manifest::ObjectRef;
 use crate::plan::prune::Hold;
@@ -54,6 +55,8 @@ pub struct Context {
     pub kustomize: Kustomize,
     /// How charts are rendered (each source sets its own time limit, release and values).
     pub helm: Helm,
+    /// The watches of every source's members, shared.
+    pub watches: Arc<WatchHub>,
 }
 
 /// How much of a revision is checked against the server.

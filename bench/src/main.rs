@@ -9,6 +9,8 @@
 //! - drift correction latency: outside edits of owned fields until they are reverted, p50/p95;
 //! - the agent's peak resident memory.
 //!
+//! `--sources N` runs the many-sources scenario instead (see [`sources`]).
+//!
 //! Figures are printed, never asserted.
 
 use std::fs;
@@ -16,6 +18,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod sources;
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -44,6 +48,9 @@ struct Args {
     /// allocation (about 27 ms a Service on the local control plane) out of both cold applies.
     #[arg(long)]
     headless_services: bool,
+    /// Instead: the many-sources scenario, N sources of five objects each in one agent.
+    #[arg(long)]
+    sources: Option<usize>,
 }
 
 const INVENTORY_NS: &str = "driftless-bench";
@@ -95,11 +102,7 @@ impl AgentProcess {
     }
     /// Peak and current resident memory in KiB.
     fn memory_kib(&self) -> (u64, u64) {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let field = |name: &str| {
-            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
-        };
-        (field("VmHWM:"), field("VmRSS:"))
+        memory_kib(self.child.id())
     }
     async fn wait_for(&self, message: &str, count: usize, timeout: Duration) -> Result<Vec<Value>> {
         let deadline = Instant::now() + timeout;
@@ -121,6 +124,36 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Peak and current resident memory of a process in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Deletes the namespaces an earlier run left behind (labelled `driftless.dev/bench`) and waits
+/// until they are gone: their deletion loads the cluster, so nothing is timed meanwhile.
+async fn delete_leftovers(client: &kube::Client) -> Result<()> {
+    let nss = dynamic_api(client, "v1", "Namespace", "namespaces", "");
+    let leftovers = kube::api::ListParams::default().labels("driftless.dev/bench=true");
+    for old in nss.list(&leftovers).await?.items {
+        if let Some(name) = old.metadata.name {
+            let _ = nss.delete(&name, &DeleteParams::background()).await;
+        }
+    }
+    wait_for_ok("earlier benchmark namespaces to be deleted", Duration::from_secs(1200), || async {
+        match nss.list(&leftovers).await {
+            Ok(list) if list.items.is_empty() => Ok(()),
+            Ok(list) => Err(format!("{} still terminating", list.items.len())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -163,6 +196,9 @@ async fn wait_rolled_out(client: &kube::Client, ns: &str) {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let client = client().await;
+    if let Some(sources) = args.sources {
+        return sources::run(&client, sources).await;
+    }
     let n = args.objects;
     let work = tempfile::tempdir()?;
     println!(
@@ -172,22 +208,8 @@ async fn main() -> Result<()> {
     );
 
     // namespaces an interrupted earlier run left behind
+    delete_leftovers(&client).await?;
     let nss = dynamic_api(&client, "v1", "Namespace", "namespaces", "");
-    let leftovers = kube::api::ListParams::default().labels("driftless.dev/bench=true");
-    for old in nss.list(&leftovers).await?.items {
-        if let Some(name) = old.metadata.name {
-            let _ = nss.delete(&name, &DeleteParams::background()).await;
-        }
-    }
-    // their deletion loads the cluster: wait for it before timing anything
-    wait_for_ok("earlier benchmark namespaces to be deleted", Duration::from_secs(600), || async {
-        match nss.list(&leftovers).await {
-            Ok(list) if list.items.is_empty() => Ok(()),
-            Ok(list) => Err(format!("{} still terminating", list.items.len())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
 
     let repo = GitFixture::new();
     for i in 0..n {

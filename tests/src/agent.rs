@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use driftless::cluster::Cluster;
 use driftless::config::{Source, SourceConfig};
+use driftless::live::watch::WatchHub;
 use driftless::render::helm::Helm;
 use driftless::render::kustomize::Kustomize;
 use driftless::render::Limits;
@@ -41,8 +43,10 @@ impl Agent {
     pub async fn with_agent_namespace(namespace: &str) -> Self {
         let client = client().await;
         let cache = TempDir::new().expect("a cache directory");
+        let cluster = Cluster::connect(Some(&kubeconfig_path())).await.expect("connect as driftless");
         let ctx = Context {
-            cluster: Cluster::connect(Some(&kubeconfig_path())).await.expect("connect as driftless"),
+            watches: Arc::new(WatchHub::new(cluster.clone())),
+            cluster,
             agent_namespace: namespace.into(),
             cache_dir: cache.path().to_path_buf(),
             instance: "driftless".into(),
@@ -71,8 +75,12 @@ pub fn source(prefix: &str, url: &str, namespace: &str) -> Source {
     cfg.validate().expect("a valid source")
 }
 
-/// The `driftless` binary built by `cargo build -p driftless` (tests/run builds it first).
+/// The `driftless` binary built by `cargo build -p driftless` (tests/run builds it first), or
+/// `$DRIFTLESS_BIN` when set (the benchmark's release build).
 pub fn driftless_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("DRIFTLESS_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     let bin = target.join("debug").join("driftless");
     assert!(bin.exists(), "{} is missing: run `cargo build -p driftless` first (tests/run does)", bin.display());

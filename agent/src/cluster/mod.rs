@@ -2,9 +2,11 @@
 //! `driftless/<version>`, with every request bounded, throttled as one ([`throttle`]) and fenced
 //! by the leader lease ([`fence`]). One file per verb, in the spirit of fluxcd/pkg `ssa/`:
 //! [`read`] (get and paged lists), [`apply`] (server-side apply and dry-runs), [`delete`]
-//! (with preconditions), [`wait`] (the one polling helper), [`discovery`] (what the server serves).
+//! (with preconditions), [`wait`] (the one polling helper), [`discovery`] (what the server serves),
+//! [`access`] (what the agent may do).
 //! Nothing here knows a plan or a stage: it speaks in resource types, identities and JSON.
 
+pub mod access;
 pub mod apply;
 pub mod delete;
 pub mod discovery;

@@ -1,6 +1,6 @@
 //! Live state: watches of the objects each source owns, trimmed to what drift, self-heal and
-//! health need. Memory grows with what Driftless manages, not with the cluster: only members of
-//! the source's ApplySet are watched (by its part-of label, per kind and namespace).
+//! health need. Memory grows with what ApplySets hold, not with the cluster: only objects with an
+//! ApplySet part-of label are watched, by watches every source shares ([`watch::WatchHub`]).
 //!
 //! [`object`] reads live objects for a reconcile (members by paged LIST, others by GET), trimmed
 //! as they arrive; [`watch`] feeds [`LiveState`]; [`drift`] decides (pure) whether an object
@@ -42,6 +42,8 @@ pub struct Tracked {
     /// watch has seen that very version: until then its entry does not tell the health of what
     /// was written.
     pub unseen_write: Option<(String, String)>,
+    /// When that write was answered.
+    pub written_at: Option<std::time::Instant>,
 }
 
 /// The live state of one source: the tracked objects and a channel of drifted ones.
@@ -91,6 +93,7 @@ impl LiveState {
             // the watch event of the write may have come before the answer
             let seen = t.entry.as_ref().is_some_and(|e| e.uid == uid && e.resource_version == resource_version);
             t.unseen_write = (!seen).then(|| (uid.to_string(), resource_version.to_string()));
+            t.written_at = Some(std::time::Instant::now());
         }
     }
 
@@ -131,17 +134,26 @@ impl LiveState {
         }
     }
 
-    /// A watch finished listing a scope (group, kind, namespace): expected objects of it that the
-    /// listing did not contain are gone.
-    pub fn listed(&self, group: &str, kind: &str, namespace: &str) {
+    /// A watch finished listing a scope (group, kind, namespace) and found `present` in it: what
+    /// it did not find is gone, whether expected and never seen, or seen before and deleted while
+    /// no watch looked.
+    pub fn listed(&self, group: &str, kind: &str, namespace: &str, present: &HashSet<ObjectRef>) {
         let mut objects = self.change();
         let ids: Vec<ObjectRef> = objects
             .iter()
-            .filter(|(id, t)| !t.seen && id.group == group && id.kind == kind && id.namespace == namespace)
+            .filter(|(id, t)| {
+                id.group == group
+                    && id.kind == kind
+                    && id.namespace == namespace
+                    && (!t.seen || (t.entry.is_some() && !present.contains(*id)))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
             if let Some(t) = objects.get_mut(&id) {
+                if !present.contains(&id) {
+                    t.entry = None;
+                }
                 t.seen = true;
                 self.judge(&id, t);
             }
@@ -275,7 +287,7 @@ mod tests {
         let (state, mut rx) = LiveState::new();
         state.applied(&id("a"), Expected { fields_hash: "f1".into() });
         assert!(rx.try_recv().is_err(), "expected before any watch event: not deleted");
-        state.listed("", "ConfigMap", "a");
+        state.listed("", "ConfigMap", "a", &HashSet::new());
         assert_eq!(rx.try_recv().unwrap(), id("a"), "listed and absent: deleted");
     }
 

@@ -224,6 +224,11 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Counts the open watches of the agent's members (`driftless_watches`).
+    pub fn count_watches(&mut self, open: Gauge) {
+        self.registry.register("watches", "Watches of managed objects open now, shared by every source", open);
+    }
+
     /// The text exposition (OpenMetrics).
     pub fn encode(&self) -> String {
         let mut out = String::new();

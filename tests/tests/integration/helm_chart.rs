@@ -32,7 +32,10 @@ use std::time::{Duration, Instant};
 
 use driftless::config::{NotifyType, Provider, Rollback};
 use driftless::source::RenderMode;
-use driftless_tests::agent::{audit_events, configmap, dynamic_api, get, is_write, remove_example, run_sync_with_kubeconfig};
+use driftless_tests::agent::{
+    audit_events, configmap, configmap_value, dynamic_api, get, intrude_configmap, is_write, remove_example, run_sync_with_kubeconfig,
+    wait_status, AgentProcess,
+};
 use driftless_tests::{client, cluster_bin, kubeconfig_path, repo_root, unique_name, wait_for, GitFixture, TestNamespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
@@ -849,6 +852,67 @@ async fn the_service_account_syncs_into_its_target_namespaces_and_nowhere_else()
 
     drop(installed); // helm uninstall
     for ns in [agent_ns, target, other] {
+        ns.cleanup().await;
+    }
+}
+
+/// The chart's rights are per target namespace: the agent cannot watch a kind everywhere, so its
+/// shared watches fall back to one per namespace, and drift in each is still seen and corrected.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_namespace_rights_only_the_agent_watches_each_target_namespace() {
+    let client = client().await;
+    let agent_ns = TestNamespace::new(&client, "helm-watch-agent").await;
+    let first = TestNamespace::new(&client, "helm-watch-a").await;
+    let second = TestNamespace::new(&client, "helm-watch-b").await;
+    let helm = Helm::new();
+    let release = unique_name("watch");
+    let targets = format!("rbac.targetNamespaces={{{},{}}}", first.name(), second.name());
+    let installed = install(&helm, &release, agent_ns.name(), &["--set", &targets]);
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), agent_ns.name())
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={release}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .next()
+        .and_then(|sa| sa.metadata.name)
+        .expect("the chart's ServiceAccount");
+    let token = kubectl(&["create", "token", &sa, "--namespace", agent_ns.name(), "--duration", "10m"], None)
+        .ok("kubectl create token")
+        .stdout
+        .trim()
+        .to_string();
+    let dir = TempDir::new().unwrap();
+    let kubeconfig = token_kubeconfig(&token, dir.path());
+
+    // a source per target namespace, each a ConfigMap: the agent as the chart's ServiceAccount
+    let repo = GitFixture::new();
+    repo.write("a/config.yaml", configmap("config", "a")).write("b/config.yaml", configmap("config", "b"));
+    repo.commit("two apps");
+    let names = [unique_name("helm-watch-a"), unique_name("helm-watch-b")];
+    let sources: Vec<serde_json::Value> = [(&names[0], "a", first.name()), (&names[1], "b", second.name())]
+        .iter()
+        .map(|(name, path, ns)| json!({"name": name, "repo": repo.url(), "path": path, "namespace": ns, "interval": "1h"}))
+        .collect();
+    let config = dir.path().join("driftless.yaml");
+    std::fs::write(&config, serde_json::to_string(&json!({ "sources": sources })).unwrap()).unwrap();
+    let agent = AgentProcess::start_on(&kubeconfig, agent_ns.name(), &["--config", config.to_str().unwrap()], &[]).await;
+    for name in &names {
+        wait_status(&agent, name, "Synced and Healthy", Duration::from_secs(60), |s| s["state"] == "Synced" && s["health"] == "Healthy")
+            .await;
+    }
+    assert_eq!(agent.gauge("driftless_watches").await, Some(2.0), "one ConfigMap watch per target namespace");
+
+    // drift in the second namespace is seen by its watch and corrected
+    intrude_configmap(&client, second.name(), "config", "intruded").await;
+    wait_for("the taken field put back", Duration::from_secs(20), || async {
+        (configmap_value(&client, second.name(), "config").await.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+
+    drop(agent);
+    drop(installed); // helm uninstall
+    for ns in [agent_ns, first, second] {
         ns.cleanup().await;
     }
 }

@@ -23,6 +23,7 @@ mod prune_safeguards;
 mod real_repositories;
 mod recovery;
 mod seed_manifests;
+mod shared_watches;
 mod ssh_source;
 mod status_page;
 mod support;
